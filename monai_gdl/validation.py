@@ -1,0 +1,239 @@
+"""Input checks for the Dice-family losses: the one place where bad arguments are caught.
+
+Every check streams over the flattened volume in chunks (views, no copies), so validating a
+``B x C x 128^3`` input allocates only chunk-sized temporaries. Each error names the argument,
+what was seen and how to fix it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+__all__ = [
+    "CHECK_CHUNK_ELEMENTS",
+    "LossInputError",
+    "check_gdl_options",
+    "check_loss_options",
+    "check_loss_inputs",
+]
+
+#: Elements per chunk read by the streaming checks (about 4 MiB of float32).
+CHECK_CHUNK_ELEMENTS = 1 << 20
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_REDUCTIONS = ("mean", "sum", "none")
+W_TYPES = ("square", "simple", "uniform")
+ABSENT_CLASS_POLICIES = ("max", "zero")
+
+
+class LossInputError(ValueError):
+    """A loss argument (tensor or option) that would give a silently wrong loss."""
+
+
+def check_loss_options(
+    *,
+    softmax: bool,
+    sigmoid: bool,
+    other_act: object,
+    reduction: str,
+    smooth_nr: float,
+    smooth_dr: float,
+) -> None:
+    """Check the options that do not depend on the tensors (called once, in ``__init__``)."""
+    if int(bool(softmax)) + int(bool(sigmoid)) + int(other_act is not None) > 1:
+        raise LossInputError(
+            f"softmax={softmax}, sigmoid={sigmoid}, other_act={other_act!r}: choose at most one activation "
+            "(softmax for mutually exclusive classes, sigmoid for multi-label targets)."
+        )
+    if other_act is not None and not callable(other_act):
+        raise LossInputError(f"other_act must be callable, got {type(other_act).__name__}.")
+    if reduction not in _REDUCTIONS:
+        raise LossInputError(f"reduction={reduction!r} is not supported; use one of {_REDUCTIONS}.")
+    if smooth_nr < 0 or smooth_dr < 0:
+        raise LossInputError(f"smooth_nr={smooth_nr}, smooth_dr={smooth_dr}: smoothing terms must be >= 0.")
+    if smooth_nr > smooth_dr:
+        raise LossInputError(
+            f"smooth_nr={smooth_nr} > smooth_dr={smooth_dr}: an empty class would score Dice "
+            f"{smooth_nr / max(smooth_dr, 1e-300):.3g} > 1 and the loss would leave [0, 1]; use smooth_nr <= smooth_dr."
+        )
+
+
+def check_gdl_options(*, w_type: str, absent_class: str) -> None:
+    """Check the Generalized Dice weighting options."""
+    if w_type not in W_TYPES:
+        raise LossInputError(f"w_type={w_type!r} is not supported; use one of {W_TYPES}.")
+    if absent_class not in ABSENT_CLASS_POLICIES:
+        raise LossInputError(f"absent_class={absent_class!r} is not supported; use one of {ABSENT_CLASS_POLICIES}.")
+
+
+def _chunks(flat: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Views of ``flat`` (shape ``B x K x N``) along the last axis, about CHECK_CHUNK_ELEMENTS each."""
+    step = max(1, CHECK_CHUNK_ELEMENTS // max(1, flat.shape[0] * flat.shape[1]))
+    for start in range(0, flat.shape[-1], step):
+        yield flat[..., start : start + step]
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], t.shape[1], -1)
+
+
+def _shape_str(t: torch.Tensor) -> str:
+    return "x".join(str(s) for s in t.shape) or "scalar"
+
+
+def _check_input(input: torch.Tensor, *, softmax: bool, sigmoid: bool, other_act: object) -> None:
+    if not isinstance(input, torch.Tensor):
+        raise LossInputError(f"input must be a torch.Tensor, got {type(input).__name__}.")
+    if input.dtype not in _FLOAT_DTYPES:
+        raise LossInputError(
+            f"input has dtype {input.dtype}; the network output must be floating point "
+            "(float16, bfloat16, float32 or float64). Did you swap input and target?"
+        )
+    if input.ndim < 3:
+        raise LossInputError(
+            f"input has shape {_shape_str(input)}; expected B x C x spatial... (at least one spatial axis). "
+            "Add the batch/channel axes, e.g. input[None, None]."
+        )
+    if softmax and input.shape[1] == 1:
+        raise LossInputError(
+            f"softmax=True with input of shape {_shape_str(input)} (1 channel): softmax over one channel is "
+            "always 1. Use sigmoid=True for a single foreground channel, or output C >= 2 channels."
+        )
+    lo, hi = float("inf"), float("-inf")
+    for chunk in _chunks(_flat(input.detach())):
+        if not bool(torch.isfinite(chunk).all()):
+            raise LossInputError(
+                f"input (shape {_shape_str(input)}) contains NaN or inf; check the network output "
+                "(learning rate too high, or fp16 overflow: use AMP with a GradScaler)."
+            )
+        if not (softmax or sigmoid or other_act is not None):
+            c_lo, c_hi = torch.aminmax(chunk)
+            lo, hi = min(lo, float(c_lo)), max(hi, float(c_hi))
+    if not (softmax or sigmoid or other_act is not None) and (lo < 0.0 or hi > 1.0):
+        raise LossInputError(
+            f"input values span [{lo:.4g}, {hi:.4g}] but softmax=False and sigmoid=False, so they are used as "
+            "probabilities: these look like logits. Pass softmax=True (one class per voxel) or sigmoid=True "
+            "(multi-label), or apply the activation before the loss."
+        )
+
+
+def _check_label_map(
+    input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, ignore_index: int | None
+) -> None:
+    num_classes = input.shape[1]
+    expected = (input.shape[0], 1, *input.shape[2:])
+    if tuple(target.shape) != expected:
+        hint = (
+            " It already has C channels: it looks one-hot, so pass to_onehot_y=False."
+            if tuple(target.shape) == tuple(input.shape)
+            else ""
+        )
+        raise LossInputError(
+            f"to_onehot_y=True expects a label map target of shape {'x'.join(map(str, expected))} "
+            f"(B x 1 x spatial, matching input {_shape_str(input)}), got {_shape_str(target)}.{hint}"
+        )
+    if target.dtype == torch.bool or target.dtype.is_complex:
+        raise LossInputError(f"label map target has dtype {target.dtype}; use an integer or float tensor of class indices.")
+    lo, hi = float("inf"), float("-inf")
+    for chunk in _chunks(_flat(target.detach())):
+        if chunk.dtype.is_floating_point and not bool((chunk == torch.round(chunk)).all()):
+            raise LossInputError(
+                "label map target (to_onehot_y=True) holds non-integer values; labels must be class indices "
+                "(resample labels with mode='nearest', not linear interpolation)."
+            )
+        valid = chunk if ignore_index is None else chunk[chunk != ignore_index]
+        if valid.numel():
+            c_lo, c_hi = torch.aminmax(valid)
+            lo, hi = min(lo, float(c_lo)), max(hi, float(c_hi))
+    if lo < 0 or hi >= num_classes:
+        raise LossInputError(
+            f"label map target holds labels in [{lo:g}, {hi:g}] but input has {num_classes} channels (classes "
+            f"0..{num_classes - 1}). Raise the network's out_channels/num_classes to {int(hi) + 1}"
+            + ("" if ignore_index is not None else ", or pass ignore_index for a label to skip")
+            + "."
+        )
+
+
+def _check_dense_target(input: torch.Tensor, target: torch.Tensor, *, softmax: bool) -> None:
+    if tuple(target.shape) != tuple(input.shape):
+        hint = ""
+        if target.ndim == input.ndim and target.shape[1] == 1 and input.shape[1] > 1:
+            hint = " It has 1 channel: it looks like a label map, so pass to_onehot_y=True."
+        raise LossInputError(
+            f"target has shape {_shape_str(target)} but input has {_shape_str(input)}; a one-hot or soft-label "
+            f"target must match the input shape exactly.{hint}"
+        )
+    if target.dtype.is_complex:
+        raise LossInputError(f"target has dtype {target.dtype}; use float (soft labels), bool or integer (one-hot).")
+    for chunk in _chunks(_flat(target.detach())):
+        if chunk.dtype == torch.bool:
+            continue
+        c_lo, c_hi = torch.aminmax(chunk)
+        if float(c_lo) < 0 or float(c_hi) > 1 or not bool(torch.isfinite(chunk).all()):
+            raise LossInputError(
+                f"target values span [{float(c_lo):g}, {float(c_hi):g}]; a one-hot or soft-label target must lie in "
+                "[0, 1]. If it is a label map of class indices, pass to_onehot_y=True with a B x 1 x spatial target."
+            )
+        if softmax and input.shape[1] > 1:
+            total = chunk.sum(dim=1, dtype=torch.float32)
+            if not bool(torch.allclose(total, torch.ones_like(total), atol=1e-3)):
+                bad = float(total[(total - 1).abs() > 1e-3][0])
+                raise LossInputError(
+                    f"softmax=True but the target's channels sum to {bad:g} at some voxel (multi-hot or empty "
+                    "target): softmax assumes exactly one class per voxel. Use sigmoid=True for multi-label "
+                    "targets, or fix the one-hot encoding."
+                )
+
+
+def check_loss_inputs(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    to_onehot_y: bool,
+    softmax: bool,
+    sigmoid: bool,
+    other_act: object,
+    ignore_index: int | None = None,
+    mask: torch.Tensor | None = None,
+    weight: Sequence[float] | torch.Tensor | None = None,
+    include_background: bool = True,
+) -> None:
+    """Raise :class:`LossInputError` for any input/target pair that would give a silently wrong loss."""
+    _check_input(input, softmax=softmax, sigmoid=sigmoid, other_act=other_act)
+    if not isinstance(target, torch.Tensor):
+        raise LossInputError(f"target must be a torch.Tensor, got {type(target).__name__}.")
+    if target.device != input.device:
+        raise LossInputError(f"target is on {target.device} but input is on {input.device}; move both to one device.")
+    if to_onehot_y:
+        _check_label_map(input, target, mask, ignore_index)
+    else:
+        if ignore_index is not None:
+            raise LossInputError(
+                f"ignore_index={ignore_index} needs a label map target (to_onehot_y=True); for a one-hot target "
+                "pass mask= (B x 1 x spatial, 1 = use voxel) to forward instead."
+            )
+        _check_dense_target(input, target, softmax=softmax)
+    if mask is not None:
+        expected = (input.shape[0], 1, *input.shape[2:])
+        if tuple(mask.shape) != expected:
+            raise LossInputError(
+                f"mask has shape {_shape_str(mask)}; expected B x 1 x spatial = {'x'.join(map(str, expected))}."
+            )
+    if not include_background and input.shape[1] == 1:
+        raise LossInputError(
+            "include_background=False with a single-channel input would leave no class to score; "
+            "keep include_background=True for binary (sigmoid) segmentation."
+        )
+    if weight is not None:
+        w = torch.as_tensor(weight, dtype=torch.float64).flatten()
+        n_scored = input.shape[1] - (0 if include_background else 1)
+        if w.numel() not in (1, n_scored):
+            raise LossInputError(
+                f"weight has {w.numel()} entries but {n_scored} classes are scored "
+                f"(input has {input.shape[1]} channels, include_background={include_background}); "
+                "give one weight per scored class (without class 0 when include_background=False)."
+            )
+        if bool((w < 0).any()) or not bool(torch.isfinite(w).all()) or float(w.sum()) <= 0:
+            raise LossInputError(f"weight={w.tolist()}: weights must be finite, >= 0 and not all zero.")
