@@ -1,0 +1,119 @@
+"""Every bad input gets a clear error naming the argument, what was seen and the fix."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from monai_gdl import LossInputError, SudreGeneralizedDiceLoss, VNetDiceLoss
+from monai_gdl import validation
+
+
+def _labels(b=2, c=3, s=(6, 6, 6)):
+    return torch.randint(0, c, (b, 1, *s))
+
+
+def _onehot(labels, c=3):
+    return torch.nn.functional.one_hot(labels[:, 0], c).movedim(-1, 1).float()
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: (torch.randn(2, 3, 6, 6, 6), torch.rand(2, 3, 6, 6)), r"target has shape 2x3x6x6 but input has 2x3x6x6x6"),
+        (lambda: (torch.randn(2, 3, 6, 6, 6), _labels()), r"1 channel: it looks like a label map, so pass to_onehot_y=True"),
+        (lambda: (torch.randn(2, 3, 6, 6, 6), _onehot(_labels()) * 2), r"target values span \[0, 2\].*\[0, 1\]"),
+        (lambda: (torch.randn(2, 3, 6, 6, 6), torch.randint(0, 2, (2, 3, 6, 6, 6)).float()), r"multi-hot.*sigmoid=True"),
+        (lambda: (torch.randint(0, 3, (2, 3, 6, 6, 6)), _labels()), r"input has dtype torch.int64.*floating point"),
+        (lambda: (torch.full((2, 3, 6, 6, 6), float("nan")), _onehot(_labels())), r"input .* contains NaN or inf"),
+        (lambda: (torch.randn(6, 6), torch.rand(6, 6)), r"input has shape 6x6; expected B x C x spatial"),
+        (lambda: (torch.randn(2, 1, 6, 6), torch.rand(2, 1, 6, 6).round()), r"softmax over one channel is always 1"),
+    ],
+)
+def test_bad_dense_inputs_raise(make, match):
+    x, t = make()
+    with pytest.raises(LossInputError, match=match):
+        VNetDiceLoss(softmax=True)(x, t)
+
+
+def test_logits_without_activation_are_rejected():
+    x = torch.randn(2, 3, 6, 6, 6) * 3
+    with pytest.raises(LossInputError, match=r"softmax=False and sigmoid=False.*look like logits"):
+        SudreGeneralizedDiceLoss()(x, _onehot(_labels()))
+
+
+def test_label_out_of_range_names_max_and_fix():
+    labels = _labels()
+    labels[0, 0, 0, 0, 0] = 5
+    with pytest.raises(LossInputError, match=r"labels in \[0, 5\] but input has 3 channels.*out_channels/num_classes to 6"):
+        VNetDiceLoss(softmax=True, to_onehot_y=True)(torch.randn(2, 3, 6, 6, 6), labels)
+
+
+def test_fractional_label_map_is_rejected():
+    labels = _labels().float()
+    labels[0, 0, 0, 0, 0] = 0.5
+    with pytest.raises(LossInputError, match=r"non-integer values.*nearest"):
+        VNetDiceLoss(softmax=True, to_onehot_y=True)(torch.randn(2, 3, 6, 6, 6), labels)
+
+
+def test_onehot_passed_with_to_onehot_y():
+    with pytest.raises(LossInputError, match=r"looks one-hot, so pass to_onehot_y=False"):
+        VNetDiceLoss(softmax=True, to_onehot_y=True)(torch.randn(2, 3, 6, 6, 6), _onehot(_labels()))
+
+
+def test_ignore_index_is_allowed_beyond_num_classes():
+    labels = _labels()
+    labels[:, :, :2] = 255
+    value = VNetDiceLoss(softmax=True, to_onehot_y=True, ignore_index=255)(torch.randn(2, 3, 6, 6, 6), labels)
+    assert 0 <= float(value) <= 1
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(softmax=True, sigmoid=True), r"choose at most one activation"),
+        (dict(reduction="avg"), r"reduction='avg' is not supported"),
+        (dict(smooth_nr=1.0, smooth_dr=1e-5), r"smooth_nr=1.0 > smooth_dr=1e-05"),
+        (dict(smooth_nr=-1.0), r"must be >= 0"),
+    ],
+)
+def test_bad_options_raise_at_construction(kwargs, match):
+    with pytest.raises(LossInputError, match=match):
+        VNetDiceLoss(**kwargs)
+
+
+def test_bad_gdl_options():
+    with pytest.raises(LossInputError, match=r"w_type='cube'"):
+        SudreGeneralizedDiceLoss(w_type="cube")
+    with pytest.raises(LossInputError, match=r"absent_class='inf'"):
+        SudreGeneralizedDiceLoss(absent_class="inf")
+
+
+def test_weight_length_and_sign():
+    x, labels = torch.randn(2, 3, 6, 6, 6), _labels()
+    with pytest.raises(LossInputError, match=r"weight has 3 entries but 2 classes are scored"):
+        VNetDiceLoss(softmax=True, to_onehot_y=True, include_background=False, weight=[1, 2, 3])(x, labels)
+    with pytest.raises(LossInputError, match=r"weights must be finite, >= 0"):
+        VNetDiceLoss(softmax=True, to_onehot_y=True, weight=[1, -2, 3])(x, labels)
+
+
+def test_mask_shape_and_ignore_index_on_onehot():
+    x, labels = torch.randn(2, 3, 6, 6, 6), _labels()
+    with pytest.raises(LossInputError, match=r"mask has shape 2x3x6x6x6; expected B x 1 x spatial"):
+        VNetDiceLoss(softmax=True, to_onehot_y=True)(x, labels, mask=torch.ones(2, 3, 6, 6, 6))
+    with pytest.raises(LossInputError, match=r"ignore_index=255 needs a label map target.*pass mask="):
+        VNetDiceLoss(softmax=True, ignore_index=255)(x, _onehot(labels))
+
+
+def test_validation_can_be_switched_off():
+    x = torch.randn(2, 3, 6, 6, 6) * 3
+    VNetDiceLoss(validate=False)(x.clamp(0, 1), _onehot(_labels()))  # no check run, no error
+
+
+def test_validation_reads_in_chunks(monkeypatch):
+    """A volume bigger than one check chunk is still fully checked (the bad voxel is in the last chunk)."""
+    monkeypatch.setattr(validation, "CHECK_CHUNK_ELEMENTS", 1000)
+    labels = _labels(s=(20, 20, 20))
+    labels[-1, 0, -1, -1, -1] = 7
+    with pytest.raises(LossInputError, match=r"labels in \[0, 7\]"):
+        VNetDiceLoss(softmax=True, to_onehot_y=True)(torch.randn(2, 3, 20, 20, 20), labels)
