@@ -29,6 +29,7 @@ from monai_gdl.validation import (
     check_gdl_options,
     check_loss_inputs,
     check_loss_options,
+    check_statistics_finite,
 )
 
 __all__ = [
@@ -339,7 +340,10 @@ def _statistics_for_loss(
         ignore_index=ignore_index,
         mask=mask,
         implementation=implementation,
-    ).select_classes(include_background)
+    )
+    if validate:
+        check_statistics_finite(input, stats)
+    stats = stats.select_classes(include_background)
     if batch and distributed:
         stats = all_reduce_statistics(stats)
     return stats.pooled(batch)

@@ -2,7 +2,7 @@
 
 The loss depends on the volume only through the per-(sample, class) sums
 ``I = sum(m*p*g)`` and ``P = sum(m*p^k)`` (target sums carry no gradient). So for upstream
-gradients ``a = dL/dI`` and ``b = dL/dP`` (``B x C``, from autograd on the tiny loss formula):
+gradients ``a = dL/dI`` and ``b = dL/dP`` (``B x C``, from autograd on the tiny loss formula)::
 
     dL/dp_c = m * (a_c * g_c + b_c * k * p_c^(k-1))
     softmax:  dL/dx_c = p_c * (dL/dp_c - sum_j p_j * dL/dp_j)
@@ -10,24 +10,59 @@ gradients ``a = dL/dI`` and ``b = dL/dP`` (``B x C``, from autograd on the tiny 
 
 :class:`StreamingDiceStatistics` evaluates the sums in a forward pass and this closed-form
 gradient in a backward pass, each streaming over the flattened volume in chunks of about
-``chunk_elements`` values: the activation is recomputed per chunk, in float32 (float64 for float64
-input), and the gradient is written straight into one buffer of the input's dtype. No one-hot,
+``CHUNK_ELEMENTS`` values: the activation is recomputed per chunk in float32 (float64 for float64
+input) and the gradient is written straight into one buffer of the input's dtype. No one-hot,
 ``p*g`` or ``p^2`` volume ever exists; extra memory is O(chunk).
+
+The chunk math (:func:`forward_chunk`, :func:`backward_chunk`) is the one reference; it runs
+through a *backend*:
+
+- ``"eager"``: plain PyTorch ops.
+- ``"compile"``: the same functions through ``torch.compile`` (one fused C++/Triton loop per pass);
+  used on CPU when the compiler works, else eager, silently.
+- ``"triton"``: one hand-written Triton kernel per pass over the whole volume
+  (:mod:`monai_gdl.triton_kernels`), the default on CUDA when Triton is installed; with
+  ``TRITON_INTERPRET=1`` it also runs on CPU tensors, which is how CI tests it.
+
+``MONAI_GDL_BACKEND`` (or :func:`set_backend`) picks one; ``"auto"`` (default) chooses as above.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
+from collections.abc import Callable
 
 import torch
 
 from monai_gdl.functional import DiceStatistics, statistics_dtype
 
-__all__ = ["CHUNK_ELEMENTS", "StreamingDiceStatistics", "streaming_statistics"]
+__all__ = [
+    "BACKENDS",
+    "CHUNK_ELEMENTS",
+    "StreamingDiceStatistics",
+    "backward_chunk",
+    "forward_chunk",
+    "resolve_backend",
+    "set_backend",
+    "streaming_statistics",
+]
 
-#: Values (B x C x chunk) processed per step: 512 Ki float32 = 2 MiB, cache-sized.
-CHUNK_ELEMENTS = int(os.environ.get("MONAI_GDL_CHUNK_ELEMENTS", 1 << 19))
-ACTIVATIONS = ("softmax", "sigmoid", "none")
+logger = logging.getLogger(__name__)
+
+#: Values (B x C x chunk) processed per step: 2 Mi float32 = 8 MiB, measured fastest on CPU.
+CHUNK_ELEMENTS = int(os.environ.get("MONAI_GDL_CHUNK_ELEMENTS", 1 << 21))
+BACKENDS = ("auto", "eager", "compile", "triton")
+_backend = os.environ.get("MONAI_GDL_BACKEND", "auto")
+
+
+def set_backend(name: str) -> None:
+    """Select the chunk-math backend for this process: one of :data:`BACKENDS`."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"backend={name!r}; use one of {BACKENDS}.")
+    _backend = name
 
 
 def _activate(x: torch.Tensor, activation: str) -> torch.Tensor:
@@ -38,86 +73,153 @@ def _activate(x: torch.Tensor, activation: str) -> torch.Tensor:
     return x
 
 
+def _target_chunk(target: torch.Tensor, num_classes: int, label_map: bool, acc: torch.dtype) -> torch.Tensor:
+    """Dense ``B x C x L`` target values of a chunk; for a label map, a broadcast comparison that
+    fuses into the reductions (labels outside 0..C-1, e.g. ``ignore_index``, match no class)."""
+    if label_map:
+        classes = torch.arange(num_classes, device=target.device)[None, :, None]
+        return (target == classes).to(acc)
+    return target.to(acc)
+
+
+def forward_chunk(
+    x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, activation: str, label_map: bool, squared: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Partial ``(I, P, G, V)`` sums (``B x C``) of one chunk ``x`` (``B x C x L``)."""
+    acc = statistics_dtype(x.dtype)
+    p = _activate(x.to(acc), activation)
+    g = _target_chunk(target, x.shape[1], label_map, acc)
+    if mask is not None:
+        m = mask.to(acc)
+        pm, gm = p * m, g * m
+    else:
+        pm, gm = p, g
+    inter = (pm * g).sum(-1)
+    pred = (pm * p).sum(-1) if squared else pm.sum(-1)
+    tvol = gm.sum(-1)
+    tsum = (gm * g).sum(-1) if squared and not label_map else tvol
+    return inter, pred, tsum, tvol
+
+
+def backward_chunk(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    grad_inter: torch.Tensor,
+    grad_pred: torch.Tensor,
+    activation: str,
+    label_map: bool,
+    squared: bool,
+) -> torch.Tensor:
+    """``dL/dx`` of one chunk from ``grad_inter = dL/dI`` and ``grad_pred = dL/dP`` (``B x C x 1``)."""
+    acc = statistics_dtype(x.dtype)
+    p = _activate(x.to(acc), activation)
+    g = _target_chunk(target, x.shape[1], label_map, acc)
+    du = grad_inter * g + (grad_pred * (2.0 * p) if squared else grad_pred)
+    if mask is not None:
+        du = du * mask.to(acc)
+    if activation == "softmax":
+        du = p * (du - (p * du).sum(dim=1, keepdim=True))
+    elif activation == "sigmoid":
+        du = du * (p * (1.0 - p))
+    return du.to(x.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_chunk_functions() -> tuple[Callable, Callable] | None:
+    """``torch.compile`` versions of the chunk functions, or None where compiling fails here."""
+    try:
+        fwd = torch.compile(forward_chunk, dynamic=True)
+        bwd = torch.compile(backward_chunk, dynamic=True)
+        x = torch.randn(2, 3, 5)
+        y = torch.randint(0, 3, (2, 1, 5))
+        got = fwd(x, y, None, "softmax", True, True)
+        want = forward_chunk(x, y, None, "softmax", True, True)
+        if not all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, want)):
+            raise RuntimeError("compiled chunk math disagrees with eager")
+        return fwd, bwd
+    except Exception as err:  # no compiler, unsupported platform: eager is always correct
+        logger.info("monai_gdl: torch.compile unavailable (%s); using eager chunk math", err)
+        return None
+
+
+def _triton_usable(x: torch.Tensor) -> bool:
+    from monai_gdl import triton_kernels
+
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    return triton_kernels.available() and (x.is_cuda or interpreted) and x.dtype != torch.float64
+
+
+def resolve_backend(x: torch.Tensor) -> str:
+    """The backend that runs for input ``x``: the explicit choice, or what ``"auto"`` picks."""
+    if _backend == "triton":
+        if not _triton_usable(x):
+            raise RuntimeError(
+                "MONAI_GDL_BACKEND=triton needs Triton, a non-float64 input, and a CUDA tensor "
+                "(or TRITON_INTERPRET=1 for CPU tensors)."
+            )
+        return "triton"
+    if _backend in ("eager", "compile"):
+        return _backend
+    if x.is_cuda and _triton_usable(x):
+        return "triton"
+    return "compile" if _compiled_chunk_functions() is not None else "eager"
+
+
+def _chunk_functions(backend: str) -> tuple[Callable, Callable]:
+    if backend == "compile":
+        compiled = _compiled_chunk_functions()
+        if compiled is not None:
+            return compiled
+    return forward_chunk, backward_chunk
+
+
 def _chunk_bounds(n: int, rows: int) -> list[tuple[int, int]]:
     step = max(1, CHUNK_ELEMENTS // max(1, rows))
     return [(s, min(s + step, n)) for s in range(0, n, step)]
 
 
-def _labels(target: torch.Tensor, mask: torch.Tensor | None, s: int, e: int) -> torch.Tensor:
-    """``B x 1 x L`` int64 labels of a chunk, ignored voxels mapped to 0 (masked out later)."""
-    y = target[:, :, s:e].long()
-    if mask is not None:
-        y = torch.where(mask[:, :, s:e], y, torch.zeros_like(y))
-    return y
+def _slice(t: torch.Tensor | None, s: int, e: int) -> torch.Tensor | None:
+    return None if t is None else t[:, :, s:e]
 
 
 class StreamingDiceStatistics(torch.autograd.Function):
     """Autograd function ``(x, target, mask) -> (I, P, G, V)``, all ``B x C`` in float32/float64.
 
-    ``x``: ``B x C x N`` logits (or probabilities for ``activation="none"``); ``target``: ``B x 1 x N``
+    ``x``: ``B x C x N`` logits (probabilities for ``activation="none"``); ``target``: ``B x 1 x N``
     labels (``label_map=True``) or ``B x C x N`` one-hot/soft labels; ``mask``: ``B x 1 x N`` bool or
     None. Only ``I`` and ``P`` are differentiable.
     """
 
     @staticmethod
-    def forward(ctx, x, target, mask, activation: str, label_map: bool, squared: bool):  # type: ignore[override]
+    def forward(ctx, x, target, mask, activation: str, label_map: bool, squared: bool, backend: str):  # type: ignore[override]
         b, c, n = x.shape
-        acc = statistics_dtype(x.dtype)
-        inter = torch.zeros(b, c, dtype=acc, device=x.device)
-        pred = torch.zeros_like(inter)
-        tsum = torch.zeros_like(inter)
-        tvol = tsum if label_map else torch.zeros_like(inter)
+        fwd, _ = _chunk_functions(backend)
+        sums = [torch.zeros(b, c, dtype=statistics_dtype(x.dtype), device=x.device) for _ in range(4)]
         for s, e in _chunk_bounds(n, b * c):
-            p = _activate(x[:, :, s:e].to(acc), activation)
-            m = None if mask is None else mask[:, :, s:e].to(acc)
-            pm = p if m is None else p * m
-            pred += (pm * p).sum(-1) if squared else pm.sum(-1)
-            if label_map:
-                y = _labels(target, mask, s, e)
-                at_label = pm.gather(1, y)
-                inter.scatter_add_(1, y[:, 0], at_label[:, 0])
-                tsum.scatter_add_(1, y[:, 0], torch.ones_like(at_label[:, 0]) if m is None else m[:, 0])
-            else:
-                g = target[:, :, s:e].to(acc)
-                inter += (pm * g).sum(-1)
-                gm = g if m is None else g * m
-                tvol += gm.sum(-1)
-                if squared:
-                    tsum += (gm * g).sum(-1)
-        if not label_map and not squared:
-            tsum.copy_(tvol)
+            for total, part in zip(sums, fwd(x[:, :, s:e], target[:, :, s:e], _slice(mask, s, e), activation, label_map, squared)):
+                total += part
         ctx.save_for_backward(x, target, mask)
-        ctx.options = (activation, label_map, squared)
-        ctx.mark_non_differentiable(tsum, tvol)
-        return inter, pred, tsum, tvol
+        ctx.options = (activation, label_map, squared, backend)
+        ctx.mark_non_differentiable(sums[2], sums[3])
+        return tuple(sums)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_inter, grad_pred, _grad_tsum, _grad_tvol):  # type: ignore[override]
         x, target, mask = ctx.saved_tensors
-        activation, label_map, squared = ctx.options
-        b, c, n = x.shape
+        activation, label_map, squared, backend = ctx.options
+        _, bwd = _chunk_functions(backend)
         acc = statistics_dtype(x.dtype)
-        a = torch.zeros(b, c, 1, dtype=acc, device=x.device) if grad_inter is None else grad_inter[..., None].to(acc)
-        beta = torch.zeros_like(a) if grad_pred is None else grad_pred[..., None].to(acc)
+        a = torch.zeros(x.shape[:2], dtype=acc, device=x.device) if grad_inter is None else grad_inter.to(acc)
+        beta = torch.zeros_like(a) if grad_pred is None else grad_pred.to(acc)
         grad_x = torch.empty_like(x)
-        for s, e in _chunk_bounds(n, b * c):
-            p = _activate(x[:, :, s:e].to(acc), activation)
-            du = beta * (2.0 * p) if squared else beta.expand_as(p).clone()
-            if label_map:
-                y = _labels(target, mask, s, e)
-                du.scatter_add_(1, y, a[:, :, 0].gather(1, y[:, 0])[:, None])
-            else:
-                du += a * target[:, :, s:e].to(acc)
-            if mask is not None:
-                du *= mask[:, :, s:e]
-            if activation == "softmax":
-                du -= (p * du).sum(dim=1, keepdim=True)
-                du *= p
-            elif activation == "sigmoid":
-                du *= p * (1.0 - p)
-            grad_x[:, :, s:e] = du
-        return grad_x, None, None, None, None, None
+        for s, e in _chunk_bounds(x.shape[2], x.shape[0] * x.shape[1]):
+            grad_x[:, :, s:e] = bwd(
+                x[:, :, s:e], target[:, :, s:e], _slice(mask, s, e), a[..., None], beta[..., None],
+                activation, label_map, squared,
+            )
+        return grad_x, None, None, None, None, None, None
 
 
 def streaming_statistics(
@@ -134,4 +236,9 @@ def streaming_statistics(
     x = input.reshape(b, c, -1)
     t = target.reshape(b, target.shape[1], -1)
     m = None if mask is None else mask.reshape(b, 1, -1).bool()
-    return DiceStatistics(*StreamingDiceStatistics.apply(x, t, m, activation, label_map, squared))
+    backend = resolve_backend(x)
+    if backend == "triton":
+        from monai_gdl.triton_kernels import TritonDiceStatistics
+
+        return DiceStatistics(*TritonDiceStatistics.apply(x, t, m, activation, label_map, squared))
+    return DiceStatistics(*StreamingDiceStatistics.apply(x, t, m, activation, label_map, squared, backend))

@@ -15,6 +15,7 @@ __all__ = [
     "CHECK_CHUNK_ELEMENTS",
     "LossInputError",
     "check_gdl_options",
+    "check_statistics_finite",
     "check_loss_options",
     "check_loss_inputs",
 ]
@@ -83,6 +84,12 @@ def _shape_str(t: torch.Tensor) -> str:
     return "x".join(str(s) for s in t.shape) or "scalar"
 
 
+_NON_FINITE = (
+    "input (shape {shape}) contains NaN or inf; check the network output "
+    "(learning rate too high, or fp16 overflow: use AMP with a GradScaler)."
+)
+
+
 def _check_input(input: torch.Tensor, *, softmax: bool, sigmoid: bool, other_act: object) -> None:
     if not isinstance(input, torch.Tensor):
         raise LossInputError(f"input must be a torch.Tensor, got {type(input).__name__}.")
@@ -101,22 +108,26 @@ def _check_input(input: torch.Tensor, *, softmax: bool, sigmoid: bool, other_act
             f"softmax=True with input of shape {_shape_str(input)} (1 channel): softmax over one channel is "
             "always 1. Use sigmoid=True for a single foreground channel, or output C >= 2 channels."
         )
+    if softmax or sigmoid or other_act is not None:
+        return  # NaN/inf in logits surface in the statistics: see check_statistics_finite
     lo, hi = float("inf"), float("-inf")
     for chunk in _chunks(_flat(input.detach())):
         if not bool(torch.isfinite(chunk).all()):
-            raise LossInputError(
-                f"input (shape {_shape_str(input)}) contains NaN or inf; check the network output "
-                "(learning rate too high, or fp16 overflow: use AMP with a GradScaler)."
-            )
-        if not (softmax or sigmoid or other_act is not None):
-            c_lo, c_hi = torch.aminmax(chunk)
-            lo, hi = min(lo, float(c_lo)), max(hi, float(c_hi))
-    if not (softmax or sigmoid or other_act is not None) and (lo < 0.0 or hi > 1.0):
+            raise LossInputError(_NON_FINITE.format(shape=_shape_str(input)))
+        c_lo, c_hi = torch.aminmax(chunk)
+        lo, hi = min(lo, float(c_lo)), max(hi, float(c_hi))
+    if lo < 0.0 or hi > 1.0:
         raise LossInputError(
             f"input values span [{lo:.4g}, {hi:.4g}] but softmax=False and sigmoid=False, so they are used as "
             "probabilities: these look like logits. Pass softmax=True (one class per voxel) or sigmoid=True "
             "(multi-label), or apply the activation before the loss."
         )
+
+
+def check_statistics_finite(input: torch.Tensor, sums: Sequence[torch.Tensor]) -> None:
+    """NaN or +inf logits make the per-class sums non-finite: caught here at no extra pass over the input."""
+    if not all(bool(torch.isfinite(s).all()) for s in sums):
+        raise LossInputError(_NON_FINITE.format(shape=_shape_str(input)))
 
 
 def _check_label_map(

@@ -1,0 +1,159 @@
+"""The fused streaming statistics (every backend) against the reference, and their memory bound."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from monai_gdl import kernels, vnet_dice_loss
+from monai_gdl.functional import activate, reference_statistics
+from monai_gdl.kernels import streaming_statistics
+
+triton_kernels = pytest.importorskip("monai_gdl.triton_kernels")
+
+CASES = [
+    # shape, activation, target kind, squared, masked
+    ((2, 3, 7, 5, 3), "softmax", "label", True, False),
+    ((2, 3, 7, 5, 3), "softmax", "label", False, True),
+    ((3, 4, 11, 13), "softmax", "onehot", True, False),
+    ((2, 1, 9, 8, 7), "sigmoid", "onehot", True, False),  # C = 1 with sigmoid
+    ((2, 5, 17), "sigmoid", "soft", True, True),
+    ((1, 3, 10, 10), "none", "soft", False, False),
+    ((2, 6, 5, 5, 5), "softmax", "label_absent", True, False),  # classes 3..5 absent
+]
+
+
+def _make(shape, activation, kind, masked, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    b, c = shape[:2]
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    if activation == "none":
+        x = torch.rand(shape, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, c if kind != "label_absent" else 3, (b, 1, *shape[2:]), generator=g)
+    if kind.startswith("label"):
+        target = labels
+    elif kind == "onehot":
+        target = torch.nn.functional.one_hot(labels[:, 0], c).movedim(-1, 1).to(torch.float64)
+        if c == 1:
+            target = (torch.rand(shape, generator=g) > 0.5).to(torch.float64)
+    else:
+        target = torch.rand(shape, generator=g, dtype=torch.float64)
+    mask = (torch.rand(b, 1, *shape[2:], generator=g) > 0.3) if masked else None
+    return x.to(dtype), target, mask
+
+
+def _stats_and_grad(fn, x, target, mask, activation, kind, squared):
+    xx = x.clone().requires_grad_(True)
+    stats = fn(xx, target, mask, activation, kind.startswith("label"), squared)
+    w = torch.linspace(0.5, 1.5, stats.intersection.numel(), dtype=torch.float64).view_as(stats.intersection)
+    loss = (w * stats.intersection).sum() - (w.flip(0) * stats.prediction).sum()
+    (grad,) = torch.autograd.grad(loss.to(torch.float64), xx)
+    return [s.detach() for s in stats], grad
+
+
+def _fused(x, target, mask, activation, label_map, squared):
+    return streaming_statistics(x, target, activation=activation, label_map=label_map, squared=squared, mask=mask)
+
+
+def _reference(x, target, mask, activation, label_map, squared):
+    probs = activate(x, softmax=activation == "softmax", sigmoid=activation == "sigmoid")
+    return reference_statistics(probs, target, label_map=label_map, squared=squared, mask=mask)
+
+
+@pytest.mark.parametrize("backend", ["eager", "compile", "triton"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[1]}-{c[2]}-sq{c[3]}-m{c[4]}-{'x'.join(map(str, c[0]))}")
+def test_fused_matches_reference(monkeypatch, backend, case):
+    shape, activation, kind, squared, masked = case
+    if backend == "compile" and case not in CASES[:3]:
+        pytest.skip("compiled backend: a few cases keep the suite short (each compiles)")
+    dtype = torch.float32 if backend == "triton" else torch.float64
+    monkeypatch.setattr(kernels, "_backend", backend)
+    monkeypatch.setattr(kernels, "CHUNK_ELEMENTS", 97)  # chunks that do not divide the volume
+    x, target, mask = _make(shape, activation, kind, masked, dtype)
+    got = _stats_and_grad(_fused, x, target, mask, activation, kind, squared)
+    want = _stats_and_grad(_reference, x, target, mask, activation, kind, squared)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    for a, b in zip(got[0], want[0]):
+        torch.testing.assert_close(a, b, **tol)
+    torch.testing.assert_close(got[1], want[1], **tol)
+
+
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_accumulate_in_float32(monkeypatch, backend, dtype):
+    monkeypatch.setattr(kernels, "_backend", backend)
+    x, labels, _ = _make((2, 4, 16, 16, 8), "softmax", "label", False, dtype)
+    xx = x.clone().requires_grad_(True)
+    stats = _fused(xx, labels, None, "softmax", True, True)
+    assert stats.intersection.dtype == torch.float32
+    want = _reference(x.float(), labels, None, "softmax", True, True)
+    for a, b in zip(stats, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-3)
+    stats.intersection.sum().backward()
+    assert xx.grad.dtype == dtype
+
+
+def test_loss_backends_agree_on_large_odd_volume(monkeypatch):
+    """Whole loss (value and gradient) of the default path vs the reference on a volume spanning many chunks."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 5, 37, 29, 23, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 5, (2, 1, 37, 29, 23), generator=g)
+    monkeypatch.setattr(kernels, "CHUNK_ELEMENTS", 4099)
+    results = []
+    for impl in ("fused", "reference"):
+        xx = x.clone().requires_grad_(True)
+        value = vnet_dice_loss(xx, labels, softmax=True, to_onehot_y=True, batch=True, implementation=impl)
+        results.append((value.detach(), torch.autograd.grad(value, xx)[0]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-10, atol=1e-12)
+
+
+def test_auto_backend_on_cpu_is_compile_or_eager(monkeypatch):
+    monkeypatch.setattr(kernels, "_backend", "auto")
+    assert kernels.resolve_backend(torch.zeros(1, 2, 3)) in ("compile", "eager")
+    with pytest.raises(ValueError, match="backend='fast'"):
+        kernels.set_backend("fast")
+
+
+_PEAK_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    from monai_gdl import vnet_dice_loss
+    from monai_gdl import kernels
+    kernels.set_backend("eager")
+    impl = sys.argv[1]
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 96, 96, 96)
+    y = torch.randint(0, 8, (1, 1, 96, 96, 96))
+    def run():
+        xx = x.clone().requires_grad_(True)
+        vnet_dice_loss(xx, y, softmax=True, to_onehot_y=True, implementation=impl, validate=False).backward()
+        return xx
+    run()
+    xx = x.clone().requires_grad_(True)
+    base = xx.numel() * 4 * 2  # the clone and its gradient
+    open("/proc/self/clear_refs", "w").write("5")
+    rss = lambda key: int([l.split()[1] for l in open("/proc/self/status") if l.startswith(key)][0]) * 1024
+    before = rss("VmRSS:")
+    vnet_dice_loss(xx, y, softmax=True, to_onehot_y=True, implementation=impl, validate=False).backward()
+    print(json.dumps({"extra": rss("VmHWM:") - before - xx.numel() * 4, "input": x.numel() * 4}))
+    """
+)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux peak-RSS reset")
+def test_fused_path_allocates_no_volume_sized_temporaries():
+    """Peak extra memory of fwd+bwd (beyond input and gradient) is O(chunk) for fused, O(volume) for reference."""
+    peaks = {}
+    for impl in ("fused", "reference"):
+        out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, impl], capture_output=True, text=True, check=True)
+        peaks[impl] = json.loads(out.stdout.strip().splitlines()[-1])
+    input_bytes = peaks["fused"]["input"]
+    assert peaks["fused"]["extra"] < 0.25 * input_bytes, peaks
+    assert peaks["reference"]["extra"] > 1.0 * input_bytes, peaks  # the measurement can tell them apart
