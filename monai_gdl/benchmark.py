@@ -1,0 +1,184 @@
+"""Speed and memory of our losses against MONAI's and cross-entropy: ``python -m monai_gdl.benchmark``.
+
+Every (case, method) pair runs in fresh processes, so peaks never mix between methods. One
+process measures the median wall time of forward+backward over ``--reps`` runs after one warm-up
+(which also compiles, for the compiled backend). Another measures the peak *extra* memory of one
+forward+backward after the warm-up: beyond the logits, the target and the gradient. On CPU that is
+the process's peak resident set (``VmHWM``, reset before the measured step), with glibc told to
+return freed blocks at once so the reading is honest (which slows allocation, hence the separate
+process); on CUDA it is ``torch.cuda.max_memory_allocated``.
+
+Ratios are computed within the same run: ``xMONAI`` = MONAI's time / ours (V-Net Dice against
+``DiceLoss(softmax=True, squared_pred=True, to_onehot_y=True)``, GDL against
+``GeneralizedDiceLoss``), ``xCE`` = cross-entropy's time / ours, ``mem%`` = our extra memory as a
+percentage of MONAI's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+METHODS = {
+    "vnet_fused": "V-Net Dice, fused (ours)",
+    "gdl_fused": "GDL, fused (ours)",
+    "vnet_reference": "V-Net Dice, reference path (ours)",
+    "gdl_reference": "GDL, reference path (ours)",
+    "monai_dice": "MONAI DiceLoss(squared_pred)",
+    "monai_gdl": "MONAI GeneralizedDiceLoss",
+    "cross_entropy": "F.cross_entropy",
+}
+MONAI_PEER = {"vnet_fused": "monai_dice", "vnet_reference": "monai_dice", "gdl_fused": "monai_gdl", "gdl_reference": "monai_gdl"}
+_MIB = 1 << 20
+
+
+def _loss_callable(method: str, target_kind: str):
+    import torch.nn.functional as F
+    from monai.losses import DiceLoss, GeneralizedDiceLoss
+
+    import monai_gdl
+
+    label_map = target_kind == "label"
+    if method == "cross_entropy":
+        return lambda x, target, labels: F.cross_entropy(x, labels[:, 0])
+    if method.startswith(("vnet", "gdl")):
+        impl = "fused" if method.endswith("fused") else "reference"
+        cls = monai_gdl.VNetDiceLoss if method.startswith("vnet") else monai_gdl.SudreGeneralizedDiceLoss
+        loss = cls(softmax=True, to_onehot_y=label_map, implementation=impl)
+    elif method == "monai_dice":
+        loss = DiceLoss(softmax=True, squared_pred=True, to_onehot_y=label_map)
+    else:
+        loss = GeneralizedDiceLoss(softmax=True, to_onehot_y=label_map)
+    return lambda x, target, labels: loss(x, target)
+
+
+def _rss(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
+
+
+def _worker(spec: dict) -> dict:
+    """Run one (case, method) in this process and return its timings and peak extra memory."""
+    import torch
+
+    device = torch.device(spec["device"])
+    dtype = getattr(torch, spec["dtype"])
+    b, c, s = spec["batch"], spec["classes"], spec["size"]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    logits = torch.randn(b, c, s, s, s, generator=gen).to(device=device, dtype=dtype)
+    labels = torch.randint(0, c, (b, 1, s, s, s), generator=gen).to(device)
+    target = labels
+    if spec["target"] == "onehot":
+        target = torch.nn.functional.one_hot(labels[:, 0], c).movedim(-1, 1).to(dtype).contiguous()
+    loss_fn = _loss_callable(spec["method"], spec["target"])
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step() -> None:
+        logits.grad = None
+        loss_fn(logits, target, labels).backward()
+        sync()
+
+    logits.requires_grad_(True)
+    step()  # warm-up: lazy init, compilation
+    logits.grad = None
+    if spec["measure"] == "time":
+        times = []
+        for _ in range(spec["reps"]):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        return {"median_s": statistics.median(times)}
+    grad_bytes = logits.numel() * logits.element_size()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _rss("VmRSS:")
+    step()
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss("VmHWM:")
+    return {"extra_bytes": max(0, peak - before - grad_bytes)}
+
+
+def _run_worker(spec: dict, env: dict) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "monai_gdl.benchmark", "--worker", json.dumps(spec)],
+        capture_output=True, text=True, env=env,
+    )
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _run_case(spec: dict) -> dict:
+    timing = _run_worker(dict(spec, measure="time"), dict(os.environ))
+    memory = _run_worker(
+        dict(spec, measure="memory"), dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    )
+    return {**timing, **memory}
+
+
+def _machine(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} threads={torch.get_num_threads()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--classes", type=int, nargs="+", default=[4, 14, 32])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[96, 128])
+    parser.add_argument("--targets", nargs="+", default=["label", "onehot"], choices=["label", "onehot"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--json", help="also write all results to this JSON file")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(json.loads(args.worker))))
+        return 0
+
+    print(f"# monai_gdl benchmark: fwd+bwd, {args.device} {args.dtype}, B={args.batch}, median of {args.reps}")
+    print(f"# machine: {_machine(args.device)}")
+    results = []
+    for target in args.targets:
+        for classes in args.classes:
+            for size in args.sizes:
+                case = dict(device=args.device, dtype=args.dtype, batch=args.batch, classes=classes, size=size,
+                            target=target, reps=args.reps)
+                rows = {m: _run_case(dict(case, method=m)) for m in args.methods}
+                results.append(dict(case, results=rows))
+                print(f"\n## target={target} C={classes} {size}^3")
+                print(f"| {'method':<36} | {'ms':>9} | {'extra MiB':>9} | {'xMONAI':>7} | {'xCE':>6} | {'mem%':>7} |")
+                print(f"|{'-' * 38}|{'-' * 11}|{'-' * 11}|{'-' * 9}|{'-' * 8}|{'-' * 9}|")
+                for method, r in rows.items():
+                    if "error" in r or "median_s" not in r:
+                        print(f"| {METHODS[method]:<36} | error: {r.get('error', '?')[:60]}")
+                        continue
+                    peer = rows.get(MONAI_PEER.get(method, ""), {})
+                    ce = rows.get("cross_entropy", {})
+                    x_monai = f"{peer['median_s'] / r['median_s']:.1f}x" if "median_s" in peer else "-"
+                    x_ce = f"{ce['median_s'] / r['median_s']:.2f}x" if "median_s" in ce else "-"
+                    mem = f"{100 * r['extra_bytes'] / peer['extra_bytes']:.1f}%" if peer.get("extra_bytes") else "-"
+                    print(f"| {METHODS[method]:<36} | {1e3 * r['median_s']:9.1f} | {r['extra_bytes'] / _MIB:9.1f} "
+                          f"| {x_monai:>7} | {x_ce:>6} | {mem:>7} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
