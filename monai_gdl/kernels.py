@@ -19,7 +19,8 @@ through a *backend*:
 
 - ``"eager"``: plain PyTorch ops.
 - ``"compile"``: the same functions through ``torch.compile`` (one fused C++/Triton loop per pass);
-  used on CPU when the compiler works, else eager, silently.
+  used on CPU for inputs of at least ``COMPILE_MIN_ELEMENTS`` values when the compiler works,
+  else eager, silently.
 - ``"triton"``: one hand-written Triton kernel per pass over the whole volume
   (:mod:`monai_gdl.triton_kernels`), the default on CUDA when Triton is installed; with
   ``TRITON_INTERPRET=1`` it also runs on CPU tensors, which is how CI tests it.
@@ -53,6 +54,9 @@ logger = logging.getLogger(__name__)
 
 #: Values (B x C x chunk) processed per step: 2 Mi float32 = 8 MiB, measured fastest on CPU.
 CHUNK_ELEMENTS = int(os.environ.get("MONAI_GDL_CHUNK_ELEMENTS", 1 << 21))
+#: ``"auto"`` compiles only for inputs this large (4 Mi values, e.g. 2 x 4 x 80^3): below it the
+#: eager chunk loop is already fast and a compile (seconds) would not pay for itself.
+COMPILE_MIN_ELEMENTS = 1 << 22
 BACKENDS = ("auto", "eager", "compile", "triton")
 _backend = os.environ.get("MONAI_GDL_BACKEND", "auto")
 
@@ -163,6 +167,8 @@ def resolve_backend(x: torch.Tensor) -> str:
         return _backend
     if x.is_cuda and _triton_usable(x):
         return "triton"
+    if x.numel() < COMPILE_MIN_ELEMENTS:
+        return "eager"
     return "compile" if _compiled_chunk_functions() is not None else "eager"
 
 
@@ -233,9 +239,10 @@ def streaming_statistics(
 ) -> DiceStatistics:
     """Dice statistics of ``input`` (``B x C x spatial``) by the fused streaming pass, for all C channels."""
     b, c = input.shape[:2]
-    x = input.reshape(b, c, -1)
-    t = target.reshape(b, target.shape[1], -1)
-    m = None if mask is None else mask.reshape(b, 1, -1).bool()
+    # Plain tensors (a MONAI MetaTensor would drag its __torch_function__ into every chunk op).
+    x = input.as_subclass(torch.Tensor).reshape(b, c, -1)
+    t = target.as_subclass(torch.Tensor).reshape(b, target.shape[1], -1)
+    m = None if mask is None else mask.as_subclass(torch.Tensor).reshape(b, 1, -1).bool()
     backend = resolve_backend(x)
     if backend == "triton":
         from monai_gdl.triton_kernels import TritonDiceStatistics

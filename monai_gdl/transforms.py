@@ -1,0 +1,59 @@
+"""Dictionary transforms the bundle adds to MONAI's: label checks that name the file, intensity presets."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, NormalizeIntensityd, ScaleIntensityRanged
+
+__all__ = ["CheckLabelsd", "intensity_normalization"]
+
+
+def _source_file(data: Mapping, key: Hashable) -> str:
+    value = data[key]
+    meta = getattr(value, "meta", None) or data.get(f"{key}_meta_dict", {})
+    return str(meta.get("filename_or_obj", f"<{key}>"))
+
+
+class CheckLabelsd(MapTransform):
+    """Reject label maps with non-integer values or labels outside ``0 .. num_classes - 1``.
+
+    Runs right after loading, so the error names the NIfTI file instead of failing later inside
+    one-hot encoding or the loss. Float-stored labels with integer values (as in some MSD files)
+    pass unchanged.
+    """
+
+    def __init__(self, keys: KeysCollection, num_classes: int, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.num_classes = int(num_classes)
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = torch.as_tensor(d[key])
+            if label.is_floating_point() and not bool(torch.equal(label, torch.round(label))):
+                raise ValueError(
+                    f"label file {_source_file(d, key)} holds non-integer values; labels must be class indices "
+                    "(was it resampled with linear interpolation?)."
+                )
+            lo, hi = int(label.min()), int(label.max())
+            if lo < 0 or hi >= self.num_classes:
+                raise ValueError(
+                    f"label file {_source_file(d, key)} holds labels {lo}..{hi} but num_classes={self.num_classes} "
+                    f"(classes 0..{self.num_classes - 1}); pass --num_classes {hi + 1} or fix the labels."
+                )
+        return d
+
+
+def intensity_normalization(
+    modality: str, keys: KeysCollection = "image", ct_window: Sequence[float] = (-175.0, 250.0)
+) -> MapTransform:
+    """``"mr"``: z-score over nonzero voxels per channel; ``"ct"``: clip ``ct_window`` (HU) to [0, 1]."""
+    if modality == "mr":
+        return NormalizeIntensityd(keys=keys, nonzero=True, channel_wise=True)
+    if modality == "ct":
+        lo, hi = ct_window
+        return ScaleIntensityRanged(keys=keys, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
+    raise ValueError(f"intensity={modality!r}; use 'mr' (z-score) or 'ct' (HU window, see ct_window).")
