@@ -1,8 +1,8 @@
 """NIfTI datasets in the Medical Segmentation Decathlon layout: find, split, check, synthesise.
 
 ``python -m monai_gdl.data synth --out DIR`` writes the embedded default dataset: small MR-like
-volumes with a large and a small structure (imbalanced classes), real oblique-free but
-non-RAS affines and anisotropic spacing, seeded. ``python -m monai_gdl.data check DIR`` lists
+volumes with a large and a small structure (imbalanced classes), LPS-flipped affines with
+anisotropic spacing (so reorientation and resampling do real work), seeded. ``python -m monai_gdl.data check DIR`` lists
 what the bundle would train and validate on, or says exactly what is wrong.
 """
 
@@ -175,7 +175,7 @@ def _ellipsoid(grid: np.ndarray, centre: np.ndarray, radii: np.ndarray) -> np.nd
 
 def write_synthetic_dataset(
     out_dir: str,
-    num_cases: int = 16,
+    num_cases: int = 20,
     shape: Sequence[int] = (48, 48, 32),
     spacing: Sequence[float] = (1.0, 1.0, 1.5),
     seed: int = 0,
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     synth = sub.add_parser("synth", help="write the synthetic MSD-layout dataset")
     synth.add_argument("--out", required=True)
-    synth.add_argument("--cases", type=int, default=16)
+    synth.add_argument("--cases", type=int, default=20)
     synth.add_argument("--shape", type=int, nargs=3, default=[48, 48, 32])
     synth.add_argument("--seed", type=int, default=0)
     check = sub.add_parser("check", help="list the training/validation split of a dataset folder, or say what is wrong")

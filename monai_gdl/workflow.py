@@ -57,11 +57,19 @@ def load_network_checkpoint(path: str, network: torch.nn.Module) -> torch.nn.Mod
             f"no checkpoint at {path}; train first (configs/train.json with the same --output_dir) or point "
             "--output_dir at the folder that holds model.pt."
         )
+    checkpoint = _read_checkpoint(path)
+    _apply_network_state(checkpoint.get("network", checkpoint), network, path)
+    return network
+
+
+def _read_checkpoint(path: str) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}).") from err
-    state = state.get("network", state)
+
+
+def _apply_network_state(state: dict, network: torch.nn.Module, path: str) -> None:
     target = _unwrap(network)
     own = target.state_dict()
     mismatched = [
@@ -77,7 +85,6 @@ def load_network_checkpoint(path: str, network: torch.nn.Module) -> torch.nn.Mod
             "was trained with, or a fresh --output_dir to train this network."
         )
     target.load_state_dict(state)
-    return network
 
 
 class TrainingCheckpoints:
@@ -119,8 +126,8 @@ class TrainingCheckpoints:
         path = os.path.join(self.output_dir, LAST_CHECKPOINT)
         if not (self.resume and os.path.isfile(path)):
             return
-        load_network_checkpoint(path, self.network)
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = _read_checkpoint(path)
+        _apply_network_state(state["network"], self.network, path)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -282,7 +289,7 @@ class EvaluationReport:
             pred, label = item["pred"].float()[None], item["label"].float()[None]
             dice = compute_dice(pred, label, include_background=False, ignore_empty=False)[0]
             gdl = generalized_dice_loss(pred, label, include_background=False, validate=False)
-            meta = getattr(item["pred"], "meta", {}) or {}
+            meta = getattr(item["image"], "meta", {}) or {}
             case = os.path.basename(str(meta.get("filename_or_obj", f"case_{len(self.rows)}"))).split(".nii")[0]
             row = {"case": case}
             row.update({f"dice_{n}": float(v) for n, v in zip(self.names[1:], dice)})
@@ -330,5 +337,4 @@ class EvaluationReport:
         lines = ["| metric | mean over cases |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in summary.items() if k != "num_cases"]
         lines.append(f"| cases | {len(self.rows)} |")
-        logger.info("evaluation (%s):\n%s", self.output_dir, "\n".join(lines))
-        print("\n".join(lines), flush=True)
+        print(f"evaluation of {len(self.rows)} cases, written to {self.output_dir}:\n" + "\n".join(lines), flush=True)

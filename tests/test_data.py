@@ -1,0 +1,123 @@
+"""Dataset discovery, splitting and error messages; label checks; the synthetic generator; real data if present."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monai_gdl.data import DatasetError, class_names, image_files, msd_datalist, write_synthetic_dataset
+from monai_gdl.transforms import CheckLabelsd
+
+HIPPOCAMPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "Task04_Hippocampus")
+
+
+@pytest.fixture
+def synth(tmp_path):
+    return write_synthetic_dataset(str(tmp_path / "ds"), num_cases=6, shape=(20, 20, 12), seed=1)
+
+
+def test_synthetic_dataset_is_msd_layout_imbalanced_and_seeded(synth, tmp_path):
+    meta = json.load(open(os.path.join(synth, "dataset.json")))
+    assert meta["labels"] == {"0": "background", "1": "large", "2": "small"} and len(meta["training"]) == 6
+    label = nib.load(os.path.join(synth, "labelsTr", "synth_000.nii.gz"))
+    counts = np.bincount(np.asarray(label.dataobj).ravel(), minlength=3)
+    assert counts[1] > 4 * counts[2] > 0  # a large and a small structure
+    assert np.allclose(np.abs(np.diag(label.affine)[:3]), [1.0, 1.0, 1.5]) and label.affine[0, 0] < 0
+    again = write_synthetic_dataset(str(tmp_path / "again"), num_cases=6, shape=(20, 20, 12), seed=1)
+    a = np.asarray(nib.load(os.path.join(again, "imagesTr", "synth_003.nii.gz")).dataobj)
+    b = np.asarray(nib.load(os.path.join(synth, "imagesTr", "synth_003.nii.gz")).dataobj)
+    assert np.array_equal(a, b)
+
+
+def test_split_is_disjoint_complete_and_seeded(synth):
+    train, val = msd_datalist(synth, "training", 0.34, seed=3), msd_datalist(synth, "validation", 0.34, seed=3)
+    assert len(val) == 2 and len(train) == 4
+    assert not {c["image"] for c in train} & {c["image"] for c in val}
+    assert val == msd_datalist(synth, "validation", 0.34, seed=3)
+    assert all(os.path.basename(c["image"]) == os.path.basename(c["label"]) for c in train + val)
+
+
+def test_dataset_json_validation_list_fixes_the_split(synth):
+    path = os.path.join(synth, "dataset.json")
+    meta = json.load(open(path))
+    meta["validation"] = meta["training"][:1]
+    json.dump(meta, open(path, "w"))
+    val = msd_datalist(synth, "validation")
+    assert [os.path.basename(c["image"]) for c in val] == ["synth_000.nii.gz"]
+    assert len(msd_datalist(synth, "training")) == 5
+
+
+def test_folder_pairing_without_dataset_json(synth):
+    os.remove(os.path.join(synth, "dataset.json"))
+    assert len(msd_datalist(synth, "training")) + len(msd_datalist(synth, "validation")) == 6
+    assert class_names(synth, 3) == ["class_0", "class_1", "class_2"]
+
+
+def test_missing_and_empty_dataset_dir(tmp_path):
+    with pytest.raises(DatasetError, match=r"dataset_dir='.*nope' does not exist.*imagesTr"):
+        msd_datalist(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match=r"has no imagesTr/ folder"):
+        msd_datalist(str(tmp_path / "empty"))
+    (tmp_path / "empty" / "imagesTr").mkdir()
+    with pytest.raises(DatasetError, match=r"holds no .nii/.nii.gz images"):
+        msd_datalist(str(tmp_path / "empty"))
+
+
+def test_images_without_labels(synth):
+    os.remove(os.path.join(synth, "dataset.json"))
+    os.remove(os.path.join(synth, "labelsTr", "synth_002.nii.gz"))
+    with pytest.raises(DatasetError, match=r"1 image\(s\) .* have no label .*synth_002.nii.gz"):
+        msd_datalist(synth)
+
+
+def test_corrupt_nifti_is_named(synth):
+    bad = os.path.join(synth, "imagesTr", "synth_004.nii.gz")
+    with gzip.open(bad, "wb") as f:
+        f.write(b"this is not a NIfTI header")
+    with pytest.raises(DatasetError, match=r"synth_004.nii.gz is not a readable NIfTI file"):
+        msd_datalist(synth, "training", check_files=True) + msd_datalist(synth, "validation", check_files=True)
+
+
+def test_labels_above_num_classes_name_the_file(synth):
+    from monai.data import MetaTensor
+
+    label = MetaTensor(torch.tensor([[[0.0, 1.0], [2.0, 5.0]]]), meta={"filename_or_obj": "/x/case_7.nii.gz"})
+    with pytest.raises(ValueError, match=r"case_7.nii.gz holds labels 0..5 but num_classes=3.*--num_classes 6"):
+        CheckLabelsd("label", num_classes=3)({"label": label})
+    frac = MetaTensor(torch.tensor([[[0.0, 0.5]]]), meta={"filename_or_obj": "/x/case_8.nii.gz"})
+    with pytest.raises(ValueError, match=r"case_8.nii.gz holds non-integer values"):
+        CheckLabelsd("label", num_classes=3)({"label": frac})
+    ok = {"label": torch.tensor([[[0.0, 2.0]]])}  # float-stored integer labels pass
+    assert CheckLabelsd("label", num_classes=3)(ok)["label"] is ok["label"]
+
+
+def test_image_files_for_inference(synth, tmp_path):
+    assert len(image_files(os.path.join(synth, "imagesTr"))) == 6
+    with pytest.raises(DatasetError, match="holds no .nii/.nii.gz images"):
+        image_files(str(tmp_path))
+
+
+@pytest.mark.skipif(not os.path.isdir(HIPPOCAMPUS), reason="shared real data not present")
+def test_real_hippocampus_dataset_lists_and_loads_with_its_quirks():
+    from monai_gdl.bundle import load_transforms
+    from monai.transforms import Compose
+
+    train = msd_datalist(HIPPOCAMPUS, "training", 0.2, seed=0, check_files=False)
+    val = msd_datalist(HIPPOCAMPUS, "validation", 0.2, seed=0, check_files=False)
+    assert len(train) == 160 and len(val) == 40
+    assert class_names(HIPPOCAMPUS, 3) == ["background", "Anterior", "Posterior"]
+    load = Compose(load_transforms(["image", "label"], 3, (1.0, 1.0, 1.0)))
+    for case in ("hippocampus_003", "hippocampus_001"):  # float32-stored label, uint8 image
+        item = {k: os.path.join(HIPPOCAMPUS, d, f"{case}.nii.gz") for k, d in (("image", "imagesTr"), ("label", "labelsTr"))}
+        out = load(item)
+        assert out["image"].dtype == torch.float32 and out["image"].shape[0] == 1
+        assert set(torch.unique(out["label"]).tolist()) == {0.0, 1.0, 2.0}
+        assert abs(float(out["image"][out["image"] != 0].mean())) < 0.2  # z-scored over nonzero voxels
