@@ -295,17 +295,18 @@ def _statistics_for_loss(
     softmax: bool,
     sigmoid: bool,
     other_act: Callable | None,
-    squared: bool,
+    squared_pred: bool,
     batch: bool,
     reduction: str,
     smooth_nr: float,
     smooth_dr: float,
-    weight: Sequence[float] | torch.Tensor | None,
     ignore_index: int | None,
     mask: torch.Tensor | None,
     validate: bool,
     implementation: str,
     distributed: bool,
+    weight: Sequence[float] | torch.Tensor | None = None,
+    **_formula_options: object,
 ) -> DiceStatistics:
     """Validate, reduce the volume to statistics, select classes and pool: shared by both losses."""
     if validate:
@@ -336,7 +337,7 @@ def _statistics_for_loss(
         softmax=softmax,
         sigmoid=sigmoid,
         other_act=other_act,
-        squared=squared,
+        squared=squared_pred,
         ignore_index=ignore_index,
         mask=mask,
         implementation=implementation,
@@ -371,26 +372,7 @@ def vnet_dice_loss(
     distributed: bool = True,
 ) -> torch.Tensor:
     """V-Net soft Dice loss; see :class:`monai_gdl.VNetDiceLoss` for the arguments and the math."""
-    stats = _statistics_for_loss(
-        input,
-        target,
-        include_background=include_background,
-        to_onehot_y=to_onehot_y,
-        softmax=softmax,
-        sigmoid=sigmoid,
-        other_act=other_act,
-        squared=squared_pred,
-        batch=batch,
-        reduction=reduction,
-        smooth_nr=smooth_nr,
-        smooth_dr=smooth_dr,
-        weight=weight,
-        ignore_index=ignore_index,
-        mask=mask,
-        validate=validate,
-        implementation=implementation,
-        distributed=distributed,
-    )
+    stats = _statistics_for_loss(**locals())  # every argument by name; the formula's own are ignored there
     f = vnet_dice_from_statistics(stats, smooth_nr=smooth_nr, smooth_dr=smooth_dr)
     if weight is not None:
         f = f * _class_weight(weight, f.shape[1], f)
@@ -422,26 +404,7 @@ def generalized_dice_loss(
 ) -> torch.Tensor:
     """Generalized Dice loss; see :class:`monai_gdl.SudreGeneralizedDiceLoss` for the arguments and the math."""
     check_gdl_options(w_type=w_type, absent_class=absent_class)
-    stats = _statistics_for_loss(
-        input,
-        target,
-        include_background=include_background,
-        to_onehot_y=to_onehot_y,
-        softmax=softmax,
-        sigmoid=sigmoid,
-        other_act=other_act,
-        squared=squared_pred,
-        batch=batch,
-        reduction=reduction,
-        smooth_nr=smooth_nr,
-        smooth_dr=smooth_dr,
-        weight=None,
-        ignore_index=ignore_index,
-        mask=mask,
-        validate=validate,
-        implementation=implementation,
-        distributed=distributed,
-    )
+    stats = _statistics_for_loss(**locals())  # every argument by name; the formula's own are ignored there
     f = generalized_dice_from_statistics(
         stats,
         w_type=w_type,

@@ -13,7 +13,24 @@ from monai_gdl.validation import check_gdl_options, check_loss_options
 __all__ = ["SudreGeneralizedDiceLoss", "VNetDiceLoss"]
 
 
-class VNetDiceLoss(_Loss):
+class _StatisticsLoss(_Loss):
+    """Checks the options once and forwards them, with the tensors, to a functional loss."""
+
+    def __init__(self, loss_fn: Callable[..., torch.Tensor], options: dict) -> None:
+        options = {k: v for k, v in options.items() if k not in ("self", "__class__")}
+        super().__init__(reduction=options["reduction"])
+        check_loss_options(**{k: options[k] for k in ("softmax", "sigmoid", "other_act", "reduction", "smooth_nr", "smooth_dr")})
+        if "w_type" in options:
+            check_gdl_options(w_type=options["w_type"], absent_class=options["absent_class"])
+        options["smooth_nr"], options["smooth_dr"] = float(options["smooth_nr"]), float(options["smooth_dr"])
+        self.loss_fn = loss_fn
+        self.options = options
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.loss_fn(input, target, mask=mask, **self.options)
+
+
+class VNetDiceLoss(_StatisticsLoss):
     r"""Soft Dice loss of V-Net (Milletari et al. 2016), squared denominators by default.
 
     For every sample ``b`` and class ``c`` (sums over the spatial axes, masked voxels skipped)::
@@ -76,38 +93,10 @@ class VNetDiceLoss(_Loss):
         implementation: str = "auto",
         distributed: bool = True,
     ) -> None:
-        super().__init__(reduction=reduction)
-        check_loss_options(
-            softmax=softmax,
-            sigmoid=sigmoid,
-            other_act=other_act,
-            reduction=reduction,
-            smooth_nr=smooth_nr,
-            smooth_dr=smooth_dr,
-        )
-        self.options = dict(
-            include_background=include_background,
-            to_onehot_y=to_onehot_y,
-            sigmoid=sigmoid,
-            softmax=softmax,
-            other_act=other_act,
-            squared_pred=squared_pred,
-            batch=batch,
-            reduction=reduction,
-            smooth_nr=float(smooth_nr),
-            smooth_dr=float(smooth_dr),
-            weight=weight,
-            ignore_index=ignore_index,
-            validate=validate,
-            implementation=implementation,
-            distributed=distributed,
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return functional.vnet_dice_loss(input, target, mask=mask, **self.options)
+        super().__init__(functional.vnet_dice_loss, locals())
 
 
-class SudreGeneralizedDiceLoss(_Loss):
+class SudreGeneralizedDiceLoss(_StatisticsLoss):
     r"""Generalized Dice loss (Sudre et al. 2017): one overlap score over all classes, class-weighted.
 
     Per sample ``b`` (or once for the pooled batch with ``batch=True``), sums over the spatial axes::
@@ -160,35 +149,4 @@ class SudreGeneralizedDiceLoss(_Loss):
         implementation: str = "auto",
         distributed: bool = True,
     ) -> None:
-        super().__init__(reduction=reduction)
-        check_loss_options(
-            softmax=softmax,
-            sigmoid=sigmoid,
-            other_act=other_act,
-            reduction=reduction,
-            smooth_nr=smooth_nr,
-            smooth_dr=smooth_dr,
-        )
-        check_gdl_options(w_type=w_type, absent_class=absent_class)
-        self.options = dict(
-            include_background=include_background,
-            to_onehot_y=to_onehot_y,
-            sigmoid=sigmoid,
-            softmax=softmax,
-            other_act=other_act,
-            w_type=w_type,
-            absent_class=absent_class,
-            normalize_weights=normalize_weights,
-            squared_pred=squared_pred,
-            batch=batch,
-            reduction=reduction,
-            smooth_nr=float(smooth_nr),
-            smooth_dr=float(smooth_dr),
-            ignore_index=ignore_index,
-            validate=validate,
-            implementation=implementation,
-            distributed=distributed,
-        )
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return functional.generalized_dice_loss(input, target, mask=mask, **self.options)
+        super().__init__(functional.generalized_dice_loss, locals())
