@@ -1,0 +1,63 @@
+"""batch=True Dice under torch.distributed is the global-batch Dice, not a per-process one (gloo, 2 CPU ranks)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from monai_gdl import generalized_dice_loss, vnet_dice_loss
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _case():
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 3, 6, 5, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (4, 1, 6, 5, 4), generator=g)
+    return x, y
+
+
+def _rank_main(rank: int, port: int, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        x, y = _case()
+        part = slice(2 * rank, 2 * rank + 2)
+        out = {}
+        for name, fn in (("vnet", vnet_dice_loss), ("gdl", generalized_dice_loss)):
+            xx = x[part].clone().requires_grad_(True)
+            value = fn(xx, y[part], softmax=True, to_onehot_y=True, batch=True)
+            value.backward()
+            local = fn(x[part], y[part], softmax=True, to_onehot_y=True, batch=True, distributed=False)
+            out[name] = (float(value), xx.grad, float(local))
+        results[rank] = out
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_batch_dice_is_global_under_distributed():
+    results = mp.Manager().dict()
+    mp.spawn(_rank_main, args=(_free_port(), results), nprocs=WORLD, join=True)
+    x, y = _case()
+    for name, fn in (("vnet", vnet_dice_loss), ("gdl", generalized_dice_loss)):
+        xx = x.clone().requires_grad_(True)
+        full = fn(xx, y, softmax=True, to_onehot_y=True, batch=True)
+        full.backward()
+        for rank in range(WORLD):
+            value, grad, local = results[rank][name]
+            assert value == pytest.approx(float(full), abs=1e-12)  # every rank sees the global-batch loss
+            assert abs(local - float(full)) > 1e-4  # the per-process value would differ
+            # all-reduce backward sums the ranks' identical upstream gradients; DDP's averaging divides it back
+            torch.testing.assert_close(grad, WORLD * xx.grad[2 * rank : 2 * rank + 2], rtol=1e-10, atol=1e-12)
