@@ -178,24 +178,24 @@ def _check_dense_target(input: torch.Tensor, target: torch.Tensor, *, softmax: b
         )
     if target.dtype.is_complex:
         raise LossInputError(f"target has dtype {target.dtype}; use float (soft labels), bool or integer (one-hot).")
-    for chunk in _chunks(_flat(target.detach())):
-        if chunk.dtype == torch.bool:
-            continue
-        c_lo, c_hi = torch.aminmax(chunk)
-        if float(c_lo) < 0 or float(c_hi) > 1 or not bool(torch.isfinite(chunk).all()):
+    if target.dtype != torch.bool:
+        lo, hi = (float(v) for v in torch.aminmax(target.detach()))  # NaN fails both comparisons below
+        if not (lo >= 0.0 and hi <= 1.0):
             raise LossInputError(
-                f"target values span [{float(c_lo):g}, {float(c_hi):g}]; a one-hot or soft-label target must lie in "
-                "[0, 1]. If it is a label map of class indices, pass to_onehot_y=True with a B x 1 x spatial target."
+                f"target values span [{lo:g}, {hi:g}]; a one-hot or soft-label target must lie in [0, 1]. "
+                "If it is a label map of class indices, pass to_onehot_y=True with a B x 1 x spatial target."
             )
-        if softmax and input.shape[1] > 1:
-            total = chunk.sum(dim=1, dtype=torch.float32)
-            if not bool(torch.allclose(total, torch.ones_like(total), atol=1e-3)):
-                bad = float(total[(total - 1).abs() > 1e-3][0])
-                raise LossInputError(
-                    f"softmax=True but the target's channels sum to {bad:g} at some voxel (multi-hot or empty "
-                    "target): softmax assumes exactly one class per voxel. Use sigmoid=True for multi-label "
-                    "targets, or fix the one-hot encoding."
-                )
+    if not softmax or input.shape[1] == 1:
+        return
+    for chunk in _chunks(_flat(target.detach())):
+        t_lo, t_hi = (float(v) for v in torch.aminmax(chunk.sum(dim=1, dtype=torch.float32)))
+        if t_lo < 1 - 1e-3 or t_hi > 1 + 1e-3:
+            bad = t_hi if t_hi > 1 + 1e-3 else t_lo
+            raise LossInputError(
+                f"softmax=True but the target's channels sum to {bad:g} at some voxel (multi-hot or empty "
+                "target): softmax assumes exactly one class per voxel. Use sigmoid=True for multi-label "
+                "targets, or fix the one-hot encoding."
+            )
 
 
 def check_loss_inputs(

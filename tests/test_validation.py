@@ -117,3 +117,18 @@ def test_validation_reads_in_chunks(monkeypatch):
     labels[-1, 0, -1, -1, -1] = 7
     with pytest.raises(LossInputError, match=r"labels in \[0, 7\]"):
         VNetDiceLoss(softmax=True, to_onehot_y=True)(torch.randn(2, 3, 20, 20, 20), labels)
+
+
+def test_multi_hot_bool_target_rejected_with_softmax():
+    target = torch.zeros(1, 3, 4, 4, dtype=torch.bool)
+    target[:, 0] = True
+    target[0, 1, 0, 0] = True  # one voxel with two classes
+    with pytest.raises(LossInputError, match=r"channels sum to 2"):
+        VNetDiceLoss(softmax=True)(torch.randn(1, 3, 4, 4), target)
+
+
+def test_nan_in_target_is_rejected():
+    target = _onehot(_labels())
+    target[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(LossInputError, match=r"target values span \[nan"):
+        VNetDiceLoss(softmax=True)(torch.randn(2, 3, 6, 6, 6), target)
