@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import random
+import shutil
 import sys
 from collections.abc import Sequence
 
@@ -233,7 +234,12 @@ def resolve_dataset_dir(dataset_dir: str, output_dir: str) -> str:
         return os.path.abspath(os.path.expanduser(dataset_dir))
     synth = os.path.join(os.path.abspath(os.path.expanduser(output_dir)), "synthetic_data")
     if not os.path.isfile(os.path.join(synth, "dataset.json")):
-        write_synthetic_dataset(synth)
+        staging = f"{synth}.tmp-{os.getpid()}"  # several ranks may get here at once: first rename wins
+        write_synthetic_dataset(staging)
+        try:
+            os.rename(staging, synth)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
     return synth
 
 

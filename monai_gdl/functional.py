@@ -192,6 +192,22 @@ def dice_statistics(
     )
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; its gradient is again the sum of the processes' gradients."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = t.clone()
+        torch.distributed.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad
+
+
 def all_reduce_statistics(stats: DiceStatistics) -> DiceStatistics:
     """Sum the statistics over all processes of the default group, keeping autograd.
 
@@ -200,14 +216,13 @@ def all_reduce_statistics(stats: DiceStatistics) -> DiceStatistics:
     all-reduce, so after DDP averages gradients each rank's parameters get the exact gradient.
     """
     import torch.distributed as dist
-    from torch.distributed.nn.functional import all_reduce
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return stats
     stacked = torch.stack(
         [stats.intersection, stats.prediction, stats.target.detach(), stats.target_volume.detach()]
     )
-    summed = all_reduce(stacked)
+    summed = _AllReduceSum.apply(stacked)
     return DiceStatistics(summed[0], summed[1], summed[2].detach(), summed[3].detach())
 
 
