@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monai_gdl import kernels, vnet_dice_loss
 from monai_gdl.functional import activate, reference_statistics
@@ -163,3 +165,32 @@ def test_fused_path_allocates_no_volume_sized_temporaries():
     assert large["extra"] < 0.1 * large["input"], (small, large)
     assert large["extra"] < 2 * small["extra"] + (4 << 20), (small, large)
     assert reference["extra"] > large["input"], reference  # the measurement can tell them apart
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 6)).flatmap(
+        lambda bc: st.lists(st.integers(1, 9), min_size=1, max_size=3).map(lambda sp: (*bc, *sp))
+    ),
+    activation=st.sampled_from(["softmax", "sigmoid", "none"]),
+    kind=st.sampled_from(["label", "onehot", "soft"]),
+    squared=st.booleans(),
+    masked=st.booleans(),
+    chunk=st.sampled_from([1, 7, 64, 1 << 19]),
+    seed=st.integers(0, 1000),
+)
+def test_fused_matches_reference_float32_random_shapes(shape, activation, kind, squared, masked, chunk, seed):
+    """float32 on random shapes and chunk sizes: statistics and gradients agree to float32 rounding."""
+    if activation == "softmax" and shape[1] == 1:
+        activation = "sigmoid"
+    kernels_backend, kernels_chunk = kernels._backend, kernels.CHUNK_ELEMENTS
+    kernels._backend, kernels.CHUNK_ELEMENTS = "eager", chunk
+    try:
+        x, target, mask = _make(shape, activation, kind, masked, torch.float32, seed=seed)
+        got = _stats_and_grad(_fused, x, target, mask, activation, kind, squared)
+    finally:
+        kernels._backend, kernels.CHUNK_ELEMENTS = kernels_backend, kernels_chunk
+    want = _stats_and_grad(_reference, x.double(), target, mask, activation, kind, squared)
+    for a, b in zip(got[0], want[0]):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1].double(), want[1], rtol=1e-4, atol=1e-6)
