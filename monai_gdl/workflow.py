@@ -103,7 +103,7 @@ class TrainingCheckpoints:
         evaluator=None,
         lr_scheduler=None,
         key_metric: str = "val_mean_dice",
-        resume: bool = True,
+        resume: bool | str = True,
     ) -> None:
         self.output_dir = output_dir
         self.network = network
@@ -111,7 +111,8 @@ class TrainingCheckpoints:
         self.evaluator = evaluator
         self.lr_scheduler = lr_scheduler
         self.key_metric = key_metric
-        self.resume = resume
+        # "--resume false" reaches us as a string from the command line
+        self.resume = resume.strip().lower() in ("1", "true", "yes") if isinstance(resume, str) else bool(resume)
         self.best = -math.inf
 
     def attach(self, trainer) -> None:

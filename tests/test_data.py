@@ -121,3 +121,23 @@ def test_real_hippocampus_dataset_lists_and_loads_with_its_quirks():
         assert out["image"].dtype == torch.float32 and out["image"].shape[0] == 1
         assert set(torch.unique(out["label"]).tolist()) == {0.0, 1.0, 2.0}
         assert abs(float(out["image"][out["image"] != 0].mean())) < 0.2  # z-scored over nonzero voxels
+
+
+def test_data_command_line(tmp_path, capsys):
+    from monai_gdl.data import main
+
+    out = str(tmp_path / "cli")
+    assert main(["synth", "--out", out, "--cases", "4", "--shape", "16", "16", "8"]) == 0
+    assert main(["check", out, "--val_fraction", "0.25"]) == 0
+    assert "training: 3 cases" in capsys.readouterr().out
+    assert main(["check", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_resume_flag_from_the_command_line_string():
+    from monai_gdl.workflow import TrainingCheckpoints
+
+    net = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    assert TrainingCheckpoints("out", net, opt, resume="false").resume is False
+    assert TrainingCheckpoints("out", net, opt, resume="True").resume is True
