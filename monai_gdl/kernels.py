@@ -139,6 +139,22 @@ def backward_chunk_into(out: torch.Tensor, *args) -> None:
     out.copy_(backward_chunk(*args))
 
 
+def _eager_fallback(compiled: Callable, eager: Callable) -> Callable:
+    """Run ``compiled``; if it ever fails (a dtype or variant the compiler rejects), use ``eager`` from then on."""
+    state = {"broken": False}
+
+    def run(*args):
+        if not state["broken"]:
+            try:
+                return compiled(*args)
+            except Exception as err:
+                state["broken"] = True
+                logger.warning("monai_gdl: compiled chunk math failed (%s); continuing with eager", err)
+        return eager(*args)
+
+    return run
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_chunk_functions() -> tuple[Callable, Callable] | None:
     """``torch.compile`` versions of the chunk functions, or None where compiling fails here."""
@@ -151,7 +167,7 @@ def _compiled_chunk_functions() -> tuple[Callable, Callable] | None:
         want = forward_chunk(x, y, None, "softmax", True, True)
         if not all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, want)):
             raise RuntimeError("compiled chunk math disagrees with eager")
-        return fwd, bwd
+        return _eager_fallback(fwd, forward_chunk), _eager_fallback(bwd, backward_chunk_into)
     except Exception as err:  # no compiler, unsupported platform: eager is always correct
         logger.info("monai_gdl: torch.compile unavailable (%s); using eager chunk math", err)
         return None

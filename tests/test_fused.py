@@ -194,3 +194,15 @@ def test_fused_matches_reference_float32_random_shapes(shape, activation, kind, 
     for a, b in zip(got[0], want[0]):
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[1].double(), want[1], rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_failure_falls_back_to_eager():
+    calls = []
+
+    def broken(*args):
+        calls.append("compiled")
+        raise RuntimeError("no compiler for this variant")
+
+    run = kernels._eager_fallback(broken, lambda *args: "eager")
+    assert run(1) == "eager" and run(2) == "eager"
+    assert calls == ["compiled"]  # tried once, then eager for good
