@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import torch
 from monai.networks.nets import UNet
-from monai.transforms import EnsureTyped, LoadImaged, Orientationd, Spacingd
+from monai.transforms import EnsureTyped, Orientationd, Spacingd
 
-from monai_gdl.transforms import CheckLabelsd, intensity_normalization
+from monai_gdl.transforms import CheckLabelsd, LoadNamedImaged, intensity_normalization
 
 __all__ = ["load_transforms", "segmentation_unet"]
 
@@ -50,7 +50,7 @@ def load_transforms(
     """
     keys = list(keys)
     modes = ["bilinear" if k == "image" else "nearest" for k in keys]
-    transforms = [LoadImaged(keys=keys, image_only=True, ensure_channel_first=True)]
+    transforms = [LoadNamedImaged(keys=keys, image_only=True, ensure_channel_first=True)]
     if "label" in keys:
         transforms.append(CheckLabelsd(keys="label", num_classes=num_classes))
     transforms += [

@@ -6,9 +6,31 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, NormalizeIntensityd, ScaleIntensityRanged
+from monai.transforms import LoadImaged, MapTransform, NormalizeIntensityd, ScaleIntensityRanged
 
-__all__ = ["CheckLabelsd", "intensity_normalization"]
+__all__ = ["CheckLabelsd", "LoadNamedImaged", "intensity_normalization"]
+
+
+class LoadNamedImaged(LoadImaged):
+    """``LoadImaged`` whose failure names the unreadable file (a truncated .nii.gz passes the header check)."""
+
+    def __call__(self, data, reader=None):
+        try:
+            return super().__call__(data, reader)
+        except Exception as err:
+            import nibabel as nib
+
+            paths = [str(data[k]) for k in self.keys if k in data]
+            bad = []
+            for path in paths:
+                try:
+                    nib.load(path).get_fdata()
+                except Exception:
+                    bad.append(path)
+            raise ValueError(
+                f"cannot read {', '.join(bad or paths)} ({type(err).__name__}: {err}); the file is corrupt or "
+                "truncated: re-export it or remove the case."
+            ) from err
 
 
 def _source_file(data: Mapping, key: Hashable) -> str:

@@ -141,3 +141,22 @@ def test_resume_flag_from_the_command_line_string():
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     assert TrainingCheckpoints("out", net, opt, resume="false").resume is False
     assert TrainingCheckpoints("out", net, opt, resume="True").resume is True
+
+
+def test_truncated_nifti_is_named_when_loaded(synth):
+    from monai.transforms import Compose
+
+    from monai_gdl.bundle import load_transforms
+
+    path = os.path.join(synth, "imagesTr", "synth_001.nii.gz")
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])  # the header still reads: only loading the voxels fails
+    item = {"image": path, "label": os.path.join(synth, "labelsTr", "synth_001.nii.gz")}
+    with pytest.raises(Exception) as info:
+        Compose(load_transforms(["image", "label"], 3, (1.0, 1.0, 1.0)))(item)
+    chain, err = [], info.value
+    while err is not None:
+        chain.append(str(err))
+        err = err.__cause__
+    assert any("cannot read" in m and "synth_001.nii.gz" in m and "labelsTr" not in m for m in chain), chain
