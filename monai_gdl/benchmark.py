@@ -11,7 +11,9 @@ process); on CUDA it is ``torch.cuda.max_memory_allocated``.
 Ratios are computed within the same run: ``xMONAI`` = MONAI's time / ours (V-Net Dice against
 ``DiceLoss(softmax=True, squared_pred=True, to_onehot_y=True)``, GDL against
 ``GeneralizedDiceLoss``), ``xCE`` = cross-entropy's time / ours, ``mem%`` = our extra memory as a
-percentage of MONAI's.
+percentage of MONAI's, ``%copyBW`` = the bytes a two-pass loss must move (read logits and target
+twice, write the gradient) per second of the method, as a share of the copy bandwidth measured on
+the same tensors in the same process.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def _worker(spec: dict) -> dict:
             t0 = time.perf_counter()
             step()
             times.append(time.perf_counter() - t0)
-        return {"median_s": statistics.median(times)}
+        return {"median_s": statistics.median(times), **_bandwidth(logits, target, spec["reps"], sync)}
     grad_bytes = logits.numel() * logits.element_size()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -105,6 +107,28 @@ def _worker(spec: dict) -> dict:
     step()
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss("VmHWM:")
     return {"extra_bytes": max(0, peak - before - grad_bytes)}
+
+
+def _bandwidth(logits, target, reps: int, sync) -> dict:
+    """The bytes a two-pass fused loss must move, and the copy bandwidth measured on the same tensors.
+
+    Forward reads logits and target, backward reads them again and writes the gradient; the
+    reference bandwidth is ``dst.copy_(logits)`` (read + write) into a preallocated buffer.
+    """
+    import torch
+
+    nbytes = logits.numel() * logits.element_size()
+    moved = 3 * nbytes + 2 * target.numel() * target.element_size()
+    dst = torch.empty_like(logits, requires_grad=False)
+    with torch.no_grad():
+        dst.copy_(logits)
+        times = []
+        for _ in range(max(3, reps)):
+            t0 = time.perf_counter()
+            dst.copy_(logits)
+            sync()
+            times.append(time.perf_counter() - t0)
+    return {"moved_bytes": moved, "copy_bytes_per_s": 2 * nbytes / statistics.median(times)}
 
 
 def _run_worker(spec: dict, env: dict) -> dict:
@@ -161,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows = {m: _run_case(dict(case, method=m)) for m in args.methods}
                 results.append(dict(case, results=rows))
                 print(f"\n## target={target} C={classes} {size}^3")
-                print(f"| {'method':<36} | {'ms':>9} | {'extra MiB':>9} | {'xMONAI':>7} | {'xCE':>6} | {'mem%':>7} |")
-                print(f"|{'-' * 38}|{'-' * 11}|{'-' * 11}|{'-' * 9}|{'-' * 8}|{'-' * 9}|")
+                print(f"| {'method':<36} | {'ms':>9} | {'extra MiB':>9} | {'xMONAI':>7} | {'xCE':>6} | {'mem%':>7} "
+                      f"| {'%copyBW':>7} |")
+                print(f"|{'-' * 38}|{'-' * 11}|{'-' * 11}|{'-' * 9}|{'-' * 8}|{'-' * 9}|{'-' * 9}|")
                 for method, r in rows.items():
                     if "error" in r or "median_s" not in r:
                         print(f"| {METHODS[method]:<36} | error: {r.get('error', '?')[:60]}")
@@ -172,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                     x_monai = f"{peer['median_s'] / r['median_s']:.1f}x" if "median_s" in peer else "-"
                     x_ce = f"{ce['median_s'] / r['median_s']:.2f}x" if "median_s" in ce else "-"
                     mem = f"{100 * r['extra_bytes'] / peer['extra_bytes']:.1f}%" if peer.get("extra_bytes") else "-"
+                    bw = f"{100 * r['moved_bytes'] / r['median_s'] / r['copy_bytes_per_s']:.0f}%"
                     print(f"| {METHODS[method]:<36} | {1e3 * r['median_s']:9.1f} | {r['extra_bytes'] / _MIB:9.1f} "
-                          f"| {x_monai:>7} | {x_ce:>6} | {mem:>7} |", flush=True)
+                          f"| {x_monai:>7} | {x_ce:>6} | {mem:>7} | {bw:>7} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
