@@ -130,9 +130,7 @@ def check_statistics_finite(input: torch.Tensor, sums: Sequence[torch.Tensor]) -
         raise LossInputError(_NON_FINITE.format(shape=_shape_str(input)))
 
 
-def _check_label_map(
-    input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, ignore_index: int | None
-) -> None:
+def _check_label_map(input: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> None:
     num_classes = input.shape[1]
     expected = (input.shape[0], 1, *input.shape[2:])
     if tuple(target.shape) != expected:
@@ -158,7 +156,12 @@ def _check_label_map(
         if valid.numel():
             c_lo, c_hi = torch.aminmax(valid)
             lo, hi = min(lo, float(c_lo)), max(hi, float(c_hi))
-    if lo < 0 or hi >= num_classes:
+    if lo < 0:
+        raise LossInputError(
+            f"label map target holds a negative label ({lo:g}); labels are class indices 0..{num_classes - 1}"
+            + ("." if ignore_index is not None else ", or pass ignore_index for a label to skip.")
+        )
+    if hi >= num_classes:
         raise LossInputError(
             f"label map target holds labels in [{lo:g}, {hi:g}] but input has {num_classes} channels (classes "
             f"0..{num_classes - 1}). Raise the network's out_channels/num_classes to {int(hi) + 1}"
@@ -218,7 +221,7 @@ def check_loss_inputs(
     if target.device != input.device:
         raise LossInputError(f"target is on {target.device} but input is on {input.device}; move both to one device.")
     if to_onehot_y:
-        _check_label_map(input, target, mask, ignore_index)
+        _check_label_map(input, target, ignore_index)
     else:
         if ignore_index is not None:
             raise LossInputError(

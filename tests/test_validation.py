@@ -132,3 +132,10 @@ def test_nan_in_target_is_rejected():
     target[0, 0, 0, 0, 0] = float("nan")
     with pytest.raises(LossInputError, match=r"target values span \[nan"):
         VNetDiceLoss(softmax=True)(torch.randn(2, 3, 6, 6, 6), target)
+
+
+def test_negative_label_is_named():
+    labels = _labels()
+    labels[0, 0, 0, 0, 0] = -1
+    with pytest.raises(LossInputError, match=r"negative label \(-1\).*ignore_index"):
+        VNetDiceLoss(softmax=True, to_onehot_y=True)(torch.randn(2, 3, 6, 6, 6), labels)
