@@ -21,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "DatasetError",
+    "case_id",
     "class_names",
     "image_files",
     "msd_datalist",
@@ -40,7 +41,8 @@ def _nifti_in(folder: str) -> list[str]:
     return sorted(f for pattern in NIFTI_PATTERNS for f in glob.glob(os.path.join(folder, pattern)))
 
 
-def _case_id(path: str) -> str:
+def case_id(path: str) -> str:
+    """The file name without ``.nii.gz`` / ``.nii`` (``hippocampus_001``)."""
     name = os.path.basename(path)
     for ext in (".nii.gz", ".nii"):
         if name.endswith(ext):
@@ -97,14 +99,14 @@ def _pairs_from_folders(dataset_dir: str) -> list[dict]:
     images = _nifti_in(images_dir)
     if not images:
         raise DatasetError(f"{images_dir} holds no .nii/.nii.gz images.")
-    labels = {_case_id(p): p for p in _nifti_in(labels_dir)} if os.path.isdir(labels_dir) else {}
-    unlabeled = [os.path.basename(p) for p in images if _case_id(p) not in labels]
+    labels = {case_id(p): p for p in _nifti_in(labels_dir)} if os.path.isdir(labels_dir) else {}
+    unlabeled = [os.path.basename(p) for p in images if case_id(p) not in labels]
     if unlabeled:
         raise DatasetError(
             f"{len(unlabeled)} image(s) in {images_dir} have no label of the same name in {labels_dir}, "
             f"e.g. {unlabeled[:3]}; add the labels or move those images out (e.g. to imagesTs/)."
         )
-    return [{"image": p, "label": labels[_case_id(p)]} for p in images]
+    return [{"image": p, "label": labels[case_id(p)]} for p in images]
 
 
 def msd_datalist(
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for split in ("training", "validation"):
             cases = msd_datalist(args.dataset_dir, split, args.val_fraction, args.seed)
-            print(f"{split}: {len(cases)} cases, e.g. {[_case_id(c['image']) for c in cases[:3]]}")
+            print(f"{split}: {len(cases)} cases, e.g. {[case_id(c['image']) for c in cases[:3]]}")
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

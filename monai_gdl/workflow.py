@@ -284,6 +284,7 @@ class EvaluationReport:
     def _collect(self, evaluator) -> None:
         from monai.metrics import compute_dice
 
+        from monai_gdl.data import case_id
         from monai_gdl.functional import generalized_dice_loss
 
         for item in evaluator.state.output:
@@ -291,7 +292,7 @@ class EvaluationReport:
             dice = compute_dice(pred, label, include_background=False, ignore_empty=False)[0]
             gdl = generalized_dice_loss(pred, label, include_background=False, validate=False)
             meta = getattr(item["image"], "meta", {}) or {}
-            case = os.path.basename(str(meta.get("filename_or_obj", f"case_{len(self.rows)}"))).split(".nii")[0]
+            case = case_id(str(meta.get("filename_or_obj", f"case_{len(self.rows)}")))
             row = {"case": case}
             row.update({f"dice_{n}": float(v) for n, v in zip(self.names[1:], dice)})
             row.update({"mean_dice": float(dice.mean()), "gdl_score": 1.0 - float(gdl)})

@@ -16,7 +16,6 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-import monai_gdl
 from monai_gdl.data import write_synthetic_dataset
 from monai_gdl.workflow import CheckpointError, load_network_checkpoint
 
