@@ -17,7 +17,10 @@ from monai_gdl import kernels, vnet_dice_loss
 from monai_gdl.functional import activate, reference_statistics
 from monai_gdl.kernels import streaming_statistics
 
+from monai_gdl import native_kernels
+
 triton_kernels = pytest.importorskip("monai_gdl.triton_kernels")
+needs_native = pytest.mark.skipif(not native_kernels.available(), reason="no C compiler for the native CPU kernel")
 
 CASES = [
     # shape, activation, target kind, squared, masked
@@ -68,8 +71,19 @@ def _reference(x, target, mask, activation, label_map, squared):
     return reference_statistics(probs, target, label_map=label_map, squared=squared, mask=mask)
 
 
-# Every case on the eager and Triton backends; the compiled backend on three (each one compiles).
-BACKEND_CASES = [(b, c) for b in ("eager", "triton") for c in CASES] + [("compile", c) for c in CASES[:3]]
+# Every case on the eager, native and Triton backends; the compiled backend on three (each one compiles).
+BACKEND_CASES = [(b, c) for b in ("eager", "native", "triton") for c in CASES] + [("compile", c) for c in CASES[:3]]
+FLOAT32_BACKENDS = ("native", "triton")
+
+
+def _for_backend(backend, x, target, mask):
+    """The native kernel takes float32 one-hot/soft targets (float64 ones go to the other backends)."""
+    if backend == "native":
+        if not native_kernels.available():
+            pytest.skip("no C compiler for the native CPU kernel")
+        if target.is_floating_point():
+            target = target.float().contiguous()
+    return x, target, mask
 
 
 @pytest.mark.parametrize(
@@ -77,10 +91,10 @@ BACKEND_CASES = [(b, c) for b in ("eager", "triton") for c in CASES] + [("compil
 )
 def test_fused_matches_reference(monkeypatch, backend, case):
     shape, activation, kind, squared, masked = case
-    dtype = torch.float32 if backend == "triton" else torch.float64
+    dtype = torch.float32 if backend in FLOAT32_BACKENDS else torch.float64
     monkeypatch.setattr(kernels, "_backend", backend)
     monkeypatch.setattr(kernels, "CHUNK_ELEMENTS", 97)  # chunks that do not divide the volume
-    x, target, mask = _make(shape, activation, kind, masked, dtype)
+    x, target, mask = _for_backend(backend, *_make(shape, activation, kind, masked, dtype))
     got = _stats_and_grad(_fused, x, target, mask, activation, kind, squared)
     want = _stats_and_grad(_reference, x, target, mask, activation, kind, squared)
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
@@ -89,19 +103,23 @@ def test_fused_matches_reference(monkeypatch, backend, case):
     torch.testing.assert_close(got[1], want[1], **tol)
 
 
-@pytest.mark.parametrize("backend", ["eager", "triton"])
+@pytest.mark.parametrize("backend", ["eager", "native", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_accumulate_in_float32(monkeypatch, backend, dtype):
     monkeypatch.setattr(kernels, "_backend", backend)
-    x, labels, _ = _make((2, 4, 16, 16, 8), "softmax", "label", False, dtype)
+    x, labels, _ = _for_backend(backend, *_make((2, 4, 16, 16, 8), "softmax", "label", False, dtype))
     xx = x.clone().requires_grad_(True)
     stats = _fused(xx, labels, None, "softmax", True, True)
     assert stats.intersection.dtype == torch.float32
     want = _reference(x.float(), labels, None, "softmax", True, True)
     for a, b in zip(stats, want):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-3)
-    stats.intersection.sum().backward()
-    assert xx.grad.dtype == dtype
+    (grad,) = torch.autograd.grad(stats.intersection.sum() - 0.5 * stats.prediction.sum(), xx)
+    assert grad.dtype == dtype
+    xf = x.float().requires_grad_(True)
+    ref = _reference(xf, labels, None, "softmax", True, True)
+    (want_grad,) = torch.autograd.grad(ref.intersection.sum() - 0.5 * ref.prediction.sum(), xf)
+    torch.testing.assert_close(grad.float(), want_grad, rtol=2e-2, atol=1e-4)  # gradient rounded to the input dtype
 
 
 def test_loss_backends_agree_on_large_odd_volume(monkeypatch):
@@ -119,9 +137,15 @@ def test_loss_backends_agree_on_large_odd_volume(monkeypatch):
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-10, atol=1e-12)
 
 
-def test_auto_backend_on_cpu_is_compile_or_eager(monkeypatch):
+def test_auto_backend_on_cpu(monkeypatch):
+    """auto: the native kernel where it applies and builds; float64 (which it does not cover) stays off it."""
     monkeypatch.setattr(kernels, "_backend", "auto")
-    assert kernels.resolve_backend(torch.zeros(1, 2, 3)) in ("compile", "eager")
+    expected = "native" if native_kernels.available() else "eager"
+    assert kernels.resolve_backend(torch.zeros(1, 2, 3)) == expected
+    assert kernels.resolve_backend(torch.zeros(1, 2, 3, dtype=torch.float64)) == "eager"  # small: no compile
+    assert kernels.resolve_backend(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3, dtype=torch.float64), None, False) == (
+        "eager"
+    )
     with pytest.raises(ValueError, match="backend='fast'"):
         kernels.set_backend("fast")
 
@@ -130,8 +154,8 @@ _PEAK_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
     from monai_gdl import kernels, vnet_dice_loss
-    kernels.set_backend("eager")
-    impl, size = sys.argv[1], int(sys.argv[2])
+    impl, size, backend = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    kernels.set_backend(backend)
     torch.manual_seed(0)
     x = torch.randn(1, 8, size, size, size)
     y = torch.randint(0, 8, (1, 1, size, size, size))
@@ -149,25 +173,26 @@ _PEAK_SCRIPT = textwrap.dedent(
 )
 
 
-def _peak_extra(impl: str, size: int) -> dict:
+def _peak_extra(impl: str, size: int, backend: str = "eager") -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0",
                MONAI_GDL_CHUNK_ELEMENTS=str(1 << 18))
-    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, impl, str(size)], capture_output=True, text=True,
-                         check=True, env=env)
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, impl, str(size), backend], capture_output=True,
+                         text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux peak-RSS reset")
-def test_fused_path_allocates_no_volume_sized_temporaries():
+@pytest.mark.parametrize("backend", ["eager", pytest.param("native", marks=needs_native)])
+def test_fused_path_allocates_no_volume_sized_temporaries(backend):
     """Peak extra memory of fwd+bwd (beyond input and gradient): flat in the volume for fused, O(volume) for reference."""
-    small, large = _peak_extra("fused", 64), _peak_extra("fused", 128)  # 8x the voxels
+    small, large = _peak_extra("fused", 64, backend), _peak_extra("fused", 128, backend)  # 8x the voxels
     reference = _peak_extra("reference", 128)
     assert large["extra"] < 0.15 * large["input"], (small, large)  # measured: about 4 MiB of 64 MiB
     assert large["extra"] < 2 * small["extra"] + (4 << 20), (small, large)
     assert reference["extra"] > large["input"], reference  # the measurement can tell them apart
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     shape=st.tuples(st.integers(1, 3), st.integers(1, 6)).flatmap(
         lambda bc: st.lists(st.integers(1, 9), min_size=1, max_size=3).map(lambda sp: (*bc, *sp))
@@ -178,15 +203,16 @@ def test_fused_path_allocates_no_volume_sized_temporaries():
     masked=st.booleans(),
     chunk=st.sampled_from([1, 7, 64, 1 << 19]),
     seed=st.integers(0, 1000),
+    backend=st.sampled_from(["eager", "native"] if native_kernels.available() else ["eager"]),
 )
-def test_fused_matches_reference_float32_random_shapes(shape, activation, kind, squared, masked, chunk, seed):
+def test_fused_matches_reference_float32_random_shapes(shape, activation, kind, squared, masked, chunk, seed, backend):
     """float32 on random shapes and chunk sizes: statistics and gradients agree to float32 rounding."""
     if activation == "softmax" and shape[1] == 1:
         activation = "sigmoid"
     kernels_backend, kernels_chunk = kernels._backend, kernels.CHUNK_ELEMENTS
-    kernels._backend, kernels.CHUNK_ELEMENTS = "eager", chunk
+    kernels._backend, kernels.CHUNK_ELEMENTS = backend, chunk
     try:
-        x, target, mask = _make(shape, activation, kind, masked, torch.float32, seed=seed)
+        x, target, mask = _for_backend(backend, *_make(shape, activation, kind, masked, torch.float32, seed=seed))
         got = _stats_and_grad(_fused, x, target, mask, activation, kind, squared)
     finally:
         kernels._backend, kernels.CHUNK_ELEMENTS = kernels_backend, kernels_chunk

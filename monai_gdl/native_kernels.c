@@ -1,0 +1,328 @@
+/*
+ * Fused Dice statistics and their gradient on CPU, one pass over the input per call.
+ *
+ * Built by monai_gdl/native_kernels.py with the machine's C compiler (-O3 -march=native) on first
+ * use. The math is that of monai_gdl.kernels.forward_chunk / backward_chunk (the reference in the
+ * tests); only the schedule differs: the volume is walked in tiles of T voxels of one sample, and
+ * for each tile the C x T probabilities live in a buffer that stays in the L1/L2 cache, so every
+ * logit is read from memory once per call and every gradient value written once.
+ *
+ * Layouts: x is B x C x N (contiguous), a label map B x N, a dense target B x C x N (float32),
+ * a mask B x N (uint8). Each call covers the voxel range [n0, n1) of every sample, so callers can
+ * split the volume between threads. Sums are per tile in float32 vector lanes, across tiles in
+ * double.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+enum { ACT_NONE = 0, ACT_SOFTMAX = 1, ACT_SIGMOID = 2 };
+enum { X_F32 = 0, X_BF16 = 1, X_F16 = 2 };
+enum { T_DENSE_F32 = 0, T_LABEL_U8 = 1, T_LABEL_I32 = 2, T_LABEL_I64 = 3, T_LABEL_F32 = 4 };
+
+/* exp(x) in float32, vectorizable (no libm call): Cody-Waite reduction by ln 2, then the Cephes
+ * degree-6 polynomial; about 1 ulp. Inputs are clamped to [-87, 88] (results stay normal). A NaN
+ * input gives NaN (the comparisons below keep it), so NaN logits reach the statistics. */
+static inline float exp_f32(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    float n = (x * 1.44269504088896341f + shifter) - shifter;
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float q = 1.9875691500e-4f;
+    q = q * r + 1.3981999507e-3f;
+    q = q * r + 8.3334519073e-3f;
+    q = q * r + 4.1665795894e-2f;
+    q = q * r + 1.6666665459e-1f;
+    q = q * r + 5.0000001201e-1f;
+    q = q * (r * r) + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return q * scale;
+}
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40u); /* quiet NaN */
+    bits += 0x7fffu + ((bits >> 16) & 1u); /* round to nearest even */
+    return (uint16_t)(bits >> 16);
+}
+
+#define LOAD_F32(v) (v)
+#define LOAD_BF16(v) bf16_to_f32(v)
+#define LOAD_F16(v) ((float)(v))
+#define STORE_F32(v) (v)
+#define STORE_BF16(v) f32_to_bf16(v)
+#define STORE_F16(v) ((_Float16)(v))
+
+/* Activation of the tile [v0, v0 + len) of one sample, as p[c*T + v] = e[c*T + v] * scale[v]:
+ * softmax leaves the exps unnormalised (scale = 1 / sum; consumers fold the division into their
+ * own pass), sigmoid and none have scale = 1. mx: T floats of scratch. */
+#define DEFINE_ACTIVATE(NAME, XT, LOAD)                                                            \
+    static void NAME(const XT *restrict x, int64_t N, int64_t C, int64_t v0, int len, int T,     \
+                     int act, float *restrict e, float *restrict scale, float *restrict mx) {     \
+        if (act == ACT_SOFTMAX) {                                                                  \
+            const XT *restrict row0 = x + v0;                                                      \
+            for (int v = 0; v < len; ++v) mx[v] = LOAD(row0[v]);                                   \
+            for (int64_t c = 1; c < C; ++c) {                                                      \
+                const XT *restrict row = x + c * N + v0;                                           \
+                for (int v = 0; v < len; ++v) {                                                    \
+                    float xv = LOAD(row[v]);                                                       \
+                    mx[v] = xv > mx[v] ? xv : mx[v];                                               \
+                }                                                                                  \
+            }                                                                                      \
+            for (int v = 0; v < len; ++v) scale[v] = 0.0f;                                         \
+            for (int64_t c = 0; c < C; ++c) {                                                      \
+                const XT *restrict row = x + c * N + v0;                                           \
+                float *restrict ec = e + c * T;                                                    \
+                for (int v = 0; v < len; ++v) {                                                    \
+                    float ev = exp_f32(LOAD(row[v]) - mx[v]);                                      \
+                    ec[v] = ev;                                                                    \
+                    scale[v] += ev;                                                                \
+                }                                                                                  \
+            }                                                                                      \
+            for (int v = 0; v < len; ++v) scale[v] = 1.0f / scale[v];                              \
+        } else {                                                                                   \
+            for (int v = 0; v < len; ++v) scale[v] = 1.0f;                                         \
+            for (int64_t c = 0; c < C; ++c) {                                                      \
+                const XT *restrict row = x + c * N + v0;                                           \
+                float *restrict ec = e + c * T;                                                    \
+                if (act == ACT_SIGMOID)                                                            \
+                    for (int v = 0; v < len; ++v) ec[v] = 1.0f / (1.0f + exp_f32(-LOAD(row[v])));  \
+                else                                                                               \
+                    for (int v = 0; v < len; ++v) ec[v] = LOAD(row[v]);                            \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+DEFINE_ACTIVATE(activate_f32, float, LOAD_F32)
+DEFINE_ACTIVATE(activate_bf16, uint16_t, LOAD_BF16)
+DEFINE_ACTIVATE(activate_f16, _Float16, LOAD_F16)
+
+static void activate(const void *x, int xtype, int64_t N, int64_t C, int64_t v0, int len, int T, int act,
+                     float *e, float *scale, float *mx) {
+    if (xtype == X_F32) activate_f32((const float *)x, N, C, v0, len, T, act, e, scale, mx);
+    else if (xtype == X_BF16) activate_bf16((const uint16_t *)x, N, C, v0, len, T, act, e, scale, mx);
+    else activate_f16((const _Float16 *)x, N, C, v0, len, T, act, e, scale, mx);
+}
+
+/* Class index of each voxel, -1 where it matches no class (out of 0..C-1: ignore_index, junk). */
+#define INT_LABEL_LOOP(TT)                                                              \
+    {                                                                                   \
+        const TT *src = (const TT *)t + off;                                            \
+        for (int v = 0; v < len; ++v)                                                   \
+            lab[v] = (uint64_t)(int64_t)src[v] < (uint64_t)C ? (int32_t)src[v] : -1;    \
+    }
+
+static void labels_tile(const void *t, int ttype, int64_t off, int len, int64_t C, int32_t *lab) {
+    if (ttype == T_LABEL_U8) INT_LABEL_LOOP(uint8_t)
+    else if (ttype == T_LABEL_I32) INT_LABEL_LOOP(int32_t)
+    else if (ttype == T_LABEL_I64) INT_LABEL_LOOP(int64_t)
+    else {
+        const float *src = (const float *)t + off, top = (float)C;
+        for (int v = 0; v < len; ++v) {
+            float y = src[v] >= 0.0f && src[v] < top ? src[v] : -1.0f; /* NaN fails both tests */
+            lab[v] = y == (float)(int32_t)y ? (int32_t)y : -1;
+        }
+    }
+}
+
+/* Voxel weights m (0 or 1); without a mask, 1 everywhere. */
+static void mask_tile(const uint8_t *mask, int64_t off, int len, float *mk) {
+    if (mask == NULL)
+        for (int v = 0; v < len; ++v) mk[v] = 1.0f;
+    else
+        for (int v = 0; v < len; ++v) mk[v] = mask[off + v] ? 1.0f : 0.0f;
+}
+
+/* Tile length: about 4096 values per C x T buffer (16 KiB, so it stays in L1 with the input tile). */
+static int tile_length(int64_t C) {
+    int64_t t = 4096 / C;
+    t = t < 16 ? 16 : (t > 1024 ? 1024 : t);
+    return (int)(t & ~(int64_t)15);
+}
+
+typedef struct {
+    float *e, *scale, *mx, *mk, *dot;
+    int32_t *lab;
+    int T;
+} Scratch;
+
+static int scratch_alloc(Scratch *s, int64_t C) {
+    s->T = tile_length(C);
+    s->e = malloc(sizeof(float) * ((size_t)C * s->T + 4 * (size_t)s->T) + sizeof(int32_t) * s->T);
+    if (s->e == NULL) return -1;
+    s->scale = s->e + C * s->T;
+    s->mx = s->scale + s->T;
+    s->mk = s->mx + s->T;
+    s->dot = s->mk + s->T;
+    s->lab = (int32_t *)(s->dot + s->T);
+    return 0;
+}
+
+/* Tile setup shared by both passes: activation, mask and labels of [v0, v0 + len) of sample b. */
+static void load_tile(Scratch *s, const void *x, int xtype, const void *t, int ttype, const uint8_t *mask,
+                      int64_t b, int64_t C, int64_t N, int64_t v0, int len, int act) {
+    const size_t xsize = xtype == X_F32 ? 4 : 2;
+    activate((const char *)x + (size_t)(b * C * N) * xsize, xtype, N, C, v0, len, s->T, act, s->e, s->scale, s->mx);
+    mask_tile(mask == NULL ? NULL : mask + b * N, v0, len, s->mk);
+    if (ttype != T_DENSE_F32) labels_tile(t, ttype, b * N + v0, len, C, s->lab);
+}
+
+/* stats (4 x B x C, double, accumulated into): I = sum m p g, P = sum m p^k, G = sum m g^k,
+ * V = sum m g, with k = 2 when squared else 1. */
+int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8_t *mask, int64_t B, int64_t C,
+                 int64_t N, int64_t n0, int64_t n1, int act, int squared, double *stats) {
+    Scratch s;
+    if (scratch_alloc(&s, C) != 0) return -1;
+    const float *restrict scale = s.scale, *restrict mk = s.mk;
+    const int32_t *restrict lab = s.lab;
+    for (int64_t b = 0; b < B; ++b) {
+        double *I = stats + b * C, *P = I + B * C, *G = P + B * C, *V = G + B * C;
+        for (int64_t v0 = n0; v0 < n1; v0 += s.T) {
+            const int len = (int)(n1 - v0 < s.T ? n1 - v0 : s.T);
+            load_tile(&s, x, xtype, t, ttype, mask, b, C, N, v0, len, act);
+            for (int64_t c = 0; c < C; ++c) {
+                const float *restrict ec = s.e + c * s.T;
+                float si = 0.0f, sp = 0.0f, sg = 0.0f, sv = 0.0f;
+                if (ttype != T_DENSE_F32) {
+                    const int32_t cls = (int32_t)c;
+#pragma omp simd reduction(+ : si, sp, sv)
+                    for (int v = 0; v < len; ++v) {
+                        float p = ec[v] * scale[v];
+                        float h = lab[v] == cls ? mk[v] : 0.0f;
+                        float pm = p * mk[v];
+                        si += p * h;
+                        sp += squared ? pm * p : pm;
+                        sv += h;
+                    }
+                    sg = sv;
+                } else {
+                    const float *restrict gc = (const float *)t + (b * C + c) * N + v0;
+#pragma omp simd reduction(+ : si, sp, sg, sv)
+                    for (int v = 0; v < len; ++v) {
+                        float p = ec[v] * scale[v];
+                        float gm = gc[v] * mk[v];
+                        float pm = p * mk[v];
+                        si += pm * gc[v];
+                        sp += squared ? pm * p : pm;
+                        sg += squared ? gm * gc[v] : gm;
+                        sv += gm;
+                    }
+                }
+                I[c] += si;
+                P[c] += sp;
+                G[c] += sg;
+                V[c] += sv;
+            }
+        }
+    }
+    free(s.e);
+    return 0;
+}
+
+/* dL/dp of class c at voxel v: m (a g + beta k p^(k-1)). */
+#define UPSTREAM(g, p) (((a) * (g) + (squared ? 2.0f * beta * (p) : beta)) * mk[v])
+
+/* One class row of dL/dx into out: softmax p (du - dot), sigmoid du p (1 - p), none du. */
+#define DEFINE_GRADIENT_ROW(NAME, OT, STORE)                                                       \
+    static void NAME(OT *restrict o, const float *restrict ec, const float *restrict scale,      \
+                     const float *restrict mk, const int32_t *restrict lab, int32_t cls,         \
+                     const float *restrict gc, float a, float beta, int squared, int act,        \
+                     const float *restrict dot, int len) {                                       \
+        for (int v = 0; v < len; ++v) {                                                          \
+            float p = ec[v] * scale[v];                                                          \
+            float du = gc == NULL ? UPSTREAM(lab[v] == cls ? 1.0f : 0.0f, p) : UPSTREAM(gc[v], p); \
+            float d = act == ACT_SOFTMAX ? p * (du - dot[v])                                     \
+                                         : (act == ACT_SIGMOID ? du * p * (1.0f - p) : du);      \
+            o[v] = STORE(d);                                                                     \
+        }                                                                                        \
+    }
+
+DEFINE_GRADIENT_ROW(gradient_row_f32, float, STORE_F32)
+DEFINE_GRADIENT_ROW(gradient_row_bf16, uint16_t, STORE_BF16)
+DEFINE_GRADIENT_ROW(gradient_row_f16, _Float16, STORE_F16)
+
+/* out = dL/dx for [n0, n1) from ga = dL/dI and gb = dL/dP (B x C, float32), with
+ * du = m (ga g + gb k p^(k-1)); softmax: p (du - sum_c p du); sigmoid: du p (1 - p); none: du. */
+int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint8_t *mask, int64_t B, int64_t C,
+                  int64_t N, int64_t n0, int64_t n1, int act, int squared, const float *ga, const float *gb,
+                  void *out) {
+    Scratch s;
+    if (scratch_alloc(&s, C) != 0) return -1;
+    const float *restrict scale = s.scale, *restrict mk = s.mk;
+    const int32_t *restrict lab = s.lab;
+    float *restrict dot = s.dot;
+    for (int64_t b = 0; b < B; ++b) {
+        for (int64_t v0 = n0; v0 < n1; v0 += s.T) {
+            const int len = (int)(n1 - v0 < s.T ? n1 - v0 : s.T);
+            load_tile(&s, x, xtype, t, ttype, mask, b, C, N, v0, len, act);
+            if (act == ACT_SOFTMAX) {
+                for (int v = 0; v < len; ++v) dot[v] = 0.0f;
+                for (int64_t c = 0; c < C; ++c) {
+                    const float *restrict ec = s.e + c * s.T;
+                    const float a = ga[b * C + c], beta = gb[b * C + c];
+                    if (ttype != T_DENSE_F32) {
+                        const int32_t cls = (int32_t)c;
+                        for (int v = 0; v < len; ++v) {
+                            float p = ec[v] * scale[v];
+                            dot[v] += p * UPSTREAM(lab[v] == cls ? 1.0f : 0.0f, p);
+                        }
+                    } else {
+                        const float *restrict gc = (const float *)t + (b * C + c) * N + v0;
+                        for (int v = 0; v < len; ++v) {
+                            float p = ec[v] * scale[v];
+                            dot[v] += p * UPSTREAM(gc[v], p);
+                        }
+                    }
+                }
+            }
+            for (int64_t c = 0; c < C; ++c) {
+                const float *ec = s.e + c * s.T;
+                const float *gc = ttype == T_DENSE_F32 ? (const float *)t + (b * C + c) * N + v0 : NULL;
+                const size_t at = (size_t)((b * C + c) * N + v0);
+                const float a = ga[b * C + c], beta = gb[b * C + c];
+                if (xtype == X_F32)
+                    gradient_row_f32((float *)out + at, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared, act,
+                                     dot, len);
+                else if (xtype == X_BF16)
+                    gradient_row_bf16((uint16_t *)out + at, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared,
+                                      act, dot, len);
+                else
+                    gradient_row_f16((_Float16 *)out + at, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared,
+                                     act, dot, len);
+            }
+        }
+    }
+    free(s.e);
+    return 0;
+}
+
+/* Advise the 2 MiB-aligned interior of [ptr, ptr + nbytes) onto transparent huge pages: first
+ * touch then maps 512x fewer pages. Advice only; returns 0, or -1 where the system has no THP. */
+int mgdl_prefer_huge_pages(void *ptr, int64_t nbytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    uintptr_t start = ((uintptr_t)ptr + huge - 1) & ~(huge - 1);
+    uintptr_t end = ((uintptr_t)ptr + (uintptr_t)nbytes) & ~(huge - 1);
+    if (end <= start) return 0;
+    return madvise((void *)start, end - start, MADV_HUGEPAGE);
+#else
+    (void)ptr;
+    (void)nbytes;
+    return -1;
+#endif
+}
