@@ -1,9 +1,10 @@
 """Speed and memory of our losses against MONAI's and cross-entropy: ``python -m monai_gdl.benchmark``.
 
 Every (case, method) pair runs in fresh processes, so peaks never mix between methods. One
-process measures the median wall time of forward+backward over ``--reps`` runs after one warm-up
-(which also compiles, for the compiled backend). Another measures the peak *extra* memory of one
-forward+backward after the warm-up: beyond the logits, the target and the gradient. On CPU that is
+process measures the median wall time of forward+backward over ``--reps`` runs after ``--warmup``
+untimed ones (lazy init, compilation, and the first page faults of a fresh process, which on some
+virtual machines cost several times a steady-state step). Another measures the peak *extra*
+memory of one forward+backward after the warm-up: beyond the logits, the target and the gradient. On CPU that is
 the process's peak resident set (``VmHWM``, reset before the measured step), with glibc told to
 return freed blocks at once so the reading is honest (which slows allocation, hence the separate
 process); on CUDA it is ``torch.cuda.max_memory_allocated``.
@@ -13,7 +14,11 @@ Ratios are computed within the same run: ``xMONAI`` = MONAI's time / ours (V-Net
 ``GeneralizedDiceLoss``), ``xCE`` = cross-entropy's time / ours, ``mem%`` = our extra memory as a
 percentage of MONAI's, ``%copyBW`` = the bytes a two-pass loss must move (read logits and target
 twice, write the gradient) per second of the method, as a share of the copy bandwidth measured on
-the same tensors in the same process.
+the same tensors in the same process. The case heading names the backend our fused rows ran on.
+
+``--huge-pages`` runs every method with ``THP_MEM_ALLOC_ENABLE=1``, so PyTorch's allocator puts
+all large tensors on transparent huge pages, as our native backend does for its gradient buffer:
+a like-for-like allocator comparison (page faults dominate MONAI's time on some machines).
 """
 
 from __future__ import annotations
@@ -87,7 +92,8 @@ def _worker(spec: dict) -> dict:
         sync()
 
     logits.requires_grad_(True)
-    step()  # warm-up: lazy init, compilation
+    for _ in range(spec["warmup"]):  # lazy init, compilation, the allocator's first page faults
+        step()
     logits.grad = None
     if spec["measure"] == "time":
         times = []
@@ -95,7 +101,11 @@ def _worker(spec: dict) -> dict:
             t0 = time.perf_counter()
             step()
             times.append(time.perf_counter() - t0)
-        return {"median_s": statistics.median(times), **_bandwidth(logits, target, spec["reps"], sync)}
+        return {
+            "median_s": statistics.median(times),
+            "backend": _backend_used(spec["method"], logits, target),
+            **_bandwidth(logits, target, spec["reps"], sync),
+        }
     grad_bytes = logits.numel() * logits.element_size()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -107,6 +117,16 @@ def _worker(spec: dict) -> dict:
     step()
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss("VmHWM:")
     return {"extra_bytes": max(0, peak - before - grad_bytes)}
+
+
+def _backend_used(method: str, logits, target) -> str | None:
+    """Which kernel backend our fused methods ran on (None for the others)."""
+    if not method.endswith("fused"):
+        return None
+    from monai_gdl import kernels
+
+    flat = logits.detach().reshape(*logits.shape[:2], -1)
+    return kernels.resolve_backend(flat, target.reshape(*target.shape[:2], -1), None, target.shape[1] == 1)
 
 
 def _bandwidth(logits, target, reps: int, sync) -> dict:
@@ -141,10 +161,13 @@ def _run_worker(spec: dict, env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _run_case(spec: dict) -> dict:
-    timing = _run_worker(dict(spec, measure="time"), dict(os.environ))
+def _run_case(spec: dict, huge_pages: bool) -> dict:
+    env = dict(os.environ)
+    if huge_pages:  # PyTorch's CPU allocator advises every allocation >= 2 MiB onto huge pages
+        env["THP_MEM_ALLOC_ENABLE"] = "1"
+    timing = _run_worker(dict(spec, measure="time"), env)
     memory = _run_worker(
-        dict(spec, measure="memory"), dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+        dict(spec, measure="memory"), dict(env, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     )
     return {**timing, **memory}
 
@@ -166,7 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[96, 128])
     parser.add_argument("--targets", nargs="+", default=["label", "onehot"], choices=["label", "onehot"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before the timed ones (default 5)")
+    parser.add_argument(
+        "--huge-pages", action="store_true",
+        help="run every method with THP_MEM_ALLOC_ENABLE=1 (PyTorch's allocator on transparent huge pages, Linux)",
+    )
     parser.add_argument("--json", help="also write all results to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -174,17 +202,20 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_worker(json.loads(args.worker))))
         return 0
 
-    print(f"# monai_gdl benchmark: fwd+bwd, {args.device} {args.dtype}, B={args.batch}, median of {args.reps}")
+    print(f"# monai_gdl benchmark: fwd+bwd, {args.device} {args.dtype}, B={args.batch}, median of {args.reps} "
+          f"after {args.warmup} warm-up steps" + (", THP_MEM_ALLOC_ENABLE=1 for all" if args.huge_pages else ""))
     print(f"# machine: {_machine(args.device)}")
     results = []
     for target in args.targets:
         for classes in args.classes:
             for size in args.sizes:
                 case = dict(device=args.device, dtype=args.dtype, batch=args.batch, classes=classes, size=size,
-                            target=target, reps=args.reps)
-                rows = {m: _run_case(dict(case, method=m)) for m in args.methods}
-                results.append(dict(case, results=rows))
-                print(f"\n## target={target} C={classes} {size}^3")
+                            target=target, reps=args.reps, warmup=args.warmup)
+                rows = {m: _run_case(dict(case, method=m), args.huge_pages) for m in args.methods}
+                results.append(dict(case, huge_pages=args.huge_pages, results=rows))
+                backends = sorted({r["backend"] for r in rows.values() if r.get("backend")})
+                print(f"\n## target={target} C={classes} {size}^3" + (f" (fused backend: {', '.join(backends)})"
+                                                                         if backends else ""))
                 print(f"| {'method':<36} | {'ms':>9} | {'extra MiB':>9} | {'xMONAI':>7} | {'xCE':>6} | {'mem%':>7} "
                       f"| {'%copyBW':>7} |")
                 print(f"|{'-' * 38}|{'-' * 11}|{'-' * 11}|{'-' * 9}|{'-' * 8}|{'-' * 9}|{'-' * 9}|")

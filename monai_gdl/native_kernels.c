@@ -190,6 +190,8 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
     if (scratch_alloc(&s, C) != 0) return -1;
     const float *restrict scale = s.scale, *restrict mk = s.mk;
     const int32_t *restrict lab = s.lab;
+    /* p^k = p * kp + k1: arithmetic instead of a branch, so both variants vectorize alike */
+    const float kp = squared ? 1.0f : 0.0f, k1 = 1.0f - kp;
     for (int64_t b = 0; b < B; ++b) {
         double *I = stats + b * C, *P = I + B * C, *G = P + B * C, *V = G + B * C;
         for (int64_t v0 = n0; v0 < n1; v0 += s.T) {
@@ -204,9 +206,8 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
                     for (int v = 0; v < len; ++v) {
                         float p = ec[v] * scale[v];
                         float h = lab[v] == cls ? mk[v] : 0.0f;
-                        float pm = p * mk[v];
                         si += p * h;
-                        sp += squared ? pm * p : pm;
+                        sp += p * mk[v] * (p * kp + k1);
                         sv += h;
                     }
                     sg = sv;
@@ -218,8 +219,8 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
                         float gm = gc[v] * mk[v];
                         float pm = p * mk[v];
                         si += pm * gc[v];
-                        sp += squared ? pm * p : pm;
-                        sg += squared ? gm * gc[v] : gm;
+                        sp += pm * (p * kp + k1);
+                        sg += gm * (gc[v] * kp + k1);
                         sv += gm;
                     }
                 }
@@ -234,8 +235,8 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
     return 0;
 }
 
-/* dL/dp of class c at voxel v: m (a g + beta k p^(k-1)). */
-#define UPSTREAM(g, p) (((a) * (g) + (squared ? 2.0f * beta * (p) : beta)) * mk[v])
+/* dL/dp of class c at voxel v: m (a g + beta k p^(k-1)), with k p^(k-1) = p * kp2 + k1. */
+#define UPSTREAM(g, p) (((a) * (g) + beta * ((p) * kp2 + k1)) * mk[v])
 
 /* One class row of dL/dx into out: softmax p (du - dot), sigmoid du p (1 - p), none du. */
 #define DEFINE_GRADIENT_ROW(NAME, OT, STORE)                                                       \
@@ -243,6 +244,7 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
                      const float *restrict mk, const int32_t *restrict lab, int32_t cls,         \
                      const float *restrict gc, float a, float beta, int squared, int act,        \
                      const float *restrict dot, int len) {                                       \
+        const float kp2 = squared ? 2.0f : 0.0f, k1 = squared ? 0.0f : 1.0f;                     \
         for (int v = 0; v < len; ++v) {                                                          \
             float p = ec[v] * scale[v];                                                          \
             float du = gc == NULL ? UPSTREAM(lab[v] == cls ? 1.0f : 0.0f, p) : UPSTREAM(gc[v], p); \
@@ -266,6 +268,7 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
     const float *restrict scale = s.scale, *restrict mk = s.mk;
     const int32_t *restrict lab = s.lab;
     float *restrict dot = s.dot;
+    const float kp2 = squared ? 2.0f : 0.0f, k1 = squared ? 0.0f : 1.0f;
     for (int64_t b = 0; b < B; ++b) {
         for (int64_t v0 = n0; v0 < n1; v0 += s.T) {
             const int len = (int)(n1 - v0 < s.T ? n1 - v0 : s.T);

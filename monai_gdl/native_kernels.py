@@ -102,7 +102,10 @@ def library_path() -> Path | None:
 @functools.lru_cache(maxsize=None)
 def _library() -> ctypes.CDLL | None:
     try:
-        lib = ctypes.CDLL(str(library_path()))
+        path = library_path()
+        if path is None:
+            raise RuntimeError("no C compiler found ($CC, cc, gcc or clang)")
+        lib = ctypes.CDLL(str(path))
         ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
         common = [ptr, i32, ptr, i32, ptr, i64, i64, i64, i64, i64, i32, i32]
         lib.mgdl_forward.argtypes = [*common, ptr]

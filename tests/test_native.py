@@ -1,0 +1,185 @@
+"""The native C kernel: the dtypes and layouts it takes, where it steps aside, and how it is built."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from monai_gdl import LossInputError, VNetDiceLoss, kernels, native_kernels
+from monai_gdl.kernels import backward_chunk, forward_chunk
+
+pytestmark = pytest.mark.skipif(not native_kernels.available(), reason="no C compiler for the native CPU kernel")
+
+
+def _native_and_reference(x, target, mask, activation, label_map, squared, grads):
+    """(stats, grad) from the C kernel and from the float64 reference chunk math."""
+    lib = native_kernels._library()
+    ga, gb = grads
+    got = native_kernels._forward(lib, x, target, mask, activation, label_map, squared)
+    got_grad = native_kernels._backward(lib, x, target, mask, ga, gb, activation, label_map, squared)
+    want = forward_chunk(x.double(), target, mask, activation, label_map, squared)
+    want_grad = backward_chunk(x.double(), target, mask, ga.double()[..., None], gb.double()[..., None],
+                               activation, label_map, squared)
+    return got, got_grad, want, want_grad
+
+
+def _assert_matches(got, got_grad, want, want_grad):
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got_grad.double(), want_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.bool, torch.int32, torch.int64, torch.float32])
+def test_label_dtypes_and_labels_outside_the_classes(label_dtype):
+    """Labels outside 0..C-1 (ignore_index 255, -1, 2.5) match no class, as in the reference."""
+    g = torch.Generator().manual_seed(1)
+    c = 2 if label_dtype == torch.bool else 5
+    x = torch.randn(2, c, 1000, generator=g)
+    labels = torch.randint(0, c, (2, 1, 1000), generator=g)
+    if label_dtype == torch.float32:
+        labels = labels.float()
+        labels[0, 0, :7] = 2.5
+        labels[1, 0, :5] = -1.0
+        labels[1, 0, 5:9] = float("nan")
+    elif label_dtype == torch.bool:
+        labels = labels.bool()
+    else:
+        labels[0, 0, :11] = 255 if label_dtype == torch.uint8 else 7
+        if label_dtype != torch.uint8:
+            labels[1, 0, :3] = -1
+        labels = labels.to(label_dtype)
+    reference_labels = labels.long() if label_dtype != torch.float32 else labels
+    grads = (torch.randn(2, c, generator=g), torch.randn(2, c, generator=g))
+    got, got_grad, want, want_grad = _native_and_reference(x, labels, None, "softmax", True, True, grads)
+    if label_dtype == torch.float32:
+        want = forward_chunk(x.double(), reference_labels, None, "softmax", True, True)
+    _assert_matches(got, got_grad, want, want_grad)
+    assert float(got[3].sum()) < 2000 or label_dtype == torch.bool  # the odd labels were not counted
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid", "none"])
+def test_input_dtypes_and_activations_with_mask(dtype, activation):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 6, 777, generator=g)
+    if activation == "none":
+        x = torch.rand(3, 6, 777, generator=g)
+    x = x.to(dtype)
+    soft = torch.rand(3, 6, 777, generator=g)
+    mask = torch.rand(3, 1, 777, generator=g) > 0.4
+    grads = (torch.randn(3, 6, generator=g), torch.randn(3, 6, generator=g))
+    got, got_grad, want, want_grad = _native_and_reference(x, soft, mask.view(torch.uint8), activation, False, True,
+                                                           grads)
+    assert got_grad.dtype == dtype
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-3)
+    rounding = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    torch.testing.assert_close(got_grad.double(), want_grad.to(dtype).double(), rtol=rounding, atol=1e-5)
+
+
+def test_threaded_split_equals_single_thread(monkeypatch):
+    """Work split over threads by voxel range gives the same sums and gradient as one thread."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 7, 40_003, generator=g)
+    labels = torch.randint(0, 7, (2, 1, 40_003), generator=g)
+    grads = (torch.randn(2, 7, generator=g), torch.randn(2, 7, generator=g))
+    results = []
+    for minimum, threads in ((1 << 40, 1), (1, 3)):
+        monkeypatch.setattr(native_kernels, "PARALLEL_MIN_ELEMENTS", minimum)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            results.append(_native_and_reference(x, labels, None, "softmax", True, False, grads)[:2])
+        finally:
+            torch.set_num_threads(previous)
+    for a, b in zip(results[0][0], results[1][0]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=0)
+
+
+def test_huge_page_advice_changes_nothing_but_speed(monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 4, 1 << 20, generator=g)  # 16 MiB gradient: above HUGE_PAGE_MIN_BYTES
+    labels = torch.randint(0, 4, (1, 1, 1 << 20), generator=g)
+    lib = native_kernels._library()
+    ga, gb = torch.randn(1, 4, generator=g), torch.randn(1, 4, generator=g)
+    grads = []
+    for setting in ("1", "0"):
+        monkeypatch.setenv("MONAI_GDL_HUGE_PAGES", setting)
+        grads.append(native_kernels._backward(lib, x, labels, None, ga, gb, "softmax", True, True))
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
+def test_auto_steps_aside_for_what_the_kernel_does_not_cover(monkeypatch):
+    monkeypatch.setattr(kernels, "_backend", "auto")
+    x = torch.randn(2, 3, 10)
+    labels = torch.randint(0, 3, (2, 1, 10))
+    assert kernels.resolve_backend(x, labels, None, True) == "native"
+    assert kernels.resolve_backend(x.double(), labels, None, True) == "eager"
+    assert kernels.resolve_backend(x.transpose(1, 2).contiguous().transpose(1, 2), labels, None, True) == "eager"
+    assert kernels.resolve_backend(x, labels.to(torch.int16), None, True) == "eager"
+    assert kernels.resolve_backend(x, torch.rand(2, 3, 10, dtype=torch.float64), None, False) == "eager"
+
+
+def test_explicit_native_backend_names_what_it_cannot_take(monkeypatch):
+    monkeypatch.setattr(kernels, "_backend", "native")
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=r"logits torch.float64 cpu contiguous=True.*'auto'"):
+        VNetDiceLoss(softmax=True, to_onehot_y=True)(x, torch.randint(0, 3, (2, 1, 4, 4)))
+
+
+def test_nan_logits_are_caught_through_the_native_statistics(monkeypatch):
+    monkeypatch.setattr(kernels, "_backend", "native")
+    x = torch.randn(1, 3, 8, 8)
+    x[0, 1, 2, 2] = float("nan")
+    with pytest.raises(LossInputError, match="NaN or inf"):
+        VNetDiceLoss(softmax=True, to_onehot_y=True)(x, torch.randint(0, 3, (1, 1, 8, 8)))
+
+
+def test_loss_on_native_backend_matches_monai():
+    """The whole loss through the C kernel against MONAI's DiceLoss (an independent implementation)."""
+    from monai.losses import DiceLoss
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 20, 18, 17, generator=g)
+    labels = torch.randint(0, 4, (2, 1, 20, 18, 17), generator=g)
+    values, grads = [], []
+    for loss in (VNetDiceLoss(softmax=True, to_onehot_y=True), DiceLoss(softmax=True, to_onehot_y=True, squared_pred=True)):
+        xx = x.clone().requires_grad_(True)
+        previous = kernels._backend
+        kernels.set_backend("native")
+        try:
+            value = loss(xx, labels)
+            value.backward()
+        finally:
+            kernels.set_backend(previous)
+        values.append(value.detach())
+        grads.append(xx.grad)
+    torch.testing.assert_close(values[0], values[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-8)
+
+
+def test_build_is_cached_and_keyed_by_source(monkeypatch, tmp_path):
+    monkeypatch.setenv("MONAI_GDL_CACHE_DIR", str(tmp_path))
+    first = native_kernels.library_path()
+    assert first is not None and first.parent == tmp_path and first.exists()
+    stamp = first.stat().st_mtime_ns
+    assert native_kernels.library_path() == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
+    edited = tmp_path / "native_kernels.c"
+    edited.write_text(native_kernels._SOURCE.read_text() + "\n/* edited */\n")
+    monkeypatch.setattr(native_kernels, "_SOURCE", edited)
+    assert native_kernels.library_path() != first
+
+
+def test_no_compiler_means_not_available_and_auto_falls_back(monkeypatch):
+    monkeypatch.setattr(native_kernels, "_compiler", lambda: None)
+    native_kernels._library.cache_clear()
+    try:
+        assert not native_kernels.available()
+        monkeypatch.setattr(kernels, "_backend", "auto")
+        assert kernels.resolve_backend(torch.randn(1, 2, 5)) == "eager"
+        value = VNetDiceLoss(softmax=True, to_onehot_y=True)(torch.randn(1, 2, 5), torch.randint(0, 2, (1, 1, 5)))
+        assert 0.0 <= float(value) <= 1.0
+    finally:
+        native_kernels._library.cache_clear()
