@@ -48,11 +48,21 @@ HUGE_PAGE_MIN_BYTES = 8 << 20
 
 
 def _cache_dir() -> Path:
+    """``$MONAI_GDL_CACHE_DIR``, else ``$XDG_CACHE_HOME/monai_gdl`` or ``~/.cache/monai_gdl``; a
+    per-user temporary folder where that cannot be written (read-only home in a container)."""
     root = os.environ.get("MONAI_GDL_CACHE_DIR")
     if root:
         return Path(root)
     xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "monai_gdl"
+    preferred = (Path(xdg) if xdg else Path.home() / ".cache") / "monai_gdl"
+    try:
+        preferred.mkdir(parents=True, exist_ok=True)
+        if os.access(preferred, os.W_OK):
+            return preferred
+    except OSError:
+        pass
+    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+    return Path(tempfile.gettempdir()) / f"monai_gdl-{user}"
 
 
 def _cpu_signature() -> str:
