@@ -229,6 +229,22 @@ def _chunk_functions(backend: str) -> tuple[Callable, Callable]:
     return forward_chunk, backward_chunk_into
 
 
+def finish_statistics_forward(ctx, saved: tuple, options: tuple, sums) -> tuple:
+    """Common end of every backend's forward: keep what backward needs; target sums get no gradient."""
+    ctx.save_for_backward(*saved)
+    ctx.options = options
+    ctx.mark_non_differentiable(sums[2], sums[3])
+    return tuple(sums)
+
+
+def upstream_gradients(
+    x: torch.Tensor, grad_inter: torch.Tensor | None, grad_pred: torch.Tensor | None, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dL/dI`` and ``dL/dP`` (``B x C``, contiguous, in ``dtype``); zeros where autograd passed None."""
+    zeros = torch.zeros(x.shape[:2], dtype=dtype, device=x.device)
+    return tuple(zeros if g is None else g.to(dtype).contiguous() for g in (grad_inter, grad_pred))
+
+
 def _chunk_bounds(n: int, rows: int) -> list[tuple[int, int]]:
     step = max(1, CHUNK_ELEMENTS // max(1, rows))
     return [(s, min(s + step, n)) for s in range(0, n, step)]
@@ -254,10 +270,7 @@ class StreamingDiceStatistics(torch.autograd.Function):
         for s, e in _chunk_bounds(n, b * c):
             for total, part in zip(sums, fwd(x[:, :, s:e], target[:, :, s:e], _slice(mask, s, e), activation, label_map, squared)):
                 total += part
-        ctx.save_for_backward(x, target, mask)
-        ctx.options = (activation, label_map, squared, backend)
-        ctx.mark_non_differentiable(sums[2], sums[3])
-        return tuple(sums)
+        return finish_statistics_forward(ctx, (x, target, mask), (activation, label_map, squared, backend), sums)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -265,9 +278,7 @@ class StreamingDiceStatistics(torch.autograd.Function):
         x, target, mask = ctx.saved_tensors
         activation, label_map, squared, backend = ctx.options
         _, bwd = _chunk_functions(backend)
-        acc = statistics_dtype(x.dtype)
-        a = torch.zeros(x.shape[:2], dtype=acc, device=x.device) if grad_inter is None else grad_inter.to(acc)
-        beta = torch.zeros_like(a) if grad_pred is None else grad_pred.to(acc)
+        a, beta = upstream_gradients(x, grad_inter, grad_pred, statistics_dtype(x.dtype))
         grad_x = torch.empty_like(x)
         for s, e in _chunk_bounds(x.shape[2], x.shape[0] * x.shape[1]):
             bwd(

@@ -31,6 +31,13 @@ from pathlib import Path
 
 import torch
 
+from monai_gdl.kernels import (
+    backward_chunk,
+    finish_statistics_forward,
+    forward_chunk,
+    upstream_gradients,
+)
+
 __all__ = ["NativeDiceStatistics", "available", "library_path", "supports"]
 
 logger = logging.getLogger(__name__)
@@ -88,7 +95,7 @@ def library_path() -> Path | None:
     cc = _compiler()
     if cc is None:
         return None
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60, check=False).stdout
     key = hashlib.sha256(
         "\0".join([_SOURCE.read_text(), cc, version, " ".join(_FLAGS), _cpu_signature()]).encode()
     ).hexdigest()[:16]
@@ -109,7 +116,7 @@ def library_path() -> Path | None:
     return target
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _library() -> ctypes.CDLL | None:
     try:
         path = library_path()
@@ -131,8 +138,6 @@ def _library() -> ctypes.CDLL | None:
 
 def _self_check(lib: ctypes.CDLL) -> None:
     """The built library against the reference chunk math on a small case with every code path."""
-    from monai_gdl.kernels import backward_chunk, forward_chunk
-
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 77, generator=g)
     labels = torch.randint(0, 6, (2, 1, 77), generator=g)
@@ -172,7 +177,7 @@ def supports(
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
     """One pool per thread count and process (a forked DataLoader worker gets its own)."""
     return ThreadPoolExecutor(workers, thread_name_prefix="monai_gdl")
@@ -181,6 +186,8 @@ def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
 def _run_split(fn, n: int, values: int, arguments) -> None:
     """``fn(*arguments(n0, n1))`` over voxel ranges, one per thread, each a multiple of 16 voxels."""
     workers = max(1, torch.get_num_threads()) if values >= PARALLEL_MIN_ELEMENTS else 1
+    if n == 0:
+        return
     step = -(-n // workers)
     step = -(-step // 16) * 16
     bounds = [(s, min(n, s + step)) for s in range(0, n, step)]
@@ -216,8 +223,8 @@ def _forward(lib, x, target, mask, activation, label_map, squared) -> tuple[torc
 
 
 def _backward(lib, x, target, mask, grad_inter, grad_pred, activation, label_map, squared) -> torch.Tensor:
-    ga = grad_inter.to(torch.float32).contiguous()
-    gb = grad_pred.to(torch.float32).contiguous()
+    """``dL/dx`` from ``grad_inter = dL/dI`` and ``grad_pred = dL/dP`` (``B x C``, None = zeros)."""
+    ga, gb = upstream_gradients(x, grad_inter, grad_pred, torch.float32)
     grad_x = torch.empty_like(x)
     if grad_x.nbytes >= HUGE_PAGE_MIN_BYTES and os.environ.get("MONAI_GDL_HUGE_PAGES", "1") != "0":
         lib.mgdl_prefer_huge_pages(grad_x.data_ptr(), grad_x.nbytes)
@@ -236,18 +243,12 @@ class NativeDiceStatistics(torch.autograd.Function):
     def forward(ctx, x, target, mask, activation: str, label_map: bool, squared: bool):  # type: ignore[override]
         lib = _library()
         mask_u8 = None if mask is None else mask.view(torch.uint8)
-        inter, pred, tsum, tvol = _forward(lib, x, target, mask_u8, activation, label_map, squared)
-        ctx.save_for_backward(x, target, mask_u8)
-        ctx.options = (activation, label_map, squared)
-        ctx.mark_non_differentiable(tsum, tvol)
-        return inter, pred, tsum, tvol
+        sums = _forward(lib, x, target, mask_u8, activation, label_map, squared)
+        return finish_statistics_forward(ctx, (x, target, mask_u8), (activation, label_map, squared), sums)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_inter, grad_pred, _grad_tsum, _grad_tvol):  # type: ignore[override]
         x, target, mask = ctx.saved_tensors
-        zeros = torch.zeros(x.shape[:2], dtype=torch.float32)
-        ga = zeros if grad_inter is None else grad_inter
-        gb = zeros if grad_pred is None else grad_pred
-        grad_x = _backward(_library(), x, target, mask, ga, gb, *ctx.options)
+        grad_x = _backward(_library(), x, target, mask, grad_inter, grad_pred, *ctx.options)
         return grad_x, None, None, None, None, None

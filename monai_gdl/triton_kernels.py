@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from monai_gdl.kernels import finish_statistics_forward, upstream_gradients
+
 try:
     import triton
     import triton.language as tl
@@ -131,11 +133,8 @@ class TritonDiceStatistics(torch.autograd.Function):
             ACTIVATION=_ACTIVATION_CODES[activation], LABEL_MAP=label_map, HAS_MASK=mask is not None,
             SQUARED=squared,
         )
-        inter, pred, tsum, tvol = stats.unbind(0)
-        ctx.save_for_backward(x, target, None if mask is None else mask_arg)
-        ctx.options = (activation, label_map, squared)
-        ctx.mark_non_differentiable(tsum, tvol)
-        return inter, pred, tsum, tvol
+        saved = (x, target, None if mask is None else mask_arg)
+        return finish_statistics_forward(ctx, saved, (activation, label_map, squared), stats.unbind(0))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -143,9 +142,7 @@ class TritonDiceStatistics(torch.autograd.Function):
         x, target, mask = ctx.saved_tensors
         activation, label_map, squared = ctx.options
         b, c, n = x.shape
-        zeros = torch.zeros(b, c, dtype=torch.float32, device=x.device)
-        ga = zeros if grad_inter is None else grad_inter.float().contiguous()
-        gb = zeros if grad_pred is None else grad_pred.float().contiguous()
+        ga, gb = upstream_gradients(x, grad_inter, grad_pred, torch.float32)
         grad_x = torch.empty_like(x)
         c_pad, block = _launch_shape(c, n)
         _backward_kernel[(triton.cdiv(n, block), b)](

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -183,3 +186,27 @@ def test_no_compiler_means_not_available_and_auto_falls_back(monkeypatch):
         assert 0.0 <= float(value) <= 1.0
     finally:
         native_kernels._library.cache_clear()
+
+
+def test_unwritable_cache_home_falls_back_to_a_temp_folder(monkeypatch, tmp_path):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.delenv("MONAI_GDL_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # mkdir under a file fails
+    folder = native_kernels._cache_dir()
+    assert folder.parent == Path(tempfile.gettempdir())
+    assert folder.name.startswith("monai_gdl-")
+
+
+def test_empty_volume_matches_eager(monkeypatch):
+    """No voxels: the same loss as the eager path (every class empty), and a zero-size gradient."""
+    x = torch.randn(1, 2, 0, requires_grad=True)
+    labels = torch.zeros(1, 1, 0, dtype=torch.long)
+    values = []
+    for backend in ("native", "eager"):
+        monkeypatch.setattr(kernels, "_backend", backend)
+        value = VNetDiceLoss(softmax=True, to_onehot_y=True)(x, labels)
+        values.append(float(value))
+        (grad,) = torch.autograd.grad(value, x)
+        assert grad.shape == x.shape
+    assert values[0] == values[1]
