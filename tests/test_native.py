@@ -210,3 +210,18 @@ def test_empty_volume_matches_eager(monkeypatch):
         (grad,) = torch.autograd.grad(value, x)
         assert grad.shape == x.shape
     assert values[0] == values[1]
+
+
+@pytest.mark.parametrize("classes", [1, 150])
+def test_extreme_class_counts_use_valid_tiles(classes):
+    """C=1 (sigmoid, 1024-voxel tiles) and C=150 (16-voxel tiles) against the reference, with a ragged tail."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, classes, 1037, generator=g)
+    activation = "sigmoid" if classes == 1 else "softmax"
+    target = (torch.rand(2, 1, 1037, generator=g) > 0.5).long() if classes == 1 else torch.randint(
+        0, classes, (2, 1, 1037), generator=g
+    )
+    if classes == 1:
+        target = target.float()  # one-hot of a single foreground channel
+    grads = (torch.randn(2, classes, generator=g), torch.randn(2, classes, generator=g))
+    _assert_matches(*_native_and_reference(x, target, None, activation, classes != 1, True, grads))
