@@ -288,6 +288,7 @@ class StreamingDiceStatistics(torch.autograd.Function):
         return grad_x, None, None, None, None, None, None
 
 
+@torch.compiler.disable  # a user's torch.compile of the training step runs this, already fused, as is
 def streaming_statistics(
     input: torch.Tensor,
     target: torch.Tensor,

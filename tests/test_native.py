@@ -225,3 +225,24 @@ def test_extreme_class_counts_use_valid_tiles(classes):
         target = target.float()  # one-hot of a single foreground channel
     grads = (torch.randn(2, classes, generator=g), torch.randn(2, classes, generator=g))
     _assert_matches(*_native_and_reference(x, target, None, activation, classes != 1, True, grads))
+
+
+def test_loss_inside_a_compiled_training_step(monkeypatch):
+    """torch.compile of a user's step runs the (already fused) kernel as is: same loss and weight gradient."""
+    monkeypatch.setattr(kernels, "_backend", "auto")
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 3, 3, padding=1)
+    loss_fn = VNetDiceLoss(softmax=True, to_onehot_y=True)
+
+    def step(image, labels):
+        value = loss_fn(net(image), labels)
+        value.backward()
+        return value.detach()
+
+    image, labels = torch.randn(2, 1, 12, 12, 12), torch.randint(0, 3, (2, 1, 12, 12, 12))
+    eager_value = step(image, labels)
+    eager_grad = net.weight.grad.clone()
+    net.zero_grad()
+    compiled_value = torch.compile(step)(image, labels)
+    torch.testing.assert_close(compiled_value, eager_value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(net.weight.grad, eager_grad, rtol=1e-4, atol=1e-6)
