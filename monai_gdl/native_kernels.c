@@ -7,8 +7,9 @@
  * for each tile the C x T probabilities live in a buffer that stays in the L1/L2 cache, so every
  * logit is read from memory once per call and every gradient value written once.
  *
- * Layouts: x is B x C x N (contiguous), a label map B x N, a dense target B x C x N (float32),
- * a mask B x N (uint8). Each call covers the voxel range [n0, n1) of every sample, so callers can
+ * Layouts: x is B x C x N (contiguous) or B x N x C (channels-last, then so is the gradient), a
+ * label map B x N, a dense target (float32) B x C x N or B x N x C, a mask B x N (uint8).
+ * Channels-last tiles are transposed into C x T scratch on the way in (and out). Each call covers the voxel range [n0, n1) of every sample, so callers can
  * split the volume between threads. Sums are per tile in float32 vector lanes, across tiles in
  * double.
  */
@@ -22,6 +23,8 @@
 enum { ACT_NONE = 0, ACT_SOFTMAX = 1, ACT_SIGMOID = 2 };
 enum { X_F32 = 0, X_BF16 = 1, X_F16 = 2 };
 enum { T_DENSE_F32 = 0, T_LABEL_U8 = 1, T_LABEL_I32 = 2, T_LABEL_I64 = 3, T_LABEL_F32 = 4 };
+/* Layout bits: logits (and so the gradient) / dense target stored channels-last, i.e. B x N x C. */
+enum { LAYOUT_X_CHANNELS_LAST = 1, LAYOUT_T_CHANNELS_LAST = 2 };
 
 /* exp(x) in float32, vectorizable (no libm call): Cody-Waite reduction by ln 2, then the Cephes
  * degree-6 polynomial; about 1 ulp. Inputs are clamped to [-87, 88] (results stay normal). A NaN
@@ -119,6 +122,34 @@ static void activate(const void *x, int xtype, int64_t N, int64_t C, int64_t v0,
     else activate_f16((const _Float16 *)x, N, C, v0, len, T, act, e, scale, mx);
 }
 
+/* Channels-last tile [v0, v0 + len) of sample b transposed into C x T float rows (the logits). */
+#define DEFINE_STAGE_ROWS(NAME, XT, LOAD)                                                          \
+    static void NAME(const XT *restrict src, int64_t b, int64_t C, int64_t N, int64_t v0, int len, \
+                     int T, float *restrict rows) {                                                \
+        for (int v = 0; v < len; ++v) {                                                            \
+            const XT *restrict voxel = src + (b * N + v0 + v) * C;                                 \
+            for (int64_t c = 0; c < C; ++c) rows[c * T + v] = LOAD(voxel[c]);                      \
+        }                                                                                          \
+    }
+
+DEFINE_STAGE_ROWS(stage_rows_f32, float, LOAD_F32)
+DEFINE_STAGE_ROWS(stage_rows_bf16, uint16_t, LOAD_BF16)
+DEFINE_STAGE_ROWS(stage_rows_f16, _Float16, LOAD_F16)
+
+/* C x T float rows written back into a channels-last tile (the gradient), in the output dtype. */
+#define DEFINE_UNSTAGE_ROWS(NAME, OT, STORE)                                                       \
+    static void NAME(OT *restrict dst, int64_t b, int64_t C, int64_t N, int64_t v0, int len, int T, \
+                     const float *restrict rows) {                                                 \
+        for (int v = 0; v < len; ++v) {                                                            \
+            OT *restrict voxel = dst + (b * N + v0 + v) * C;                                       \
+            for (int64_t c = 0; c < C; ++c) voxel[c] = STORE(rows[c * T + v]);                     \
+        }                                                                                          \
+    }
+
+DEFINE_UNSTAGE_ROWS(unstage_rows_f32, float, STORE_F32)
+DEFINE_UNSTAGE_ROWS(unstage_rows_bf16, uint16_t, STORE_BF16)
+DEFINE_UNSTAGE_ROWS(unstage_rows_f16, _Float16, STORE_F16)
+
 /* Class index of each voxel, -1 where it matches no class (out of 0..C-1: ignore_index, junk). */
 #define INT_LABEL_LOOP(TT)                                                              \
     {                                                                                   \
@@ -156,16 +187,23 @@ static int tile_length(int64_t C) {
 }
 
 typedef struct {
-    float *e, *scale, *mx, *mk, *dot;
+    float *e, *xs, *gs, *d, *scale, *mx, *mk, *dot;
     int32_t *lab;
+    const float *g; /* dense target rows of the tile: g[c * g_row + v] */
+    int64_t g_row;
     int T;
 } Scratch;
 
+/* e: probabilities; xs, gs, d: channels-last staging of logits, target and gradient (C x T each). */
 static int scratch_alloc(Scratch *s, int64_t C) {
     s->T = tile_length(C);
-    s->e = malloc(sizeof(float) * ((size_t)C * s->T + 4 * (size_t)s->T) + sizeof(int32_t) * s->T);
+    const size_t tile = (size_t)C * s->T;
+    s->e = malloc(sizeof(float) * (4 * tile + 4 * (size_t)s->T) + sizeof(int32_t) * s->T);
     if (s->e == NULL) return -1;
-    s->scale = s->e + C * s->T;
+    s->xs = s->e + tile;
+    s->gs = s->xs + tile;
+    s->d = s->gs + tile;
+    s->scale = s->d + tile;
     s->mx = s->scale + s->T;
     s->mk = s->mx + s->T;
     s->dot = s->mk + s->T;
@@ -173,19 +211,37 @@ static int scratch_alloc(Scratch *s, int64_t C) {
     return 0;
 }
 
-/* Tile setup shared by both passes: activation, mask and labels of [v0, v0 + len) of sample b. */
+/* Tile setup shared by both passes: activation, mask and labels or target rows of [v0, v0 + len)
+ * of sample b. */
 static void load_tile(Scratch *s, const void *x, int xtype, const void *t, int ttype, const uint8_t *mask,
-                      int64_t b, int64_t C, int64_t N, int64_t v0, int len, int act) {
-    const size_t xsize = xtype == X_F32 ? 4 : 2;
-    activate((const char *)x + (size_t)(b * C * N) * xsize, xtype, N, C, v0, len, s->T, act, s->e, s->scale, s->mx);
+                      int layout, int64_t b, int64_t C, int64_t N, int64_t v0, int len, int act) {
+    const int T = s->T;
+    if (layout & LAYOUT_X_CHANNELS_LAST) {
+        if (xtype == X_F32) stage_rows_f32((const float *)x, b, C, N, v0, len, T, s->xs);
+        else if (xtype == X_BF16) stage_rows_bf16((const uint16_t *)x, b, C, N, v0, len, T, s->xs);
+        else stage_rows_f16((const _Float16 *)x, b, C, N, v0, len, T, s->xs);
+        activate_f32(s->xs, T, C, 0, len, T, act, s->e, s->scale, s->mx);
+    } else {
+        const size_t xsize = xtype == X_F32 ? 4 : 2;
+        activate((const char *)x + (size_t)(b * C * N) * xsize, xtype, N, C, v0, len, T, act, s->e, s->scale, s->mx);
+    }
     mask_tile(mask == NULL ? NULL : mask + b * N, v0, len, s->mk);
-    if (ttype != T_DENSE_F32) labels_tile(t, ttype, b * N + v0, len, C, s->lab);
+    if (ttype != T_DENSE_F32) {
+        labels_tile(t, ttype, b * N + v0, len, C, s->lab);
+    } else if (layout & LAYOUT_T_CHANNELS_LAST) {
+        stage_rows_f32((const float *)t, b, C, N, v0, len, T, s->gs);
+        s->g = s->gs;
+        s->g_row = T;
+    } else {
+        s->g = (const float *)t + b * C * N + v0;
+        s->g_row = N;
+    }
 }
 
 /* stats (4 x B x C, double, accumulated into): I = sum m p g, P = sum m p^k, G = sum m g^k,
  * V = sum m g, with k = 2 when squared else 1. */
 int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8_t *mask, int64_t B, int64_t C,
-                 int64_t N, int64_t n0, int64_t n1, int act, int squared, double *stats) {
+                 int64_t N, int64_t n0, int64_t n1, int act, int squared, int layout, double *stats) {
     Scratch s;
     if (scratch_alloc(&s, C) != 0) return -1;
     const float *restrict scale = s.scale, *restrict mk = s.mk;
@@ -196,7 +252,7 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
         double *I = stats + b * C, *P = I + B * C, *G = P + B * C, *V = G + B * C;
         for (int64_t v0 = n0; v0 < n1; v0 += s.T) {
             const int len = (int)(n1 - v0 < s.T ? n1 - v0 : s.T);
-            load_tile(&s, x, xtype, t, ttype, mask, b, C, N, v0, len, act);
+            load_tile(&s, x, xtype, t, ttype, mask, layout, b, C, N, v0, len, act);
             for (int64_t c = 0; c < C; ++c) {
                 const float *restrict ec = s.e + c * s.T;
                 float si = 0.0f, sp = 0.0f, sg = 0.0f, sv = 0.0f;
@@ -212,7 +268,7 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
                     }
                     sg = sv;
                 } else {
-                    const float *restrict gc = (const float *)t + (b * C + c) * N + v0;
+                    const float *restrict gc = s.g + c * s.g_row;
 #pragma omp simd reduction(+ : si, sp, sg, sv)
                     for (int v = 0; v < len; ++v) {
                         float p = ec[v] * scale[v];
@@ -261,8 +317,8 @@ DEFINE_GRADIENT_ROW(gradient_row_f16, _Float16, STORE_F16)
 /* out = dL/dx for [n0, n1) from ga = dL/dI and gb = dL/dP (B x C, float32), with
  * du = m (ga g + gb k p^(k-1)); softmax: p (du - sum_c p du); sigmoid: du p (1 - p); none: du. */
 int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint8_t *mask, int64_t B, int64_t C,
-                  int64_t N, int64_t n0, int64_t n1, int act, int squared, const float *ga, const float *gb,
-                  void *out) {
+                  int64_t N, int64_t n0, int64_t n1, int act, int squared, int layout, const float *ga,
+                  const float *gb, void *out) {
     Scratch s;
     if (scratch_alloc(&s, C) != 0) return -1;
     const float *restrict scale = s.scale, *restrict mk = s.mk;
@@ -272,7 +328,7 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
     for (int64_t b = 0; b < B; ++b) {
         for (int64_t v0 = n0; v0 < n1; v0 += s.T) {
             const int len = (int)(n1 - v0 < s.T ? n1 - v0 : s.T);
-            load_tile(&s, x, xtype, t, ttype, mask, b, C, N, v0, len, act);
+            load_tile(&s, x, xtype, t, ttype, mask, layout, b, C, N, v0, len, act);
             if (act == ACT_SOFTMAX) {
                 for (int v = 0; v < len; ++v) dot[v] = 0.0f;
                 for (int64_t c = 0; c < C; ++c) {
@@ -285,7 +341,7 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
                             dot[v] += p * UPSTREAM(lab[v] == cls ? 1.0f : 0.0f, p);
                         }
                     } else {
-                        const float *restrict gc = (const float *)t + (b * C + c) * N + v0;
+                        const float *restrict gc = s.g + c * s.g_row;
                         for (int v = 0; v < len; ++v) {
                             float p = ec[v] * scale[v];
                             dot[v] += p * UPSTREAM(gc[v], p);
@@ -293,12 +349,16 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
                     }
                 }
             }
+            const int staged = layout & LAYOUT_X_CHANNELS_LAST;
             for (int64_t c = 0; c < C; ++c) {
                 const float *ec = s.e + c * s.T;
-                const float *gc = ttype == T_DENSE_F32 ? (const float *)t + (b * C + c) * N + v0 : NULL;
+                const float *gc = ttype == T_DENSE_F32 ? s.g + c * s.g_row : NULL;
                 const size_t at = (size_t)((b * C + c) * N + v0);
                 const float a = ga[b * C + c], beta = gb[b * C + c];
-                if (xtype == X_F32)
+                if (staged)
+                    gradient_row_f32(s.d + c * s.T, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared, act, dot,
+                                     len);
+                else if (xtype == X_F32)
                     gradient_row_f32((float *)out + at, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared, act,
                                      dot, len);
                 else if (xtype == X_BF16)
@@ -307,6 +367,11 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
                 else
                     gradient_row_f16((_Float16 *)out + at, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared,
                                      act, dot, len);
+            }
+            if (staged) {
+                if (xtype == X_F32) unstage_rows_f32((float *)out, b, C, N, v0, len, s.T, s.d);
+                else if (xtype == X_BF16) unstage_rows_bf16((uint16_t *)out, b, C, N, v0, len, s.T, s.d);
+                else unstage_rows_f16((_Float16 *)out, b, C, N, v0, len, s.T, s.d);
             }
         }
     }

@@ -124,7 +124,7 @@ def _library() -> ctypes.CDLL | None:
             raise RuntimeError("no C compiler found ($CC, cc, gcc or clang)")
         lib = ctypes.CDLL(str(path))
         ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-        common = [ptr, i32, ptr, i32, ptr, i64, i64, i64, i64, i64, i32, i32]
+        common = [ptr, i32, ptr, i32, ptr, i64, i64, i64, i64, i64, i32, i32, i32]
         lib.mgdl_forward.argtypes = [*common, ptr]
         lib.mgdl_backward.argtypes = [*common, ptr, ptr, ptr]
         lib.mgdl_forward.restype = lib.mgdl_backward.restype = i32
@@ -163,16 +163,25 @@ def available() -> bool:
     return _library() is not None
 
 
+def _channels_last(t: torch.Tensor) -> bool:
+    """``B x C x N`` stored as ``B x N x C`` (a channels-last network output, a permuted one-hot)."""
+    return not t.is_contiguous() and t.transpose(1, 2).is_contiguous()
+
+
 def supports(
     x: torch.Tensor, target: torch.Tensor | None = None, mask: torch.Tensor | None = None, label_map: bool = True
 ) -> bool:
-    """Whether the C kernel covers these tensors (CPU, contiguous, dtypes it was written for)."""
+    """Whether the C kernel covers these tensors: CPU, the dtypes it was written for, logits and a
+    dense target contiguous or channels-last, a label map and mask contiguous."""
     codes = _LABEL_CODES if label_map else _DENSE_CODES
+    target_ok = target is None or (
+        target.dtype in codes and (target.is_contiguous() or (not label_map and _channels_last(target)))
+    )
     return (
         x.device.type == "cpu"
         and x.dtype in _X_CODES
-        and x.is_contiguous()
-        and (target is None or (target.dtype in codes and target.is_contiguous()))
+        and (x.is_contiguous() or _channels_last(x))
+        and target_ok
         and (mask is None or mask.is_contiguous())
     )
 
@@ -204,10 +213,11 @@ def _arguments(x, target, mask, activation, label_map, squared):
     b, c, n = x.shape
     t_code = (_LABEL_CODES if label_map else _DENSE_CODES)[target.dtype]
     mask_ptr = None if mask is None else mask.data_ptr()
+    layout = int(_channels_last(x)) | (2 if not label_map and _channels_last(target) else 0)
 
     def args(n0: int, n1: int) -> list:
         return [x.data_ptr(), _X_CODES[x.dtype], target.data_ptr(), t_code, mask_ptr, b, c, n, n0, n1,
-                _ACTIVATION_CODES[activation], int(squared)]
+                _ACTIVATION_CODES[activation], int(squared), layout]
 
     return args
 
@@ -225,7 +235,7 @@ def _forward(lib, x, target, mask, activation, label_map, squared) -> tuple[torc
 def _backward(lib, x, target, mask, grad_inter, grad_pred, activation, label_map, squared) -> torch.Tensor:
     """``dL/dx`` from ``grad_inter = dL/dI`` and ``grad_pred = dL/dP`` (``B x C``, None = zeros)."""
     ga, gb = upstream_gradients(x, grad_inter, grad_pred, torch.float32)
-    grad_x = torch.empty_like(x)
+    grad_x = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype)  # the logits' layout, as the kernel writes it
     if grad_x.nbytes >= HUGE_PAGE_MIN_BYTES and os.environ.get("MONAI_GDL_HUGE_PAGES", "1") != "0":
         lib.mgdl_prefer_huge_pages(grad_x.data_ptr(), grad_x.nbytes)
     args = _arguments(x, target, mask, activation, label_map, squared)

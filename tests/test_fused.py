@@ -77,12 +77,13 @@ FLOAT32_BACKENDS = ("native", "triton")
 
 
 def _for_backend(backend, x, target, mask):
-    """The native kernel takes float32 one-hot/soft targets (float64 ones go to the other backends)."""
+    """The native kernel takes float32 one-hot/soft targets (float64 ones go to the other backends);
+    ``_make``'s one-hot is channels-last (``one_hot(...).movedim``), which it also takes."""
     if backend == "native":
         if not native_kernels.available():
             pytest.skip("no C compiler for the native CPU kernel")
         if target.is_floating_point():
-            target = target.float().contiguous()
+            target = target.float()
     return x, target, mask
 
 

@@ -114,12 +114,14 @@ def test_huge_page_advice_changes_nothing_but_speed(monkeypatch):
 
 
 def test_auto_steps_aside_for_what_the_kernel_does_not_cover(monkeypatch):
+    """It takes contiguous and channels-last logits; strided views with gaps, float64 and int16 go elsewhere."""
     monkeypatch.setattr(kernels, "_backend", "auto")
     x = torch.randn(2, 3, 10)
     labels = torch.randint(0, 3, (2, 1, 10))
     assert kernels.resolve_backend(x, labels, None, True) == "native"
     assert kernels.resolve_backend(x.double(), labels, None, True) == "eager"
-    assert kernels.resolve_backend(x.transpose(1, 2).contiguous().transpose(1, 2), labels, None, True) == "eager"
+    assert kernels.resolve_backend(x.transpose(1, 2).contiguous().transpose(1, 2), labels, None, True) == "native"
+    assert kernels.resolve_backend(torch.randn(2, 3, 20)[:, :, ::2], labels, None, True) == "eager"  # gaps
     assert kernels.resolve_backend(x, labels.to(torch.int16), None, True) == "eager"
     assert kernels.resolve_backend(x, torch.rand(2, 3, 10, dtype=torch.float64), None, False) == "eager"
 
@@ -246,3 +248,36 @@ def test_loss_inside_a_compiled_training_step(monkeypatch):
     compiled_value = torch.compile(step)(image, labels)
     torch.testing.assert_close(compiled_value, eager_value, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(net.weight.grad, eager_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_channels_last_logits_and_permuted_one_hot(monkeypatch, dtype, activation):
+    """A channels_last_3d network output and a ``one_hot(...).permute`` target, through the whole loss,
+    against the reference path on the same (strided) tensors; the gradient keeps the logits' layout."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 5, 9, 10, 11, generator=g).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+    labels = torch.randint(0, 5, (2, 9, 10, 11), generator=g)
+    onehot = torch.nn.functional.one_hot(labels, 5).permute(0, 4, 1, 2, 3).float()
+    assert not x.is_contiguous() and not onehot.is_contiguous()
+    monkeypatch.setattr(kernels, "_backend", "auto")
+    assert kernels.resolve_backend(x.reshape(2, 5, -1), onehot.reshape(2, 5, -1), None, False) == "native"
+    results = {}
+    for target, to_onehot_y in ((labels[:, None], True), (onehot, False)):
+        for impl in ("fused", "reference"):
+            previous = kernels._backend
+            kernels.set_backend("native" if impl == "fused" else previous)
+            xx = x.clone().requires_grad_(True)
+            try:
+                loss = VNetDiceLoss(softmax=activation == "softmax", sigmoid=activation == "sigmoid",
+                                    to_onehot_y=to_onehot_y, implementation=impl)
+                value = loss(xx, target)
+                value.backward()
+            finally:
+                kernels.set_backend(previous)
+            results[to_onehot_y, impl] = (value.detach(), xx.grad)
+        (v_fused, g_fused), (v_ref, g_ref) = results[to_onehot_y, "fused"], results[to_onehot_y, "reference"]
+        assert g_fused.stride() == x.stride()
+        torch.testing.assert_close(v_fused, v_ref, rtol=1e-5, atol=1e-6)
+        tol = dict(rtol=1e-4, atol=1e-7) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-5)
+        torch.testing.assert_close(g_fused.float(), g_ref.float(), **tol)
