@@ -22,3 +22,5 @@ def test_notebook_code_cells_run():
     assert "softmax with a multi-hot target -> softmax=True but the target's channels sum to" in text
     assert float(text.split("hand-written 'Dice': ")[1].split()[0]) > 1.0
     assert float(text.split("max gradient difference: ")[1].split()[0]) < 1e-10
+    assert text.split("auto backend for float32 CPU logits: ")[1].split()[0] in ("native", "compile", "eager")
+    assert " eager: " in text and text.strip().endswith("ms")
