@@ -18,7 +18,7 @@ def test_wheel_ships_the_native_kernel_source(tmp_path):
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), REPO],
         capture_output=True, text=True, timeout=300,
     )
-    if out.returncode != 0 and "No module named" in out.stderr:
+    if out.returncode != 0 and ("No module named" in out.stderr or "bdist_wheel" in out.stderr):
         pytest.skip(f"no build backend in this environment: {out.stderr.strip().splitlines()[-1]}")
     assert out.returncode == 0, out.stderr[-2000:]
     (wheel,) = tmp_path.glob("monai_gdl-*.whl")
