@@ -64,12 +64,24 @@ static inline uint16_t f32_to_bf16(float f) {
     return (uint16_t)(bits >> 16);
 }
 
+/* float16 needs a compiler with _Float16 (GCC >= 12, recent Clang); elsewhere the type is a stub
+ * and mgdl_has_float16() tells the caller to send float16 logits to the other backends. */
+#if defined(__FLT16_MAX__)
+#define HAS_FLOAT16 1
+typedef _Float16 float16_t;
+#else
+#define HAS_FLOAT16 0
+typedef uint16_t float16_t;
+#endif
+
+int mgdl_has_float16(void) { return HAS_FLOAT16; }
+
 #define LOAD_F32(v) (v)
 #define LOAD_BF16(v) bf16_to_f32(v)
 #define LOAD_F16(v) ((float)(v))
 #define STORE_F32(v) (v)
 #define STORE_BF16(v) f32_to_bf16(v)
-#define STORE_F16(v) ((_Float16)(v))
+#define STORE_F16(v) ((float16_t)(v))
 
 /* Activation of the tile [v0, v0 + len) of one sample, as p[c*T + v] = e[c*T + v] * scale[v]:
  * softmax leaves the exps unnormalised (scale = 1 / sum; consumers fold the division into their
@@ -113,13 +125,13 @@ static inline uint16_t f32_to_bf16(float f) {
 
 DEFINE_ACTIVATE(activate_f32, float, LOAD_F32)
 DEFINE_ACTIVATE(activate_bf16, uint16_t, LOAD_BF16)
-DEFINE_ACTIVATE(activate_f16, _Float16, LOAD_F16)
+DEFINE_ACTIVATE(activate_f16, float16_t, LOAD_F16)
 
 static void activate(const void *x, int xtype, int64_t N, int64_t C, int64_t v0, int len, int T, int act,
                      float *e, float *scale, float *mx) {
     if (xtype == X_F32) activate_f32((const float *)x, N, C, v0, len, T, act, e, scale, mx);
     else if (xtype == X_BF16) activate_bf16((const uint16_t *)x, N, C, v0, len, T, act, e, scale, mx);
-    else activate_f16((const _Float16 *)x, N, C, v0, len, T, act, e, scale, mx);
+    else activate_f16((const float16_t *)x, N, C, v0, len, T, act, e, scale, mx);
 }
 
 /* Channels-last tile [v0, v0 + len) of sample b transposed into C x T float rows (the logits). */
@@ -134,7 +146,7 @@ static void activate(const void *x, int xtype, int64_t N, int64_t C, int64_t v0,
 
 DEFINE_STAGE_ROWS(stage_rows_f32, float, LOAD_F32)
 DEFINE_STAGE_ROWS(stage_rows_bf16, uint16_t, LOAD_BF16)
-DEFINE_STAGE_ROWS(stage_rows_f16, _Float16, LOAD_F16)
+DEFINE_STAGE_ROWS(stage_rows_f16, float16_t, LOAD_F16)
 
 /* C x T float rows written back into a channels-last tile (the gradient), in the output dtype. */
 #define DEFINE_UNSTAGE_ROWS(NAME, OT, STORE)                                                       \
@@ -148,7 +160,7 @@ DEFINE_STAGE_ROWS(stage_rows_f16, _Float16, LOAD_F16)
 
 DEFINE_UNSTAGE_ROWS(unstage_rows_f32, float, STORE_F32)
 DEFINE_UNSTAGE_ROWS(unstage_rows_bf16, uint16_t, STORE_BF16)
-DEFINE_UNSTAGE_ROWS(unstage_rows_f16, _Float16, STORE_F16)
+DEFINE_UNSTAGE_ROWS(unstage_rows_f16, float16_t, STORE_F16)
 
 /* Class index of each voxel, -1 where it matches no class (out of 0..C-1: ignore_index, junk). */
 #define INT_LABEL_LOOP(TT)                                                              \
@@ -219,7 +231,7 @@ static void load_tile(Scratch *s, const void *x, int xtype, const void *t, int t
     if (layout & LAYOUT_X_CHANNELS_LAST) {
         if (xtype == X_F32) stage_rows_f32((const float *)x, b, C, N, v0, len, T, s->xs);
         else if (xtype == X_BF16) stage_rows_bf16((const uint16_t *)x, b, C, N, v0, len, T, s->xs);
-        else stage_rows_f16((const _Float16 *)x, b, C, N, v0, len, T, s->xs);
+        else stage_rows_f16((const float16_t *)x, b, C, N, v0, len, T, s->xs);
         activate_f32(s->xs, T, C, 0, len, T, act, s->e, s->scale, s->mx);
     } else {
         const size_t xsize = xtype == X_F32 ? 4 : 2;
@@ -312,7 +324,7 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
 
 DEFINE_GRADIENT_ROW(gradient_row_f32, float, STORE_F32)
 DEFINE_GRADIENT_ROW(gradient_row_bf16, uint16_t, STORE_BF16)
-DEFINE_GRADIENT_ROW(gradient_row_f16, _Float16, STORE_F16)
+DEFINE_GRADIENT_ROW(gradient_row_f16, float16_t, STORE_F16)
 
 /* out = dL/dx for [n0, n1) from ga = dL/dI and gb = dL/dP (B x C, float32), with
  * du = m (ga g + gb k p^(k-1)); softmax: p (du - sum_c p du); sigmoid: du p (1 - p); none: du. */
@@ -365,13 +377,13 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
                     gradient_row_bf16((uint16_t *)out + at, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared,
                                       act, dot, len);
                 else
-                    gradient_row_f16((_Float16 *)out + at, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared,
+                    gradient_row_f16((float16_t *)out + at, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared,
                                      act, dot, len);
             }
             if (staged) {
                 if (xtype == X_F32) unstage_rows_f32((float *)out, b, C, N, v0, len, s.T, s.d);
                 else if (xtype == X_BF16) unstage_rows_bf16((uint16_t *)out, b, C, N, v0, len, s.T, s.d);
-                else unstage_rows_f16((_Float16 *)out, b, C, N, v0, len, s.T, s.d);
+                else unstage_rows_f16((float16_t *)out, b, C, N, v0, len, s.T, s.d);
             }
         }
     }

@@ -131,9 +131,20 @@ def _library() -> ctypes.CDLL | None:
         lib.mgdl_prefer_huge_pages.argtypes = [ptr, i64]
         _self_check(lib)
         return lib
-    except Exception as err:  # no compiler, a failed build or check: the other backends are always correct
+    except subprocess.CalledProcessError as err:  # a compiler that fails on our source is worth a word
+        tail = " ".join((err.stderr or "").strip().splitlines()[-3:])
+        logger.warning("monai_gdl: the native CPU kernel did not build (%s); using the slower compile/eager "
+                       "backends. Set CC to another compiler to retry.", tail)
+        return None
+    except Exception as err:  # no compiler, a failed load or check: the other backends are always correct
         logger.info("monai_gdl: native CPU kernel unavailable (%s)", err)
         return None
+
+
+def _float16_supported() -> bool:
+    """float16 logits need a compiler with ``_Float16`` (GCC >= 12, recent Clang)."""
+    lib = _library()
+    return lib is not None and bool(lib.mgdl_has_float16())
 
 
 def _self_check(lib: ctypes.CDLL) -> None:
@@ -180,6 +191,7 @@ def supports(
     return (
         x.device.type == "cpu"
         and x.dtype in _X_CODES
+        and (x.dtype != torch.float16 or _float16_supported())
         and (x.is_contiguous() or _channels_last(x))
         and target_ok
         and (mask is None or mask.is_contiguous())

@@ -281,3 +281,26 @@ def test_channels_last_logits_and_permuted_one_hot(monkeypatch, dtype, activatio
         torch.testing.assert_close(v_fused, v_ref, rtol=1e-5, atol=1e-6)
         tol = dict(rtol=1e-4, atol=1e-7) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-5)
         torch.testing.assert_close(g_fused.float(), g_ref.float(), **tol)
+
+
+def test_float16_goes_elsewhere_where_the_compiler_lacks_it(monkeypatch):
+    monkeypatch.setattr(native_kernels, "_float16_supported", lambda: False)
+    monkeypatch.setattr(kernels, "_backend", "auto")
+    labels = torch.zeros(1, 1, 10, dtype=torch.long)
+    assert kernels.resolve_backend(torch.zeros(1, 2, 10, dtype=torch.float16), labels, None, True) == "eager"
+    assert kernels.resolve_backend(torch.zeros(1, 2, 10, dtype=torch.bfloat16), labels, None, True) == "native"
+
+
+def test_a_failing_build_is_reported_and_falls_back(monkeypatch, tmp_path, caplog):
+    broken = tmp_path / "native_kernels.c"
+    broken.write_text("this is not C\n")
+    monkeypatch.setattr(native_kernels, "_SOURCE", broken)
+    monkeypatch.setenv("MONAI_GDL_CACHE_DIR", str(tmp_path / "cache"))
+    native_kernels._library.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="monai_gdl.native_kernels"):
+            assert not native_kernels.available()
+        assert "did not build" in caplog.text
+        assert not list((tmp_path / "cache").glob("*"))  # no half-written library left behind
+    finally:
+        native_kernels._library.cache_clear()
