@@ -191,7 +191,9 @@ def resolve_backend(
     or what ``"auto"`` picks."""
     from monai_gdl import native_kernels
 
-    native_ok = x.device.type == "cpu" and native_kernels.supports(x, target, mask, label_map)
+    def native_usable() -> bool:  # only asked where it matters: it may build the library on first use
+        return native_kernels.supports(x, target, mask, label_map) and native_kernels.available()
+
     if _backend == "triton":
         if not _triton_usable(x):
             raise RuntimeError(
@@ -200,13 +202,14 @@ def resolve_backend(
             )
         return "triton"
     if _backend == "native":
-        if not (native_ok and native_kernels.available()):
+        if not native_usable():
             got = f"logits {x.dtype} {x.device.type} contiguous={x.is_contiguous()}"
             if target is not None:
                 got += f", target {target.dtype} contiguous={target.is_contiguous()}"
             raise RuntimeError(
-                "MONAI_GDL_BACKEND=native needs a C compiler and contiguous CPU tensors: float32/bfloat16/float16 "
-                "logits and a label map of uint8/bool/int32/int64/float32 or a float32 one-hot/soft target "
+                "MONAI_GDL_BACKEND=native needs a C compiler and contiguous (or channels-last) CPU tensors: "
+                "float32/bfloat16/float16 logits and a label map of uint8/bool/int32/int64/float32 or a float32 "
+                "one-hot/soft target "
                 f"(got {got}); use 'auto' to fall back to the other backends."
             )
         return "native"
@@ -214,7 +217,7 @@ def resolve_backend(
         return _backend
     if x.is_cuda and _triton_usable(x):
         return "triton"
-    if native_ok and native_kernels.available():
+    if native_usable():
         return "native"
     if x.numel() < COMPILE_MIN_ELEMENTS:
         return "eager"

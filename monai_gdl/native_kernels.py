@@ -205,7 +205,8 @@ def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
 
 
 def _run_split(fn, n: int, values: int, arguments) -> None:
-    """``fn(*arguments(n0, n1))`` over voxel ranges, one per thread, each a multiple of 16 voxels."""
+    """``fn(*arguments(i, n0, n1))`` over voxel ranges ``i = 0, 1, ...``, one per thread (at most
+    ``torch.get_num_threads()``), each a multiple of 16 voxels."""
     workers = max(1, torch.get_num_threads()) if values >= PARALLEL_MIN_ELEMENTS else 1
     if n == 0:
         return
@@ -213,10 +214,10 @@ def _run_split(fn, n: int, values: int, arguments) -> None:
     step = -(-step // 16) * 16
     bounds = [(s, min(n, s + step)) for s in range(0, n, step)]
     if len(bounds) == 1:
-        codes = [fn(*arguments(0, n))]
+        codes = [fn(*arguments(0, 0, n))]
     else:
         pool = _pool(workers, os.getpid())
-        codes = [f.result() for f in [pool.submit(fn, *arguments(s, e)) for s, e in bounds]]
+        codes = [f.result() for f in [pool.submit(fn, *arguments(i, s, e)) for i, (s, e) in enumerate(bounds)]]
     if any(code != 0 for code in codes):
         raise MemoryError("monai_gdl native kernel: could not allocate its tile buffers")
 
@@ -239,8 +240,7 @@ def _forward(lib, x, target, mask, activation, label_map, squared) -> tuple[torc
     workers = max(1, torch.get_num_threads())
     stats = torch.zeros(workers, 4, b, c, dtype=torch.float64)
     args = _arguments(x, target, mask, activation, label_map, squared)
-    slots = iter(range(workers))
-    _run_split(lib.mgdl_forward, n, x.numel(), lambda n0, n1: [*args(n0, n1), stats[next(slots)].data_ptr()])
+    _run_split(lib.mgdl_forward, n, x.numel(), lambda i, n0, n1: [*args(n0, n1), stats[i].data_ptr()])
     return tuple(stats.sum(0).to(torch.float32).unbind(0))
 
 
@@ -253,7 +253,7 @@ def _backward(lib, x, target, mask, grad_inter, grad_pred, activation, label_map
     args = _arguments(x, target, mask, activation, label_map, squared)
     _run_split(
         lib.mgdl_backward, x.shape[2], x.numel(),
-        lambda n0, n1: [*args(n0, n1), ga.data_ptr(), gb.data_ptr(), grad_x.data_ptr()],
+        lambda _i, n0, n1: [*args(n0, n1), ga.data_ptr(), gb.data_ptr(), grad_x.data_ptr()],
     )
     return grad_x
 
