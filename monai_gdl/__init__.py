@@ -3,25 +3,46 @@
 Importing the package registers :class:`VNetDiceLoss` and :class:`SudreGeneralizedDiceLoss` as
 attributes of ``monai.losses`` (no MONAI name is replaced), so bundle configs with
 ``"imports": ["$import monai_gdl"]`` can use ``"_target_": "VNetDiceLoss"``.
+
+Subpackages: :mod:`monai_gdl.losses` (formulas, modules, validation), :mod:`monai_gdl.kernels`
+(statistics contract, reference math, backends, dispatch, operators), :mod:`monai_gdl.bundle`
+(what the bundle configs import). Tools: ``python -m monai_gdl.benchmark | data | report``.
 """
 
 from __future__ import annotations
 
-from monai_gdl import functional
-from monai_gdl.functional import DiceStatistics, generalized_dice_loss, vnet_dice_loss
-from monai_gdl.losses import SudreGeneralizedDiceLoss, VNetDiceLoss
-from monai_gdl.validation import LossInputError
+from monai_gdl.kernels import BACKENDS, DiceStatistics, get_backend, set_backend, use_backend
+from monai_gdl.losses import (
+    LossInputError,
+    SudreGeneralizedDiceLoss,
+    VNetDiceLoss,
+    dice_statistics,
+    functional,
+    generalized_dice_from_statistics,
+    generalized_dice_loss,
+    generalized_dice_weights,
+    vnet_dice_from_statistics,
+    vnet_dice_loss,
+)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "BACKENDS",
     "DiceStatistics",
     "LossInputError",
     "SudreGeneralizedDiceLoss",
     "VNetDiceLoss",
+    "dice_statistics",
     "functional",
+    "generalized_dice_from_statistics",
     "generalized_dice_loss",
+    "generalized_dice_weights",
+    "get_backend",
     "register_with_monai",
+    "set_backend",
+    "use_backend",
+    "vnet_dice_from_statistics",
     "vnet_dice_loss",
 ]
 

@@ -17,7 +17,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from monai_gdl.data import write_synthetic_dataset
-from monai_gdl.workflow import CheckpointError, load_network_checkpoint
+from monai_gdl.bundle.handlers import CheckpointError, load_network_checkpoint
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CONFIGS = os.path.join(REPO, "configs")
@@ -72,7 +72,7 @@ def test_train_components_instantiate(tmp_path):
 def test_evaluate_and_multi_gpu_configs_merge_over_train():
     evaluate = _parser("train.json", "evaluate.json")
     assert evaluate.get("run") == ["$@validate#evaluator.run()"]
-    assert evaluate.get("validate#handlers")[0]["_target_"] == "monai_gdl.workflow.EvaluationReport"
+    assert evaluate.get("validate#handlers")[0]["_target_"] == "monai_gdl.bundle.handlers.EvaluationReport"
     multi = _parser("train.json", "multi_gpu_train.json")
     assert multi.get("network#_target_") == "torch.nn.parallel.DistributedDataParallel"
     assert multi.get("train#dataloader#sampler") == "@train#sampler"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from monai_gdl.data import DatasetError, class_names, image_files, msd_datalist, write_synthetic_dataset
-from monai_gdl.transforms import CheckLabelsd
+from monai_gdl.bundle.transforms import CheckLabelsd
 
 HIPPOCAMPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "Task04_Hippocampus")
 
@@ -134,7 +134,7 @@ def test_data_command_line(tmp_path, capsys):
 
 
 def test_resume_flag_from_the_command_line_string():
-    from monai_gdl.workflow import TrainingCheckpoints
+    from monai_gdl.bundle.handlers import TrainingCheckpoints
 
     net = torch.nn.Linear(1, 1)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)

@@ -1,9 +1,9 @@
 /*
  * Fused Dice statistics and their gradient on CPU, one pass over the input per call.
  *
- * Built by monai_gdl/native_kernels.py with the machine's C compiler (-O3 -march=native) on first
- * use. The math is that of monai_gdl.kernels.forward_chunk / backward_chunk (the reference in the
- * tests); only the schedule differs: the volume is walked in tiles of T voxels of one sample, and
+ * Built by monai_gdl/kernels/native.py with the machine's C compiler (-O3 -march=native) on first
+ * use. The math is that of monai_gdl.kernels.reference.forward_chunk / backward_chunk (the reference
+ * in the tests); only the schedule differs: the volume is walked in tiles of T voxels of one sample, and
  * for each tile the C x T probabilities live in a buffer that stays in the L1/L2 cache, so every
  * logit is read from memory once per call and every gradient value written once.
  *
@@ -25,6 +25,8 @@ enum { X_F32 = 0, X_BF16 = 1, X_F16 = 2 };
 enum { T_DENSE_F32 = 0, T_LABEL_U8 = 1, T_LABEL_I32 = 2, T_LABEL_I64 = 3, T_LABEL_F32 = 4 };
 /* Layout bits: logits (and so the gradient) / dense target stored channels-last, i.e. B x N x C. */
 enum { LAYOUT_X_CHANNELS_LAST = 1, LAYOUT_T_CHANNELS_LAST = 2 };
+/* Option bits: squared denominator (k = 2); soft-label intersection min(p, g) for a dense target. */
+enum { OPT_SQUARED = 1, OPT_SOFT = 2 };
 
 /* exp(x) in float32, vectorizable (no libm call): Cody-Waite reduction by ln 2, then the Cephes
  * degree-6 polynomial; about 1 ulp. Inputs are clamped to [-87, 88] (results stay normal). A NaN
@@ -250,10 +252,11 @@ static void load_tile(Scratch *s, const void *x, int xtype, const void *t, int t
     }
 }
 
-/* stats (4 x B x C, double, accumulated into): I = sum m p g, P = sum m p^k, G = sum m g^k,
- * V = sum m g, with k = 2 when squared else 1. */
+/* stats (4 x B x C, double, accumulated into): I = sum m p g (soft: sum m min(p, g)), P = sum m p^k,
+ * G = sum m g^k, V = sum m g, with k = 2 when squared else 1. */
 int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8_t *mask, int64_t B, int64_t C,
-                 int64_t N, int64_t n0, int64_t n1, int act, int squared, int layout, double *stats) {
+                 int64_t N, int64_t n0, int64_t n1, int act, int options, int layout, double *stats) {
+    const int squared = options & OPT_SQUARED, soft = (options & OPT_SOFT) != 0 && ttype == T_DENSE_F32;
     Scratch s;
     if (scratch_alloc(&s, C) != 0) return -1;
     const float *restrict scale = s.scale, *restrict mk = s.mk;
@@ -286,7 +289,7 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
                         float p = ec[v] * scale[v];
                         float gm = gc[v] * mk[v];
                         float pm = p * mk[v];
-                        si += pm * gc[v];
+                        si += soft ? mk[v] * (p < gc[v] ? p : gc[v]) : pm * gc[v];
                         sp += pm * (p * kp + k1);
                         sg += gm * (gc[v] * kp + k1);
                         sv += gm;
@@ -303,15 +306,17 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
     return 0;
 }
 
-/* dL/dp of class c at voxel v: m (a g + beta k p^(k-1)), with k p^(k-1) = p * kp2 + k1. */
-#define UPSTREAM(g, p) (((a) * (g) + beta * ((p) * kp2 + k1)) * mk[v])
+/* dL/dp of class c at voxel v: m (a dI/dp + beta k p^(k-1)), with k p^(k-1) = p * kp2 + k1 and
+ * dI/dp = g (product), or for the soft intersection min(p, g): 1 if p < g, 1/2 at a tie, else 0. */
+#define DI_DP(g, p) (soft ? ((p) < (g) ? 1.0f : ((p) == (g) ? 0.5f : 0.0f)) : (g))
+#define UPSTREAM(g, p) (((a) * DI_DP(g, p) + beta * ((p) * kp2 + k1)) * mk[v])
 
 /* One class row of dL/dx into out: softmax p (du - dot), sigmoid du p (1 - p), none du. */
 #define DEFINE_GRADIENT_ROW(NAME, OT, STORE)                                                       \
     static void NAME(OT *restrict o, const float *restrict ec, const float *restrict scale,      \
                      const float *restrict mk, const int32_t *restrict lab, int32_t cls,         \
-                     const float *restrict gc, float a, float beta, int squared, int act,        \
-                     const float *restrict dot, int len) {                                       \
+                     const float *restrict gc, float a, float beta, int squared, int soft,       \
+                     int act, const float *restrict dot, int len) {                              \
         const float kp2 = squared ? 2.0f : 0.0f, k1 = squared ? 0.0f : 1.0f;                     \
         for (int v = 0; v < len; ++v) {                                                          \
             float p = ec[v] * scale[v];                                                          \
@@ -327,10 +332,11 @@ DEFINE_GRADIENT_ROW(gradient_row_bf16, uint16_t, STORE_BF16)
 DEFINE_GRADIENT_ROW(gradient_row_f16, float16_t, STORE_F16)
 
 /* out = dL/dx for [n0, n1) from ga = dL/dI and gb = dL/dP (B x C, float32), with
- * du = m (ga g + gb k p^(k-1)); softmax: p (du - sum_c p du); sigmoid: du p (1 - p); none: du. */
+ * du = m (ga dI/dp + gb k p^(k-1)); softmax: p (du - sum_c p du); sigmoid: du p (1 - p); none: du. */
 int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint8_t *mask, int64_t B, int64_t C,
-                  int64_t N, int64_t n0, int64_t n1, int act, int squared, int layout, const float *ga,
+                  int64_t N, int64_t n0, int64_t n1, int act, int options, int layout, const float *ga,
                   const float *gb, void *out) {
+    const int squared = options & OPT_SQUARED, soft = (options & OPT_SOFT) != 0 && ttype == T_DENSE_F32;
     Scratch s;
     if (scratch_alloc(&s, C) != 0) return -1;
     const float *restrict scale = s.scale, *restrict mk = s.mk;
@@ -368,17 +374,17 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
                 const size_t at = (size_t)((b * C + c) * N + v0);
                 const float a = ga[b * C + c], beta = gb[b * C + c];
                 if (staged)
-                    gradient_row_f32(s.d + c * s.T, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared, act, dot,
+                    gradient_row_f32(s.d + c * s.T, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared, soft, act, dot,
                                      len);
                 else if (xtype == X_F32)
-                    gradient_row_f32((float *)out + at, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared, act,
+                    gradient_row_f32((float *)out + at, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared, soft, act,
                                      dot, len);
                 else if (xtype == X_BF16)
                     gradient_row_bf16((uint16_t *)out + at, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared,
-                                      act, dot, len);
+                                      soft, act, dot, len);
                 else
                     gradient_row_f16((float16_t *)out + at, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared,
-                                     act, dot, len);
+                                     soft, act, dot, len);
             }
             if (staged) {
                 if (xtype == X_F32) unstage_rows_f32((float *)out, b, C, N, v0, len, s.T, s.d);

@@ -25,7 +25,7 @@ __all__ = [
     "load_network_checkpoint",
 ]
 
-logger = logging.getLogger("monai_gdl.workflow")
+logger = logging.getLogger("monai_gdl.bundle")
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "model.pt"
 HISTORY_FILE = "history.csv"
@@ -284,8 +284,8 @@ class EvaluationReport:
     def _collect(self, evaluator) -> None:
         from monai.metrics import compute_dice
 
-        from monai_gdl.data import case_id
-        from monai_gdl.functional import generalized_dice_loss
+        from monai_gdl.bundle.datasets import case_id
+        from monai_gdl.losses import generalized_dice_loss
 
         for item in evaluator.state.output:
             pred, label = item["pred"].float()[None], item["label"].float()[None]

@@ -8,16 +8,23 @@ what was seen and how to fix it.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Optional
 
 import torch
 
 __all__ = [
+    "ABSENT_CLASS_POLICIES",
+    "ALL_ABSENT_POLICIES",
     "CHECK_CHUNK_ELEMENTS",
+    "W_TYPES",
     "LossInputError",
     "check_gdl_options",
-    "check_statistics_finite",
-    "check_loss_options",
     "check_loss_inputs",
+    "check_loss_options",
+    "check_loss_values",
+    "check_statistics_finite",
+    "class_weight_tensor",
+    "validated_statistics",
 ]
 
 #: Elements per chunk read by the streaming checks (about 4 MiB of float32).
@@ -27,6 +34,7 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _REDUCTIONS = ("mean", "sum", "none")
 W_TYPES = ("square", "simple", "uniform")
 ABSENT_CLASS_POLICIES = ("max", "zero")
+ALL_ABSENT_POLICIES = ("uniform", "zero")
 
 
 class LossInputError(ValueError):
@@ -41,6 +49,8 @@ def check_loss_options(
     reduction: str,
     smooth_nr: float,
     smooth_dr: float,
+    weight: torch.Tensor | None = None,
+    rescale_weight: bool = True,
 ) -> None:
     """Check the options that do not depend on the tensors (called once, in ``__init__``)."""
     if int(bool(softmax)) + int(bool(sigmoid)) + int(other_act is not None) > 1:
@@ -59,14 +69,42 @@ def check_loss_options(
             f"smooth_nr={smooth_nr} > smooth_dr={smooth_dr}: an empty class would score Dice "
             f"{smooth_nr / max(smooth_dr, 1e-300):.3g} > 1 and the loss would leave [0, 1]; use smooth_nr <= smooth_dr."
         )
+    if weight is not None and not torch.compiler.is_compiling():  # a module checked its buffer in __init__
+        _check_weight_values(weight, rescale_weight)
 
 
-def check_gdl_options(*, w_type: str, absent_class: str) -> None:
+def class_weight_tensor(weight: Sequence[float] | float | torch.Tensor | None) -> torch.Tensor | None:
+    """``weight`` as a float tensor (0-d for a scalar), or None."""
+    if weight is None:
+        return None
+    try:
+        return torch.as_tensor(weight, dtype=torch.float64).to(torch.get_default_dtype())
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise LossInputError(f"weight={weight!r} is not a number or a sequence of numbers ({err}).") from err
+
+
+def _check_weight_values(w: torch.Tensor, rescale_weight: bool) -> None:
+    if w.ndim > 1:
+        raise LossInputError(f"weight has shape {_shape_str(w)}; give a scalar or one weight per scored class.")
+    if w.ndim == 0 and rescale_weight:
+        raise LossInputError(
+            f"weight={float(w):g} is a single number. Class weights here are rescaled to average 1 (so the mean "
+            "stays a weighted average in [0, 1]), which would make a scalar do nothing. Give one weight per scored "
+            "class, scale the loss itself (e.g. 2.0 * loss), or pass rescale_weight=False for MONAI's meaning "
+            "(every class's loss multiplied by the number)."
+        )
+    if bool((w < 0).any()) or not bool(torch.isfinite(w).all()) or float(w.sum()) <= 0:
+        raise LossInputError(f"weight={w.tolist()}: weights must be finite, >= 0 and not all zero.")
+
+
+def check_gdl_options(*, w_type: str, absent_class: str, all_absent: str = "uniform") -> None:
     """Check the Generalized Dice weighting options."""
     if w_type not in W_TYPES:
         raise LossInputError(f"w_type={w_type!r} is not supported; use one of {W_TYPES}.")
     if absent_class not in ABSENT_CLASS_POLICIES:
         raise LossInputError(f"absent_class={absent_class!r} is not supported; use one of {ABSENT_CLASS_POLICIES}.")
+    if all_absent not in ALL_ABSENT_POLICIES:
+        raise LossInputError(f"all_absent={all_absent!r} is not supported; use one of {ALL_ABSENT_POLICIES}.")
 
 
 def _chunks(flat: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -90,7 +128,7 @@ _NON_FINITE = (
 )
 
 
-def _check_input(input: torch.Tensor, *, softmax: bool, sigmoid: bool, other_act: object) -> None:
+def _check_input(input: torch.Tensor, *, softmax: bool) -> None:
     if not isinstance(input, torch.Tensor):
         raise LossInputError(f"input must be a torch.Tensor, got {type(input).__name__}.")
     if input.dtype not in _FLOAT_DTYPES:
@@ -108,8 +146,10 @@ def _check_input(input: torch.Tensor, *, softmax: bool, sigmoid: bool, other_act
             f"softmax=True with input of shape {_shape_str(input)} (1 channel): softmax over one channel is "
             "always 1. Use sigmoid=True for a single foreground channel, or output C >= 2 channels."
         )
-    if softmax or sigmoid or other_act is not None:
-        return  # NaN/inf in logits surface in the statistics: see check_statistics_finite
+
+
+def _check_probability_values(input: torch.Tensor) -> None:
+    """Without an activation the input is used as probabilities: NaN/inf or values outside [0, 1] are refused."""
     lo, hi = float("inf"), float("-inf")
     for chunk in _chunks(_flat(input.detach())):
         if not bool(torch.isfinite(chunk).all()):
@@ -124,14 +164,13 @@ def _check_input(input: torch.Tensor, *, softmax: bool, sigmoid: bool, other_act
         )
 
 
-def check_statistics_finite(input: torch.Tensor, sums: Sequence[torch.Tensor]) -> None:
+def check_statistics_finite(input: torch.Tensor, sums: torch.Tensor) -> None:
     """NaN or +inf logits make the per-class sums non-finite: caught here at no extra pass over the input."""
-    if not all(bool(torch.isfinite(s).all()) for s in sums):
+    if not bool(torch.isfinite(sums).all()):
         raise LossInputError(_NON_FINITE.format(shape=_shape_str(input)))
 
 
-def _check_label_map(input: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> None:
-    num_classes = input.shape[1]
+def _check_label_map_shape(input: torch.Tensor, target: torch.Tensor) -> None:
     expected = (input.shape[0], 1, *input.shape[2:])
     if tuple(target.shape) != expected:
         hint = (
@@ -145,6 +184,9 @@ def _check_label_map(input: torch.Tensor, target: torch.Tensor, ignore_index: in
         )
     if target.dtype == torch.bool or target.dtype.is_complex:
         raise LossInputError(f"label map target has dtype {target.dtype}; use an integer or float tensor of class indices.")
+
+
+def _check_label_map_values(num_classes: int, target: torch.Tensor, ignore_index: int | None) -> None:
     lo, hi = float("inf"), float("-inf")
     for chunk in _chunks(_flat(target.detach())):
         if chunk.dtype.is_floating_point and not bool((chunk == torch.round(chunk)).all()):
@@ -170,7 +212,7 @@ def _check_label_map(input: torch.Tensor, target: torch.Tensor, ignore_index: in
         )
 
 
-def _check_dense_target(input: torch.Tensor, target: torch.Tensor, *, softmax: bool) -> None:
+def _check_dense_target_shape(input: torch.Tensor, target: torch.Tensor) -> None:
     if tuple(target.shape) != tuple(input.shape):
         hint = ""
         if target.ndim == input.ndim and target.shape[1] == 1 and input.shape[1] > 1:
@@ -181,16 +223,21 @@ def _check_dense_target(input: torch.Tensor, target: torch.Tensor, *, softmax: b
         )
     if target.dtype.is_complex:
         raise LossInputError(f"target has dtype {target.dtype}; use float (soft labels), bool or integer (one-hot).")
-    if target.dtype != torch.bool:
+
+
+def _check_dense_target_values(target: torch.Tensor, *, softmax: bool) -> None:
+    if target.dtype != torch.bool and target.numel():
         lo, hi = (float(v) for v in torch.aminmax(target.detach()))  # NaN fails both comparisons below
         if not (lo >= 0.0 and hi <= 1.0):
             raise LossInputError(
                 f"target values span [{lo:g}, {hi:g}]; a one-hot or soft-label target must lie in [0, 1]. "
                 "If it is a label map of class indices, pass to_onehot_y=True with a B x 1 x spatial target."
             )
-    if not softmax or input.shape[1] == 1:
+    if not softmax or target.shape[1] == 1:
         return
     for chunk in _chunks(_flat(target.detach())):
+        if not chunk.numel():
+            continue
         t_lo, t_hi = (float(v) for v in torch.aminmax(chunk.sum(dim=1, dtype=torch.float32)))
         if t_lo < 1 - 1e-3 or t_hi > 1 + 1e-3:
             bad = t_hi if t_hi > 1 + 1e-3 else t_lo
@@ -207,47 +254,100 @@ def check_loss_inputs(
     *,
     to_onehot_y: bool,
     softmax: bool,
-    sigmoid: bool,
-    other_act: object,
     ignore_index: int | None = None,
     mask: torch.Tensor | None = None,
-    weight: Sequence[float] | torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
     include_background: bool = True,
 ) -> None:
-    """Raise :class:`LossInputError` for any input/target pair that would give a silently wrong loss."""
-    _check_input(input, softmax=softmax, sigmoid=sigmoid, other_act=other_act)
+    """Shapes, dtypes, devices and option/shape combinations: read from metadata only, so always run
+    (even with ``validate=False``) and free under ``torch.compile``."""
+    _check_input(input, softmax=softmax)
     if not isinstance(target, torch.Tensor):
         raise LossInputError(f"target must be a torch.Tensor, got {type(target).__name__}.")
     if target.device != input.device:
         raise LossInputError(f"target is on {target.device} but input is on {input.device}; move both to one device.")
+    if to_onehot_y and input.shape[1] == 1:
+        raise LossInputError(
+            f"to_onehot_y=True with a single-channel input (shape {_shape_str(input)}): a binary target of one "
+            "channel is already its own one-hot. Pass to_onehot_y=False (with sigmoid=True), or give the network "
+            "C >= 2 output channels with softmax=True."
+        )
     if to_onehot_y:
-        _check_label_map(input, target, ignore_index)
+        _check_label_map_shape(input, target)
     else:
         if ignore_index is not None:
             raise LossInputError(
                 f"ignore_index={ignore_index} needs a label map target (to_onehot_y=True); for a one-hot target "
                 "pass mask= (B x 1 x spatial, 1 = use voxel) to forward instead."
             )
-        _check_dense_target(input, target, softmax=softmax)
+        _check_dense_target_shape(input, target)
     if mask is not None:
         expected = (input.shape[0], 1, *input.shape[2:])
-        if tuple(mask.shape) != expected:
+        if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != expected:
             raise LossInputError(
-                f"mask has shape {_shape_str(mask)}; expected B x 1 x spatial = {'x'.join(map(str, expected))}."
+                f"mask has shape {_shape_str(mask) if isinstance(mask, torch.Tensor) else type(mask).__name__}; "
+                f"expected B x 1 x spatial = {'x'.join(map(str, expected))}."
             )
+        if mask.device != input.device:
+            raise LossInputError(f"mask is on {mask.device} but input is on {input.device}; move both to one device.")
     if not include_background and input.shape[1] == 1:
         raise LossInputError(
             "include_background=False with a single-channel input would leave no class to score; "
             "keep include_background=True for binary (sigmoid) segmentation."
         )
-    if weight is not None:
-        w = torch.as_tensor(weight, dtype=torch.float64).flatten()
+    if weight is not None and weight.ndim == 1:
         n_scored = input.shape[1] - (0 if include_background else 1)
-        if w.numel() not in (1, n_scored):
+        if weight.shape[0] != n_scored:
             raise LossInputError(
-                f"weight has {w.numel()} entries but {n_scored} classes are scored "
+                f"weight has {weight.shape[0]} entries but {n_scored} classes are scored "
                 f"(input has {input.shape[1]} channels, include_background={include_background}); "
                 "give one weight per scored class (without class 0 when include_background=False)."
             )
-        if bool((w < 0).any()) or not bool(torch.isfinite(w).all()) or float(w.sum()) <= 0:
-            raise LossInputError(f"weight={w.tolist()}: weights must be finite, >= 0 and not all zero.")
+
+
+def check_loss_values(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    to_onehot_y: bool,
+    softmax: bool,
+    has_activation: bool,
+    ignore_index: int | None = None,
+) -> None:
+    """The scans over values (``validate=True``): labels in range and integral, one-hot/soft targets in
+    [0, 1] (one class per voxel with softmax), probabilities in [0, 1] without an activation."""
+    if not has_activation:
+        _check_probability_values(input)
+    if to_onehot_y:
+        _check_label_map_values(input.shape[1], target, ignore_index)
+    else:
+        _check_dense_target_values(target, softmax=softmax)
+
+
+@torch.library.custom_op("monai_gdl::validated_statistics", mutates_args=())
+def validated_statistics(
+    stats: torch.Tensor,
+    input: torch.Tensor,
+    target: torch.Tensor,
+    to_onehot_y: bool,
+    softmax: bool,
+    has_activation: bool,
+    ignore_index: Optional[int],
+) -> torch.Tensor:
+    """``stats`` (``4 x B x C``) once :func:`check_loss_values` and :func:`check_statistics_finite`
+    pass. An operator, so the scans run at run time inside a compiled or exported graph too."""
+    check_loss_values(input, target, to_onehot_y=to_onehot_y, softmax=softmax, has_activation=has_activation,
+                      ignore_index=ignore_index)
+    check_statistics_finite(input, stats)
+    return stats.clone()
+
+
+@validated_statistics.register_fake
+def _(stats, input, target, to_onehot_y, softmax, has_activation, ignore_index):
+    return torch.empty_like(stats)
+
+
+torch.library.register_autograd(
+    "monai_gdl::validated_statistics",
+    lambda ctx, grad: (grad, None, None, None, None, None, None),
+)

@@ -1,17 +1,17 @@
-"""Triton kernels for the streaming Dice statistics: one launch per pass over the whole volume.
+"""The ``triton`` backend: one Triton kernel launch per pass over the whole volume (CUDA).
 
 Each program takes ``BLOCK`` voxels of one sample with all classes (``C`` padded to a power of
 two), computes the activation in float32 in registers, and either atomically adds its partial
 ``(I, P, G, V)`` sums into the ``B x C`` statistics (forward) or writes ``dL/dx`` for its voxels
-(backward). Same math as :func:`monai_gdl.kernels.forward_chunk` / ``backward_chunk``, which are
-the reference in the tests. Runs on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1``.
+(backward). Same math as :func:`monai_gdl.kernels.reference.forward_chunk` / ``backward_chunk``,
+which are the reference in the tests. Runs on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from monai_gdl.kernels import finish_statistics_forward, upstream_gradients
+import os
 
 try:
     import triton
@@ -19,7 +19,7 @@ try:
 except ImportError:  # Triton is optional: the chunked PyTorch path covers every case
     triton = None
 
-__all__ = ["TritonDiceStatistics", "available"]
+__all__ = ["available", "backward", "forward", "usable"]
 
 _ACTIVATION_CODES = {"none": 0, "softmax": 1, "sigmoid": 2}
 
@@ -27,6 +27,12 @@ _ACTIVATION_CODES = {"none": 0, "softmax": 1, "sigmoid": 2}
 def available() -> bool:
     """Whether Triton is importable here."""
     return triton is not None
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Triton runs CUDA tensors (CPU ones under ``TRITON_INTERPRET=1``), not float64."""
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    return available() and (x.is_cuda or interpreted) and x.dtype != torch.float64
 
 
 if triton is not None:
@@ -64,14 +70,17 @@ if triton is not None:
     @triton.jit
     def _forward_kernel(x_ptr, t_ptr, m_ptr, stats_ptr, C, N, T_CHANNELS, C_PAD: tl.constexpr,
                         BLOCK: tl.constexpr, ACTIVATION: tl.constexpr, LABEL_MAP: tl.constexpr,
-                        HAS_MASK: tl.constexpr, SQUARED: tl.constexpr):
+                        HAS_MASK: tl.constexpr, SQUARED: tl.constexpr, SOFT: tl.constexpr):
         b = tl.program_id(1).to(tl.int64)
         p, g, m, cls, cls_ok, vox, tile_ok = _load_tile(
             x_ptr, t_ptr, m_ptr, b, tl.program_id(0) * BLOCK, C, N, T_CHANNELS, C_PAD, BLOCK, ACTIVATION,
             LABEL_MAP, HAS_MASK)
         pm = p * m[None, :]
         gm = g * m[None, :]
-        inter = tl.sum(pm * g, axis=1)
+        if SOFT:
+            inter = tl.sum(tl.minimum(p, g) * m[None, :], axis=1)
+        else:
+            inter = tl.sum(pm * g, axis=1)
         if SQUARED:
             pred = tl.sum(pm * p, axis=1)
             tsum = tl.sum(gm * g, axis=1)
@@ -89,11 +98,13 @@ if triton is not None:
     @triton.jit
     def _backward_kernel(x_ptr, t_ptr, m_ptr, ga_ptr, gb_ptr, out_ptr, C, N, T_CHANNELS, C_PAD: tl.constexpr,
                          BLOCK: tl.constexpr, ACTIVATION: tl.constexpr, LABEL_MAP: tl.constexpr,
-                         HAS_MASK: tl.constexpr, SQUARED: tl.constexpr):
+                         HAS_MASK: tl.constexpr, SQUARED: tl.constexpr, SOFT: tl.constexpr):
         b = tl.program_id(1).to(tl.int64)
         p, g, m, cls, cls_ok, vox, tile_ok = _load_tile(
             x_ptr, t_ptr, m_ptr, b, tl.program_id(0) * BLOCK, C, N, T_CHANNELS, C_PAD, BLOCK, ACTIVATION,
             LABEL_MAP, HAS_MASK)
+        if SOFT:  # dI/dp of min(p, g): 1 below the target, 1/2 at a tie
+            g = tl.where(p < g, 1.0, tl.where(p == g, 0.5, 0.0))
         a = tl.load(ga_ptr + b * C + cls, mask=cls_ok, other=0.0)
         beta = tl.load(gb_ptr + b * C + cls, mask=cls_ok, other=0.0)
         if SQUARED:
@@ -116,38 +127,38 @@ def _launch_shape(c: int, n: int) -> tuple[int, int]:
     return c_pad, block
 
 
-class TritonDiceStatistics(torch.autograd.Function):
-    """Same contract as :class:`monai_gdl.kernels.StreamingDiceStatistics`, one kernel per pass."""
+def _prepared(x, target, mask):
+    x, target = x.contiguous(), target.contiguous()
+    if target.dtype == torch.bool:
+        target = target.to(torch.uint8)
+    mask_arg = x if mask is None else mask.contiguous().to(torch.uint8)  # any pointer when HAS_MASK is off
+    return x, target, mask_arg
 
-    @staticmethod
-    def forward(ctx, x, target, mask, activation: str, label_map: bool, squared: bool):  # type: ignore[override]
-        b, c, n = x.shape
-        x, target = x.contiguous(), target.contiguous()
-        if target.dtype == torch.bool:
-            target = target.to(torch.uint8)
-        mask_arg = x if mask is None else mask.contiguous().to(torch.uint8)
-        c_pad, block = _launch_shape(c, n)
-        stats = torch.zeros(4, b, c, dtype=torch.float32, device=x.device)
-        _forward_kernel[(triton.cdiv(n, block), b)](
-            x, target, mask_arg, stats, c, n, target.shape[1], C_PAD=c_pad, BLOCK=block,
-            ACTIVATION=_ACTIVATION_CODES[activation], LABEL_MAP=label_map, HAS_MASK=mask is not None,
-            SQUARED=squared,
-        )
-        saved = (x, target, None if mask is None else mask_arg)
-        return finish_statistics_forward(ctx, saved, (activation, label_map, squared), stats.unbind(0))
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_inter, grad_pred, _grad_tsum, _grad_tvol):  # type: ignore[override]
-        x, target, mask = ctx.saved_tensors
-        activation, label_map, squared = ctx.options
-        b, c, n = x.shape
-        ga, gb = upstream_gradients(x, grad_inter, grad_pred, torch.float32)
-        grad_x = torch.empty_like(x)
-        c_pad, block = _launch_shape(c, n)
-        _backward_kernel[(triton.cdiv(n, block), b)](
-            x, target, x if mask is None else mask, ga, gb, grad_x, c, n, target.shape[1], C_PAD=c_pad,
-            BLOCK=block, ACTIVATION=_ACTIVATION_CODES[activation], LABEL_MAP=label_map,
-            HAS_MASK=mask is not None, SQUARED=squared,
-        )
-        return grad_x, None, None, None, None, None
+def forward(x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool) -> torch.Tensor:
+    """``4 x B x C`` float32 statistics of ``x`` (``B x C x N``): one kernel launch."""
+    b, c, n = x.shape
+    x, target, mask_arg = _prepared(x, target, mask)
+    c_pad, block = _launch_shape(c, n)
+    stats = torch.zeros(4, b, c, dtype=torch.float32, device=x.device)
+    _forward_kernel[(triton.cdiv(n, block), b)](
+        x, target, mask_arg, stats, c, n, target.shape[1], C_PAD=c_pad, BLOCK=block,
+        ACTIVATION=_ACTIVATION_CODES[activation], LABEL_MAP=label_map, HAS_MASK=mask is not None,
+        SQUARED=squared, SOFT=soft and not label_map,
+    )
+    return stats
+
+
+def backward(grad, x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool) -> torch.Tensor:
+    """``dL/dx`` in ``x``'s dtype from ``grad = (dL/dI, dL/dP)`` (``2 x B x C``): one kernel launch."""
+    b, c, n = x.shape
+    x, target, mask_arg = _prepared(x, target, mask)
+    ga, gb = (g.contiguous() for g in grad.to(torch.float32).unbind(0))
+    grad_x = torch.empty_like(x)
+    c_pad, block = _launch_shape(c, n)
+    _backward_kernel[(triton.cdiv(n, block), b)](
+        x, target, mask_arg, ga, gb, grad_x, c, n, target.shape[1], C_PAD=c_pad,
+        BLOCK=block, ACTIVATION=_ACTIVATION_CODES[activation], LABEL_MAP=label_map,
+        HAS_MASK=mask is not None, SQUARED=squared, SOFT=soft and not label_map,
+    )
+    return grad_x

@@ -1,4 +1,5 @@
-"""Dictionary transforms the bundle adds to MONAI's: label checks that name the file, intensity presets."""
+"""The bundle's loading transforms (shared by training, evaluation and inference) and the dictionary
+transforms it adds to MONAI's: label checks that name the file, intensity presets."""
 
 from __future__ import annotations
 
@@ -6,9 +7,17 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import LoadImaged, MapTransform, NormalizeIntensityd, ScaleIntensityRanged
+from monai.transforms import (
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    ScaleIntensityRanged,
+    Spacingd,
+)
 
-__all__ = ["CheckLabelsd", "LoadNamedImaged", "intensity_normalization"]
+__all__ = ["CheckLabelsd", "LoadNamedImaged", "intensity_normalization", "load_transforms"]
 
 
 class LoadNamedImaged(LoadImaged):
@@ -79,3 +88,28 @@ def intensity_normalization(
         lo, hi = ct_window
         return ScaleIntensityRanged(keys=keys, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
     raise ValueError(f"intensity={modality!r}; use 'mr' (z-score) or 'ct' (HU window, see ct_window).")
+
+
+def load_transforms(
+    keys: Sequence[str],
+    num_classes: int,
+    spacing: Sequence[float],
+    intensity: str = "mr",
+    ct_window: Sequence[float] = (-175.0, 250.0),
+) -> list:
+    """Load NIfTI, check labels (naming the file), reorient to RAS, resample to ``spacing``, normalise.
+
+    ``keys`` is ``["image", "label"]`` for training/evaluation and ``["image"]`` for inference.
+    """
+    keys = list(keys)
+    modes = ["bilinear" if k == "image" else "nearest" for k in keys]
+    transforms = [LoadNamedImaged(keys=keys, image_only=True, ensure_channel_first=True)]
+    if "label" in keys:
+        transforms.append(CheckLabelsd(keys="label", num_classes=num_classes))
+    transforms += [
+        Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        Spacingd(keys=keys, pixdim=spacing, mode=modes),
+        intensity_normalization(intensity, keys="image", ct_window=ct_window),
+        EnsureTyped(keys=keys, dtype=torch.float32),
+    ]
+    return transforms

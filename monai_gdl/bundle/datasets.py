@@ -1,0 +1,242 @@
+"""NIfTI datasets in the Medical Segmentation Decathlon layout: find, split, check, synthesise.
+
+The embedded default dataset (:func:`write_synthetic_dataset`): small MR-like volumes with a large
+and a small structure (imbalanced classes), LPS-flipped affines with anisotropic spacing (so
+reorientation and resampling do real work), seeded. The command line is ``python -m monai_gdl.data``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import shutil
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "DatasetError",
+    "case_id",
+    "class_names",
+    "image_files",
+    "msd_datalist",
+    "resolve_dataset_dir",
+    "write_synthetic_dataset",
+]
+
+NIFTI_PATTERNS = ("*.nii.gz", "*.nii")
+SYNTH_LABELS = {"0": "background", "1": "large", "2": "small"}
+
+
+class DatasetError(ValueError):
+    """A dataset folder the workflow cannot use as it is; the message says what to change."""
+
+
+def _nifti_in(folder: str) -> list[str]:
+    return sorted(f for pattern in NIFTI_PATTERNS for f in glob.glob(os.path.join(folder, pattern)))
+
+
+def case_id(path: str) -> str:
+    """The file name without ``.nii.gz`` / ``.nii`` (``hippocampus_001``)."""
+    name = os.path.basename(path)
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _check_header(path: str) -> None:
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+        if len(img.shape) < 3:
+            raise DatasetError(f"{path}: a {len(img.shape)}-D image; the workflow expects 3-D volumes.")
+    except DatasetError:
+        raise
+    except Exception as err:
+        raise DatasetError(f"{path} is not a readable NIfTI file ({type(err).__name__}: {err}); re-export or remove it.") from err
+
+
+def _load_dataset_json(dataset_dir: str) -> dict | None:
+    path = os.path.join(dataset_dir, "dataset.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path} is not valid JSON ({err}); fix it or delete it to pair imagesTr/labelsTr by name.") from err
+
+
+def _pairs_from_json(dataset_dir: str, entries: Sequence[dict], key: str) -> list[dict]:
+    pairs = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise DatasetError(f"dataset.json '{key}'[{i}] = {entry!r}: each entry needs 'image' and 'label' paths.")
+        pairs.append({k: os.path.normpath(os.path.join(dataset_dir, entry[k])) for k in ("image", "label")})
+    missing = [p[k] for p in pairs for k in ("image", "label") if not os.path.isfile(p[k])]
+    if missing:
+        raise DatasetError(
+            f"dataset.json in {dataset_dir} lists {len(missing)} file(s) that do not exist, e.g. {missing[:3]}; "
+            "fix the paths or remove the entries."
+        )
+    return pairs
+
+
+def _pairs_from_folders(dataset_dir: str) -> list[dict]:
+    images_dir, labels_dir = os.path.join(dataset_dir, "imagesTr"), os.path.join(dataset_dir, "labelsTr")
+    if not os.path.isdir(images_dir):
+        raise DatasetError(
+            f"dataset_dir={dataset_dir!r} has no imagesTr/ folder (found: {sorted(os.listdir(dataset_dir))[:8]}); "
+            "use the MSD layout imagesTr/*.nii.gz + labelsTr/*.nii.gz."
+        )
+    images = _nifti_in(images_dir)
+    if not images:
+        raise DatasetError(f"{images_dir} holds no .nii/.nii.gz images.")
+    labels = {case_id(p): p for p in _nifti_in(labels_dir)} if os.path.isdir(labels_dir) else {}
+    unlabeled = [os.path.basename(p) for p in images if case_id(p) not in labels]
+    if unlabeled:
+        raise DatasetError(
+            f"{len(unlabeled)} image(s) in {images_dir} have no label of the same name in {labels_dir}, "
+            f"e.g. {unlabeled[:3]}; add the labels or move those images out (e.g. to imagesTs/)."
+        )
+    return [{"image": p, "label": labels[case_id(p)]} for p in images]
+
+
+def msd_datalist(
+    dataset_dir: str,
+    split: str = "training",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    check_files: bool = True,
+) -> list[dict]:
+    """``[{"image": path, "label": path}, ...]`` for ``split`` in ``"training"``/``"validation"``.
+
+    Cases come from ``dataset.json``'s ``training`` list when present, else from pairing
+    ``imagesTr`` with ``labelsTr`` by file name. A ``validation`` list in ``dataset.json`` fixes the
+    split; otherwise a seeded shuffle holds out ``val_fraction`` of the cases (at least one).
+    """
+    if split not in ("training", "validation"):
+        raise DatasetError(f"split={split!r}; use 'training' or 'validation'.")
+    if not dataset_dir or not os.path.isdir(dataset_dir):
+        raise DatasetError(
+            f"dataset_dir={dataset_dir!r} does not exist; pass --dataset_dir DIR holding imagesTr/ and labelsTr/ "
+            "(MSD layout), or leave dataset_dir empty to train on the generated synthetic dataset."
+        )
+    meta = _load_dataset_json(dataset_dir)
+    if meta and meta.get("training"):
+        cases = _pairs_from_json(dataset_dir, meta["training"], "training")
+        fixed_val = _pairs_from_json(dataset_dir, meta["validation"], "validation") if meta.get("validation") else None
+    else:
+        cases, fixed_val = _pairs_from_folders(dataset_dir), None
+    if fixed_val is not None:
+        val_set = {p["image"] for p in fixed_val}
+        chosen = fixed_val if split == "validation" else [p for p in cases if p["image"] not in val_set]
+    else:
+        if len(cases) < 2:
+            raise DatasetError(f"{dataset_dir} has {len(cases)} labelled case(s); at least 2 are needed to train and validate.")
+        order = list(range(len(cases)))
+        random.Random(seed).shuffle(order)
+        n_val = min(len(cases) - 1, max(1, round(val_fraction * len(cases))))
+        val_idx = set(order[:n_val])
+        chosen = [c for i, c in enumerate(cases) if (i in val_idx) == (split == "validation")]
+    if check_files:
+        for case in chosen:
+            _check_header(case["image"])
+            _check_header(case["label"])
+    return chosen
+
+
+def class_names(dataset_dir: str, num_classes: int) -> list[str]:
+    """Class names from ``dataset.json``'s ``labels`` (``class_i`` where none is given)."""
+    meta = _load_dataset_json(dataset_dir) if dataset_dir and os.path.isdir(dataset_dir) else None
+    labels = (meta or {}).get("labels", {})
+    return [str(labels.get(str(i), f"class_{i}")) for i in range(num_classes)]
+
+
+def image_files(input_dir: str) -> list[dict]:
+    """``[{"image": path}, ...]`` for every NIfTI file in ``input_dir`` (inference input)."""
+    if not input_dir or not os.path.isdir(input_dir):
+        raise DatasetError(f"input_dir={input_dir!r} does not exist; pass --input_dir FOLDER of .nii/.nii.gz images.")
+    files = _nifti_in(input_dir)
+    if not files:
+        raise DatasetError(f"input_dir={input_dir!r} holds no .nii/.nii.gz images.")
+    for f in files:
+        _check_header(f)
+    return [{"image": f} for f in files]
+
+
+def _ellipsoid(grid: np.ndarray, centre: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    return (((grid - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0) <= 1.0
+
+
+def write_synthetic_dataset(
+    out_dir: str,
+    num_cases: int = 20,
+    shape: Sequence[int] = (48, 48, 32),
+    spacing: Sequence[float] = (1.0, 1.0, 1.5),
+    seed: int = 0,
+) -> str:
+    """Write an MSD-layout dataset of MR-like volumes to ``out_dir`` and return ``out_dir``.
+
+    Class 1 is a large ellipsoid (about 10% of voxels), class 2 a small sphere beside it (about
+    0.5%): the imbalance GDL is made for. Affines are LPS-flipped with an offset origin and
+    anisotropic spacing, so orientation and resampling in the workflow are exercised.
+    """
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(out_dir, "imagesTr"), exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "labelsTr"), exist_ok=True)
+    shape = tuple(int(s) for s in shape)
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"))
+    physical = grid * np.asarray(spacing, dtype=np.float32)[:, None, None, None]
+    extent = np.asarray(shape) * np.asarray(spacing)
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    affine[:3, 3] = [extent[0] / 2, extent[1] / 2, -extent[2] / 2]
+    entries = []
+    for i in range(num_cases):
+        centre = extent * rng.uniform(0.4, 0.6, 3)
+        radii = extent * rng.uniform(0.18, 0.24, 3)
+        label = np.zeros(shape, dtype=np.uint8)
+        label[_ellipsoid(physical, centre, radii)] = 1
+        offset = rng.choice([-1, 1], 3) * (radii + extent * 0.08)
+        small_centre = np.clip(centre + offset * np.array([1.0, 0.0, 0.0]), extent * 0.12, extent * 0.88)
+        label[_ellipsoid(physical, small_centre, np.full(3, extent.min() * rng.uniform(0.07, 0.09)))] = 2
+        means = np.array([100.0, 180.0, 60.0]) + rng.normal(0, 8, 3)
+        bias = 1.0 + 0.15 * np.sin(physical[0] / extent[0] * np.pi + rng.uniform(0, np.pi))
+        image = (means[label] * bias + rng.normal(0, 20.0, shape)).astype(np.float32)
+        name = f"synth_{i:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(image, affine), os.path.join(out_dir, "imagesTr", name))
+        nib.save(nib.Nifti1Image(label, affine), os.path.join(out_dir, "labelsTr", name))
+        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    meta = {
+        "name": "monai_gdl synthetic",
+        "description": "Seeded synthetic MR-like volumes: a large and a small structure (imbalanced classes).",
+        "tensorImageSize": "3D",
+        "modality": {"0": "MRI"},
+        "labels": SYNTH_LABELS,
+        "numTraining": num_cases,
+        "training": entries,
+    }
+    with open(os.path.join(out_dir, "dataset.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    return out_dir
+
+
+def resolve_dataset_dir(dataset_dir: str, output_dir: str) -> str:
+    """``dataset_dir`` itself, or (when empty) the synthetic default under ``output_dir``, generated on first use."""
+    if dataset_dir:
+        return os.path.abspath(os.path.expanduser(dataset_dir))
+    synth = os.path.join(os.path.abspath(os.path.expanduser(output_dir)), "synthetic_data")
+    if not os.path.isfile(os.path.join(synth, "dataset.json")):
+        staging = f"{synth}.tmp-{os.getpid()}"  # several ranks may get here at once: first rename wins
+        write_synthetic_dataset(staging)
+        try:
+            os.rename(staging, synth)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+    return synth

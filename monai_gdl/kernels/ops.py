@@ -1,0 +1,127 @@
+"""The fused statistics as PyTorch operators: ``torch.ops.monai_gdl.dice_statistics`` and its backward.
+
+Registered with ``torch.library`` (fake implementations for shape propagation, autograd through
+:func:`torch.library.register_autograd`), so ``torch.compile`` (``fullgraph=True``),
+``torch.export`` and DDP treat the fused pass like any built-in op: a compiled training step
+keeps it as one opaque node and calls its real implementation at run time.
+
+``dice_statistics(x, target, mask, activation, label_map, squared, soft, backend) -> 4 x B x C``
+(``I, P, G, V``, see :mod:`monai_gdl.kernels.contract`), ``x`` is ``B x C x N``; the backward op
+maps ``(dL/dI, dL/dP)`` (``2 x B x C``) to ``dL/dx`` (``x``'s dtype and layout). The
+implementation resolves ``backend`` (``"auto"`` or a name) per call, so the same compiled graph
+runs the native kernel on CPU and Triton on CUDA.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from monai_gdl.kernels import chunked, native, triton_backend
+from monai_gdl.kernels.contract import NUM_STATISTICS, DiceStatistics, statistics_dtype
+from monai_gdl.kernels.dispatch import get_backend, resolve_backend
+
+__all__ = ["streaming_statistics"]
+
+
+def _forward_impl(backend, x, target, mask, activation, label_map, squared, soft) -> torch.Tensor:
+    if backend == "native":
+        return native.forward(x, target, mask, activation, label_map, squared, soft)
+    if backend == "triton":
+        return triton_backend.forward(x, target, mask, activation, label_map, squared, soft)
+    return chunked.forward(x, target, mask, activation, label_map, squared, soft, compiled=backend == "compile")
+
+
+def _backward_impl(backend, grad, x, target, mask, activation, label_map, squared, soft) -> torch.Tensor:
+    if backend == "native":
+        return native.backward(grad, x, target, mask, activation, label_map, squared, soft)
+    if backend == "triton":
+        return triton_backend.backward(grad, x, target, mask, activation, label_map, squared, soft)
+    return chunked.backward(grad, x, target, mask, activation, label_map, squared, soft, compiled=backend == "compile")
+
+
+@torch.library.custom_op("monai_gdl::dice_statistics", mutates_args=())
+def dice_statistics_op(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    activation: str,
+    label_map: bool,
+    squared: bool,
+    soft: bool,
+    backend: str,
+) -> torch.Tensor:
+    chosen = resolve_backend(x, target, mask, label_map, backend)
+    return _forward_impl(chosen, x, target, mask, activation, label_map, squared, soft).to(statistics_dtype(x.dtype))
+
+
+@dice_statistics_op.register_fake
+def _(x, target, mask, activation, label_map, squared, soft, backend):
+    return x.new_empty((NUM_STATISTICS, x.shape[0], x.shape[1]), dtype=statistics_dtype(x.dtype))
+
+
+@torch.library.custom_op("monai_gdl::dice_statistics_backward", mutates_args=())
+def dice_statistics_backward_op(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    activation: str,
+    label_map: bool,
+    squared: bool,
+    soft: bool,
+    backend: str,
+) -> torch.Tensor:
+    chosen = resolve_backend(x, target, mask, label_map, backend)
+    grad_x = _backward_impl(chosen, grad, x, target, mask, activation, label_map, squared, soft)
+    if grad_x.stride() != x.stride():  # the fake below promises x's layout
+        grad_x = torch.empty_like(x).copy_(grad_x)
+    return grad_x
+
+
+@dice_statistics_backward_op.register_fake
+def _(grad, x, target, mask, activation, label_map, squared, soft, backend):
+    return torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, target, mask, activation, label_map, squared, soft, backend = inputs
+    ctx.save_for_backward(x, target, mask)
+    ctx.options = (activation, label_map, squared, soft, backend)
+
+
+def _backward(ctx, grad_stats):
+    x, target, mask = ctx.saved_tensors
+    grad = grad_stats[:2].to(statistics_dtype(x.dtype)).contiguous()  # G and V do not depend on x
+    grad_x = torch.ops.monai_gdl.dice_statistics_backward(grad, x, target, mask, *ctx.options)
+    return grad_x, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("monai_gdl::dice_statistics", _backward, setup_context=_setup_context)
+
+
+def streaming_statistics(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    activation: str,
+    label_map: bool,
+    squared: bool,
+    soft: bool = False,
+    mask: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> DiceStatistics:
+    """Dice statistics of ``input`` (``B x C x spatial``) by the fused operator, for all C channels.
+
+    ``mask``: ``B x 1 x spatial`` bool (voxels to count) or None; ``backend``: a name from
+    :data:`monai_gdl.kernels.BACKENDS`, default the process's choice.
+    """
+    b, c = input.shape[:2]
+    x = input.reshape(b, c, -1)
+    t = target.reshape(b, target.shape[1], -1)
+    m = None if mask is None else mask.reshape(b, 1, -1)
+    chosen = get_backend() if backend is None else backend
+    return DiceStatistics.from_stacked(
+        torch.ops.monai_gdl.dice_statistics(x, t, m, activation, label_map, squared, soft and not label_map, chosen)
+    )

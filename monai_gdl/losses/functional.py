@@ -1,0 +1,235 @@
+"""Functional losses: validate, reduce the volume to statistics, apply the formula, reduce.
+
+The three steps never mix: :mod:`~monai_gdl.losses.validation` checks the inputs (metadata always;
+the scans over values with ``validate=True``), :func:`dice_statistics` reduces the volume to
+per-(sample, class) sums (the fused operator of :mod:`monai_gdl.kernels`, or the plain-PyTorch
+reference), and :mod:`~monai_gdl.losses.formulas` turns them into the loss. Multi-process training
+all-reduces exactly these sums (:func:`all_reduce_statistics`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from monai_gdl.kernels import DiceStatistics, streaming_statistics
+from monai_gdl.kernels.reference import activate, reference_statistics, voxel_mask
+from monai_gdl.losses.formulas import generalized_dice_from_statistics, reduce_loss, vnet_dice_from_statistics
+from monai_gdl.losses.validation import (
+    LossInputError,
+    check_gdl_options,
+    check_loss_inputs,
+    check_loss_options,
+    class_weight_tensor,
+    validated_statistics,
+)
+
+__all__ = ["all_reduce_statistics", "dice_statistics", "generalized_dice_loss", "vnet_dice_loss"]
+
+IMPLEMENTATIONS = ("auto", "fused", "reference")
+
+
+def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
+    """A plain tensor view (a MONAI MetaTensor would drag its ``__torch_function__`` into every op)."""
+    if t is None or type(t) is torch.Tensor or not isinstance(t, torch.Tensor):
+        return t
+    return t.as_subclass(torch.Tensor)
+
+
+def dice_statistics(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    to_onehot_y: bool = False,
+    softmax: bool = False,
+    sigmoid: bool = False,
+    other_act: Callable | None = None,
+    squared: bool = False,
+    soft_label: bool = True,
+    ignore_index: int | None = None,
+    mask: torch.Tensor | None = None,
+    implementation: str = "auto",
+) -> DiceStatistics:
+    """Per-(sample, class) sums of the activated ``input`` against ``target``, for all C channels (no checks).
+
+    ``soft_label``: the intersection of a dense target is ``sum(min(p, g))`` (equal to ``sum(p*g)`` on
+    hard targets; label maps always use ``p*g``). ``implementation``: ``"auto"`` runs the fused
+    operator wherever it applies (softmax, sigmoid or no activation), else the reference; ``"fused"``
+    requires it; ``"reference"`` forces plain PyTorch autograd.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise LossInputError(f"implementation={implementation!r}; use one of {IMPLEMENTATIONS}.")
+    if implementation == "fused" and other_act is not None:
+        raise LossInputError("implementation='fused' does not support other_act; use implementation='reference'.")
+    input, target, mask = _plain(input), _plain(target), _plain(mask)
+    keep = voxel_mask(target, label_map=to_onehot_y, ignore_index=ignore_index, mask=mask)
+    soft = soft_label and not squared and not to_onehot_y
+    if other_act is None and implementation != "reference":
+        activation = "softmax" if softmax else "sigmoid" if sigmoid else "none"
+        return streaming_statistics(input, target, activation=activation, label_map=to_onehot_y, squared=squared,
+                                    soft=soft, mask=keep)
+    probs = activate(input, softmax=softmax, sigmoid=sigmoid, other_act=other_act)
+    return reference_statistics(probs, target, label_map=to_onehot_y, squared=squared, soft=soft, mask=keep)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; its gradient is again the sum of the processes' gradients."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = t.clone()
+        torch.distributed.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad
+
+
+def all_reduce_statistics(stats: DiceStatistics) -> DiceStatistics:
+    """Sum the statistics over all processes of the default group, keeping autograd.
+
+    Makes ``batch=True`` Dice a true global-batch Dice under DistributedDataParallel: every rank
+    computes the same loss from the global sums; the gradient of the all-reduce is itself an
+    all-reduce, so after DDP averages gradients each rank's parameters get the exact gradient.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return stats
+    stacked = torch.stack(
+        [stats.intersection, stats.prediction, stats.target.detach(), stats.target_volume.detach()]
+    )
+    summed = _AllReduceSum.apply(stacked)
+    return DiceStatistics(summed[0], summed[1], summed[2].detach(), summed[3].detach())
+
+
+def scored_statistics(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    include_background: bool,
+    to_onehot_y: bool,
+    softmax: bool,
+    sigmoid: bool,
+    other_act: Callable | None,
+    squared_pred: bool,
+    soft_label: bool,
+    batch: bool,
+    ignore_index: int | None,
+    validate: bool,
+    implementation: str,
+    distributed: bool,
+    weight: torch.Tensor | None = None,
+) -> DiceStatistics:
+    """The statistics both losses need: checked, of the scored classes, pooled (and all-reduced) for ``batch``."""
+    check_loss_inputs(input, target, to_onehot_y=to_onehot_y, softmax=softmax, ignore_index=ignore_index,
+                      mask=mask, weight=weight, include_background=include_background)
+    stats = dice_statistics(
+        input, target, to_onehot_y=to_onehot_y, softmax=softmax, sigmoid=sigmoid, other_act=other_act,
+        squared=squared_pred, soft_label=soft_label, ignore_index=ignore_index, mask=mask,
+        implementation=implementation,
+    )
+    if validate:
+        has_activation = softmax or sigmoid or other_act is not None
+        stats = DiceStatistics.from_stacked(validated_statistics(
+            stats.stacked(), _plain(input), _plain(target), to_onehot_y, softmax, has_activation, ignore_index
+        ))
+    stats = stats.select_classes(include_background)
+    if batch and distributed:
+        stats = all_reduce_statistics(stats)
+    return stats.pooled(batch)
+
+
+def apply_class_weight(f: torch.Tensor, weight: torch.Tensor | None, rescale: bool) -> torch.Tensor:
+    """``f`` (``N x C``) times the class weights, rescaled to average 1 when ``rescale`` (so ``mean``
+    stays a weighted average in [0, 1]); a scalar (``rescale=False`` only) multiplies every class."""
+    if weight is None:
+        return f
+    w = weight.to(f.dtype)
+    if rescale:
+        w = w * (w.numel() / w.sum())
+    return f * w
+
+
+def vnet_dice_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    include_background: bool = True,
+    to_onehot_y: bool = False,
+    sigmoid: bool = False,
+    softmax: bool = False,
+    other_act: Callable | None = None,
+    squared_pred: bool = True,
+    soft_label: bool = True,
+    batch: bool = False,
+    reduction: str = "mean",
+    smooth_nr: float = 1e-5,
+    smooth_dr: float = 1e-5,
+    weight: torch.Tensor | float | list[float] | None = None,
+    rescale_weight: bool = True,
+    ignore_index: int | None = None,
+    mask: torch.Tensor | None = None,
+    validate: bool = True,
+    implementation: str = "auto",
+    distributed: bool = True,
+) -> torch.Tensor:
+    """V-Net soft Dice loss; see :class:`monai_gdl.VNetDiceLoss` for the arguments and the math."""
+    weight = class_weight_tensor(weight)
+    check_loss_options(softmax=softmax, sigmoid=sigmoid, other_act=other_act, reduction=reduction,
+                       smooth_nr=smooth_nr, smooth_dr=smooth_dr, weight=weight, rescale_weight=rescale_weight)
+    stats = scored_statistics(
+        input, target, mask, include_background=include_background, to_onehot_y=to_onehot_y, softmax=softmax,
+        sigmoid=sigmoid, other_act=other_act, squared_pred=squared_pred, soft_label=soft_label, batch=batch,
+        ignore_index=ignore_index, validate=validate, implementation=implementation, distributed=distributed,
+        weight=weight,
+    )
+    f = vnet_dice_from_statistics(stats, smooth_nr=smooth_nr, smooth_dr=smooth_dr)
+    f = apply_class_weight(f, None if weight is None else weight.to(f.device), rescale_weight)
+    return reduce_loss(f, reduction, spatial_dims=input.ndim - 2, batch=batch)
+
+
+def generalized_dice_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    include_background: bool = True,
+    to_onehot_y: bool = False,
+    sigmoid: bool = False,
+    softmax: bool = False,
+    other_act: Callable | None = None,
+    w_type: str = "square",
+    absent_class: str = "max",
+    all_absent: str = "uniform",
+    normalize_weights: bool = True,
+    squared_pred: bool = False,
+    soft_label: bool = True,
+    batch: bool = False,
+    reduction: str = "mean",
+    smooth_nr: float = 1e-5,
+    smooth_dr: float = 1e-5,
+    ignore_index: int | None = None,
+    mask: torch.Tensor | None = None,
+    validate: bool = True,
+    implementation: str = "auto",
+    distributed: bool = True,
+) -> torch.Tensor:
+    """Generalized Dice loss; see :class:`monai_gdl.SudreGeneralizedDiceLoss` for the arguments and the math."""
+    check_loss_options(softmax=softmax, sigmoid=sigmoid, other_act=other_act, reduction=reduction,
+                       smooth_nr=smooth_nr, smooth_dr=smooth_dr)
+    check_gdl_options(w_type=w_type, absent_class=absent_class, all_absent=all_absent)
+    stats = scored_statistics(
+        input, target, mask, include_background=include_background, to_onehot_y=to_onehot_y, softmax=softmax,
+        sigmoid=sigmoid, other_act=other_act, squared_pred=squared_pred, soft_label=soft_label, batch=batch,
+        ignore_index=ignore_index, validate=validate, implementation=implementation, distributed=distributed,
+    )
+    f = generalized_dice_from_statistics(
+        stats, w_type=w_type, absent_class=absent_class, all_absent=all_absent, normalize_weights=normalize_weights,
+        smooth_nr=smooth_nr, smooth_dr=smooth_dr,
+    )
+    return reduce_loss(f, reduction, spatial_dims=input.ndim - 2, batch=batch)

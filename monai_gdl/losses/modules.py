@@ -1,0 +1,223 @@
+"""``torch.nn.Module`` losses with MONAI's argument names, wrapping :mod:`monai_gdl.losses.functional`.
+
+Options are plain attributes, checked once in ``__init__``; ``class_weight`` is a registered buffer
+(as in MONAI's ``DiceLoss``: it follows ``.to(device)`` and is in ``state_dict()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.nn.modules.loss import _Loss
+
+from monai_gdl.losses import functional
+from monai_gdl.losses.validation import check_gdl_options, check_loss_options, class_weight_tensor
+
+__all__ = ["SudreGeneralizedDiceLoss", "VNetDiceLoss"]
+
+
+class VNetDiceLoss(_Loss):
+    r"""Soft Dice loss of V-Net (Milletari et al. 2016), squared denominators by default.
+
+    For every sample ``b`` and class ``c`` (sums over the spatial axes, masked voxels skipped)::
+
+        D[b, c] = (2 * I + smooth_nr) / (sum(p^k) + sum(g^k) + smooth_dr),  k = 2 if squared_pred else 1
+        I = sum(p * g)               (squared_pred=True, label maps, or soft_label=False)
+        I = sum(min(p, g))           (squared_pred=False with a one-hot/soft target and soft_label=True)
+        f[b, c] = 1 - D[b, c]
+
+    ``p`` is the input after the activation, ``g`` the target. ``min(p, g) = (p + g - |p - g|) / 2``
+    is MONAI's ``soft_label=True`` form: it equals ``p * g`` on hard targets, and makes ``p == g`` the
+    minimum (loss 0 with ``smooth_nr == smooth_dr``) for soft ones, where ``2 sum(p g) / (sum p + sum g)``
+    is not. The squared denominator needs no such form: ``sum p^2 + sum g^2 >= 2 sum(p g)``, equal
+    exactly at ``p == g``. With ``batch=True`` the sums also run over the batch before the ratio (one
+    Dice per class, ``N = 1``). The Dice of each class is *averaged* over classes, never summed, so the
+    loss lies in [0, 1] for probabilities and targets in [0, 1].
+
+    Output by ``reduction``: ``"mean"`` a scalar, the (weighted) mean of ``f`` over samples and classes;
+    ``"sum"`` a scalar, the sum of ``f``; ``"none"`` ``f`` in MONAI's broadcastable shape,
+    ``B x C' x 1 x ... x 1`` (one 1 per spatial axis; ``C'`` the scored classes, ``C - 1`` without
+    background), or ``C' x 1 x ... x 1`` with ``batch=True`` (as MONAI's ``DiceLoss``).
+
+    Args:
+        include_background: score class 0; if False it is dropped *after* the activation.
+        to_onehot_y: the target is a label map ``B x 1 x spatial`` of class indices (int or float);
+            it is never expanded to a float one-hot tensor.
+        sigmoid: apply a sigmoid (independent, multi-label classes).
+        softmax: apply a softmax over channels (exactly one class per voxel).
+        other_act: any other callable activation (runs the reference path).
+        squared_pred: square ``p`` and ``g`` in the denominator (V-Net). False gives the plain Dice
+            (``MONAI DiceLoss`` default).
+        soft_label: the ``min(p, g)`` intersection for one-hot/soft targets with the plain
+            denominator (default True; MONAI's default is False, its original product form, whose
+            minimum for a soft target is not at ``p == g``). No effect on hard targets' values.
+        batch: pool the sums over the batch before the ratio. Under DistributedDataParallel the sums
+            are also all-reduced over processes (``distributed``), so it is the global-batch Dice.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        smooth_nr, smooth_dr: added to numerator and denominator; ``smooth_nr <= smooth_dr`` keeps an
+            empty, correctly empty class at loss 0 instead of below it.
+        weight: one weight per scored class. With ``rescale_weight`` (default) they are rescaled to
+            average 1, so ``"mean"`` is a weighted average in [0, 1] (a scalar is refused: it would do
+            nothing); ``rescale_weight=False`` multiplies ``f`` by them as given, a scalar by every
+            class (MONAI's meaning).
+        rescale_weight: see ``weight``.
+        ignore_index: label value whose voxels are excluded from every sum (label-map targets).
+        validate: scan the values on every call (labels in range, one-hot targets in [0, 1], NaN/inf;
+            chunked, cheap); False skips only these scans, never the shape and dtype checks.
+        implementation: ``"auto"`` (fused operator where it applies), ``"fused"`` or ``"reference"``
+            (plain PyTorch autograd; for testing).
+        distributed: with ``batch=True``, all-reduce the sums when ``torch.distributed`` is initialised.
+
+    ``forward(input, target, mask=None)``: ``input`` ``B x C x spatial`` logits (or probabilities
+    without activation), any float dtype (statistics accumulate in float32 under AMP); ``mask``
+    ``B x 1 x spatial``, nonzero = voxel counts.
+    """
+
+    def __init__(
+        self,
+        include_background: bool = True,
+        to_onehot_y: bool = False,
+        sigmoid: bool = False,
+        softmax: bool = False,
+        other_act: Callable | None = None,
+        squared_pred: bool = True,
+        soft_label: bool = True,
+        batch: bool = False,
+        reduction: str = "mean",
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+        weight: Sequence[float] | float | torch.Tensor | None = None,
+        rescale_weight: bool = True,
+        ignore_index: int | None = None,
+        validate: bool = True,
+        implementation: str = "auto",
+        distributed: bool = True,
+    ) -> None:
+        super().__init__(reduction=reduction)
+        weight = class_weight_tensor(weight)
+        check_loss_options(softmax=softmax, sigmoid=sigmoid, other_act=other_act, reduction=reduction,
+                           smooth_nr=float(smooth_nr), smooth_dr=float(smooth_dr), weight=weight,
+                           rescale_weight=rescale_weight)
+        self.include_background = include_background
+        self.to_onehot_y = to_onehot_y
+        self.sigmoid = sigmoid
+        self.softmax = softmax
+        self.other_act = other_act
+        self.squared_pred = squared_pred
+        self.soft_label = soft_label
+        self.batch = batch
+        self.smooth_nr = float(smooth_nr)
+        self.smooth_dr = float(smooth_dr)
+        self.rescale_weight = rescale_weight
+        self.ignore_index = ignore_index
+        self.validate = validate
+        self.implementation = implementation
+        self.distributed = distributed
+        self.class_weight: torch.Tensor | None
+        self.register_buffer("class_weight", weight)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return functional.vnet_dice_loss(
+            input, target, mask=mask, include_background=self.include_background, to_onehot_y=self.to_onehot_y,
+            sigmoid=self.sigmoid, softmax=self.softmax, other_act=self.other_act, squared_pred=self.squared_pred,
+            soft_label=self.soft_label, batch=self.batch, reduction=self.reduction, smooth_nr=self.smooth_nr,
+            smooth_dr=self.smooth_dr, weight=self.class_weight, rescale_weight=self.rescale_weight,
+            ignore_index=self.ignore_index, validate=self.validate, implementation=self.implementation,
+            distributed=self.distributed,
+        )
+
+
+class SudreGeneralizedDiceLoss(_Loss):
+    r"""Generalized Dice loss (Sudre et al. 2017): one overlap score over all classes, class-weighted.
+
+    Per sample ``b`` (or once for the pooled batch with ``batch=True``), sums over the spatial axes::
+
+        V_c = sum(g_c),   w_c = 1 / V_c^2 (square) | 1 / V_c (simple) | 1 (uniform)
+        GDL[b] = 1 - (2 * sum_c w_c * I_c + smooth_nr)
+                     / (sum_c w_c * (sum(p_c^k) + sum(g_c^k)) + smooth_dr)      k = 2 if squared_pred else 1
+
+    with ``I_c`` as in :class:`VNetDiceLoss` (``sum(min(p, g))`` for one-hot/soft targets with the
+    plain denominator, MONAI's ``soft_label=True``; ``sum(p * g)`` otherwise). The loss lies in
+    [0, 1]. Output by ``reduction``: ``"mean"``/``"sum"`` a scalar over samples; ``"none"`` MONAI's
+    shape, ``B x 1 x 1 x ... x 1`` (one 1 per spatial axis), or ``1 x 1 x ... x 1`` with ``batch=True``.
+
+    **Absent classes.** A class missing from the target (``V_c = 0``) has weight ``1/0``. The policy
+    is explicit (``absent_class``): ``"max"`` (default, as MONAI and NiftyNet) gives it the largest
+    finite weight of its row, so predicting a class that is not there costs as much as missing the
+    rarest present one; ``"zero"`` ignores the class (its false positives then cost nothing). A row
+    with *every* class absent uses uniform weights (``all_absent="uniform"``), so false positives
+    still get a gradient; ``all_absent="zero"`` is MONAI's constant ``1 - smooth_nr/smooth_dr``
+    there. Weights never become inf or NaN.
+
+    **Weight scale.** ``normalize_weights=True`` (default) divides the weights of each row by their
+    sum. The ratio does not change, but ``smooth_nr``/``smooth_dr`` then act in voxel units: with raw
+    ``1/V^2`` weights a class of 10^5 voxels has ``w * I ~ 1e-5``, the size of the smoothing, which
+    then biases the loss. ``normalize_weights=False, all_absent="zero", soft_label=False`` reproduces
+    MONAI's ``GeneralizedDiceLoss`` (whose ``soft_label`` default is False).
+
+    Args:
+        include_background, to_onehot_y, sigmoid, softmax, other_act, soft_label, batch, reduction,
+        smooth_nr, smooth_dr, ignore_index, validate, implementation, distributed: as in
+        :class:`VNetDiceLoss`.
+        w_type: ``"square"`` (default, Sudre et al.), ``"simple"`` or ``"uniform"``.
+        absent_class: ``"max"`` or ``"zero"``, see above.
+        all_absent: ``"uniform"`` or ``"zero"``, see above.
+        normalize_weights: rescale each row's weights to sum 1, see above.
+        squared_pred: square ``p`` and ``g`` in the denominator (off by default, as in the paper).
+    """
+
+    def __init__(
+        self,
+        include_background: bool = True,
+        to_onehot_y: bool = False,
+        sigmoid: bool = False,
+        softmax: bool = False,
+        other_act: Callable | None = None,
+        w_type: str = "square",
+        absent_class: str = "max",
+        all_absent: str = "uniform",
+        normalize_weights: bool = True,
+        squared_pred: bool = False,
+        soft_label: bool = True,
+        batch: bool = False,
+        reduction: str = "mean",
+        smooth_nr: float = 1e-5,
+        smooth_dr: float = 1e-5,
+        ignore_index: int | None = None,
+        validate: bool = True,
+        implementation: str = "auto",
+        distributed: bool = True,
+    ) -> None:
+        super().__init__(reduction=reduction)
+        check_loss_options(softmax=softmax, sigmoid=sigmoid, other_act=other_act, reduction=reduction,
+                           smooth_nr=float(smooth_nr), smooth_dr=float(smooth_dr))
+        check_gdl_options(w_type=w_type, absent_class=absent_class, all_absent=all_absent)
+        self.include_background = include_background
+        self.to_onehot_y = to_onehot_y
+        self.sigmoid = sigmoid
+        self.softmax = softmax
+        self.other_act = other_act
+        self.w_type = w_type
+        self.absent_class = absent_class
+        self.all_absent = all_absent
+        self.normalize_weights = normalize_weights
+        self.squared_pred = squared_pred
+        self.soft_label = soft_label
+        self.batch = batch
+        self.smooth_nr = float(smooth_nr)
+        self.smooth_dr = float(smooth_dr)
+        self.ignore_index = ignore_index
+        self.validate = validate
+        self.implementation = implementation
+        self.distributed = distributed
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return functional.generalized_dice_loss(
+            input, target, mask=mask, include_background=self.include_background, to_onehot_y=self.to_onehot_y,
+            sigmoid=self.sigmoid, softmax=self.softmax, other_act=self.other_act, w_type=self.w_type,
+            absent_class=self.absent_class, all_absent=self.all_absent, normalize_weights=self.normalize_weights,
+            squared_pred=self.squared_pred, soft_label=self.soft_label, batch=self.batch, reduction=self.reduction,
+            smooth_nr=self.smooth_nr, smooth_dr=self.smooth_dr, ignore_index=self.ignore_index,
+            validate=self.validate, implementation=self.implementation, distributed=self.distributed,
+        )
