@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import os
 
-# Eager chunk math by default: compiling for each random shape would dominate the suite's time.
-# tests/test_fused.py runs the compiled and Triton backends explicitly.
-os.environ.setdefault("MONAI_GDL_BACKEND", "eager")
-
-import torch  # noqa: E402
+import torch
 
 if not torch.cuda.is_available():
     # Triton kernels run through Triton's interpreter on CPU tensors (set before triton is imported).

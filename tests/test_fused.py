@@ -13,28 +13,29 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monai_gdl import kernels, vnet_dice_loss
-from monai_gdl.functional import activate, reference_statistics
-from monai_gdl.kernels import streaming_statistics
+from monai_gdl import kernels, use_backend, vnet_dice_loss
+from monai_gdl.kernels import chunked, native, streaming_statistics
+from monai_gdl.kernels.reference import activate, reference_statistics
 
-from monai_gdl import native_kernels
-
-triton_kernels = pytest.importorskip("monai_gdl.triton_kernels")
-needs_native = pytest.mark.skipif(not native_kernels.available(), reason="no C compiler for the native CPU kernel")
+needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler for the native CPU kernel")
 
 CASES = [
-    # shape, activation, target kind, squared, masked
-    ((2, 3, 7, 5, 3), "softmax", "label", True, False),
-    ((2, 3, 7, 5, 3), "softmax", "label", False, True),
-    ((3, 4, 11, 13), "softmax", "onehot", True, False),
-    ((2, 1, 9, 8, 7), "sigmoid", "onehot", True, False),  # C = 1 with sigmoid
-    ((2, 5, 17), "sigmoid", "soft", True, True),
-    ((1, 3, 10, 10), "none", "soft", False, False),
-    ((2, 6, 5, 5, 5), "softmax", "label_absent", True, False),  # classes 3..5 absent
+    # shape, activation, target kind, squared, masked, soft-label intersection
+    ((2, 3, 7, 5, 3), "softmax", "label", True, False, False),
+    ((2, 3, 7, 5, 3), "softmax", "label", False, True, False),
+    ((3, 4, 11, 13), "softmax", "onehot", True, False, False),
+    ((2, 1, 9, 8, 7), "sigmoid", "onehot", True, False, False),  # C = 1 with sigmoid
+    ((2, 5, 17), "sigmoid", "soft", True, True, False),
+    ((1, 3, 10, 10), "none", "soft", False, False, False),
+    ((2, 6, 5, 5, 5), "softmax", "label_absent", True, False, False),  # classes 3..5 absent
+    ((2, 4, 9, 7), "softmax", "soft", False, True, True),
+    ((3, 3, 23), "sigmoid", "soft", False, False, True),
+    ((1, 3, 10, 10), "none", "tied", False, False, True),  # p == g at every voxel: the half-gradient ties
 ]
 
 
 def _make(shape, activation, kind, masked, dtype, seed=0):
+    """Logits (probabilities for ``none``), target and mask; ``tied``: the target equals the input."""
     g = torch.Generator().manual_seed(seed)
     b, c = shape[:2]
     x = torch.randn(shape, generator=g, dtype=torch.float64)
@@ -47,28 +48,31 @@ def _make(shape, activation, kind, masked, dtype, seed=0):
         target = torch.nn.functional.one_hot(labels[:, 0], c).movedim(-1, 1).to(torch.float64)
         if c == 1:
             target = (torch.rand(shape, generator=g) > 0.5).to(torch.float64)
+    elif kind == "tied":
+        target = x.to(dtype).to(torch.float64)
     else:
         target = torch.rand(shape, generator=g, dtype=torch.float64)
     mask = (torch.rand(b, 1, *shape[2:], generator=g) > 0.3) if masked else None
     return x.to(dtype), target, mask
 
 
-def _stats_and_grad(fn, x, target, mask, activation, kind, squared):
+def _stats_and_grad(fn, x, target, mask, activation, kind, squared, soft=False):
     xx = x.clone().requires_grad_(True)
-    stats = fn(xx, target, mask, activation, kind.startswith("label"), squared)
+    stats = fn(xx, target, mask, activation, kind.startswith("label"), squared, soft)
     w = torch.linspace(0.5, 1.5, stats.intersection.numel(), dtype=torch.float64).view_as(stats.intersection)
     loss = (w * stats.intersection).sum() - (w.flip(0) * stats.prediction).sum()
     (grad,) = torch.autograd.grad(loss.to(torch.float64), xx)
     return [s.detach() for s in stats], grad
 
 
-def _fused(x, target, mask, activation, label_map, squared):
-    return streaming_statistics(x, target, activation=activation, label_map=label_map, squared=squared, mask=mask)
+def _fused(x, target, mask, activation, label_map, squared, soft=False):
+    return streaming_statistics(x, target, activation=activation, label_map=label_map, squared=squared, soft=soft,
+                                mask=mask)
 
 
-def _reference(x, target, mask, activation, label_map, squared):
+def _reference(x, target, mask, activation, label_map, squared, soft=False):
     probs = activate(x, softmax=activation == "softmax", sigmoid=activation == "sigmoid")
-    return reference_statistics(probs, target, label_map=label_map, squared=squared, mask=mask)
+    return reference_statistics(probs, target, label_map=label_map, squared=squared, soft=soft, mask=mask)
 
 
 # Every case on the eager, native and Triton backends; the compiled backend on three (each one compiles).
@@ -80,7 +84,7 @@ def _for_backend(backend, x, target, mask):
     """The native kernel takes float32 one-hot/soft targets (float64 ones go to the other backends);
     ``_make``'s one-hot is channels-last (``one_hot(...).movedim``), which it also takes."""
     if backend == "native":
-        if not native_kernels.available():
+        if not native.available():
             pytest.skip("no C compiler for the native CPU kernel")
         if target.is_floating_point():
             target = target.float()
@@ -88,16 +92,18 @@ def _for_backend(backend, x, target, mask):
 
 
 @pytest.mark.parametrize(
-    "backend,case", BACKEND_CASES, ids=[f"{b}-{c[1]}-{c[2]}-sq{c[3]}-m{c[4]}" for b, c in BACKEND_CASES]
+    "backend,case", BACKEND_CASES, ids=[f"{b}-{c[1]}-{c[2]}-sq{c[3]}-m{c[4]}-s{c[5]}" for b, c in BACKEND_CASES]
 )
 def test_fused_matches_reference(monkeypatch, backend, case):
-    shape, activation, kind, squared, masked = case
+    shape, activation, kind, squared, masked, soft = case
     dtype = torch.float32 if backend in FLOAT32_BACKENDS else torch.float64
-    monkeypatch.setattr(kernels, "_backend", backend)
-    monkeypatch.setattr(kernels, "CHUNK_ELEMENTS", 97)  # chunks that do not divide the volume
+    if backend == "triton":
+        pytest.importorskip("triton")
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 97)  # chunks that do not divide the volume
     x, target, mask = _for_backend(backend, *_make(shape, activation, kind, masked, dtype))
-    got = _stats_and_grad(_fused, x, target, mask, activation, kind, squared)
-    want = _stats_and_grad(_reference, x, target, mask, activation, kind, squared)
+    with use_backend(backend):
+        got = _stats_and_grad(_fused, x, target, mask, activation, kind, squared, soft)
+    want = _stats_and_grad(_reference, x, target, mask, activation, kind, squared, soft)
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
     for a, b in zip(got[0], want[0]):
         torch.testing.assert_close(a, b, **tol)
@@ -106,16 +112,18 @@ def test_fused_matches_reference(monkeypatch, backend, case):
 
 @pytest.mark.parametrize("backend", ["eager", "native", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_inputs_accumulate_in_float32(monkeypatch, backend, dtype):
-    monkeypatch.setattr(kernels, "_backend", backend)
+def test_half_inputs_accumulate_in_float32(backend, dtype):
+    if backend == "triton":
+        pytest.importorskip("triton")
     x, labels, _ = _for_backend(backend, *_make((2, 4, 16, 16, 8), "softmax", "label", False, dtype))
     xx = x.clone().requires_grad_(True)
-    stats = _fused(xx, labels, None, "softmax", True, True)
+    with use_backend(backend):
+        stats = _fused(xx, labels, None, "softmax", True, True)
+        (grad,) = torch.autograd.grad(stats.intersection.sum() - 0.5 * stats.prediction.sum(), xx)
     assert stats.intersection.dtype == torch.float32
     want = _reference(x.float(), labels, None, "softmax", True, True)
     for a, b in zip(stats, want):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-3)
-    (grad,) = torch.autograd.grad(stats.intersection.sum() - 0.5 * stats.prediction.sum(), xx)
+        torch.testing.assert_close(a.detach(), b, rtol=1e-5, atol=1e-3)
     assert grad.dtype == dtype
     xf = x.float().requires_grad_(True)
     ref = _reference(xf, labels, None, "softmax", True, True)
@@ -128,7 +136,7 @@ def test_loss_backends_agree_on_large_odd_volume(monkeypatch):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 5, 37, 29, 23, generator=g, dtype=torch.float64)
     labels = torch.randint(0, 5, (2, 1, 37, 29, 23), generator=g)
-    monkeypatch.setattr(kernels, "CHUNK_ELEMENTS", 4099)
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 4099)
     results = []
     for impl in ("fused", "reference"):
         xx = x.clone().requires_grad_(True)
@@ -138,25 +146,23 @@ def test_loss_backends_agree_on_large_odd_volume(monkeypatch):
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-10, atol=1e-12)
 
 
-def test_auto_backend_on_cpu(monkeypatch):
+def test_auto_backend_on_cpu():
     """auto: the native kernel where it applies and builds; float64 (which it does not cover) stays off it."""
-    monkeypatch.setattr(kernels, "_backend", "auto")
-    expected = "native" if native_kernels.available() else "eager"
-    assert kernels.resolve_backend(torch.zeros(1, 2, 3)) == expected
-    assert kernels.resolve_backend(torch.zeros(1, 2, 3, dtype=torch.float64)) == "eager"  # small: no compile
-    assert kernels.resolve_backend(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3, dtype=torch.float64), None, False) == (
-        "eager"
-    )
-    with pytest.raises(ValueError, match="backend='fast'"):
-        kernels.set_backend("fast")
+    labels = torch.zeros(1, 1, 3, dtype=torch.long)
+    with use_backend("auto"):
+        expected = "native" if native.available() else "eager"
+        assert kernels.resolve_backend(torch.zeros(1, 2, 3), labels, None, True) == expected
+        assert kernels.resolve_backend(torch.zeros(1, 2, 3, dtype=torch.float64), labels, None, True) == "eager"
+        assert kernels.resolve_backend(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3, dtype=torch.float64), None,
+                                       False) == "eager"
 
 
 _PEAK_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
-    from monai_gdl import kernels, vnet_dice_loss
+    from monai_gdl import set_backend, vnet_dice_loss
     impl, size, backend = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    kernels.set_backend(backend)
+    set_backend(backend)
     torch.manual_seed(0)
     x = torch.randn(1, 8, size, size, size)
     y = torch.randint(0, 8, (1, 1, size, size, size))
@@ -204,20 +210,23 @@ def test_fused_path_allocates_no_volume_sized_temporaries(backend):
     masked=st.booleans(),
     chunk=st.sampled_from([1, 7, 64, 1 << 19]),
     seed=st.integers(0, 1000),
-    backend=st.sampled_from(["eager", "native"] if native_kernels.available() else ["eager"]),
+    soft=st.booleans(),
+    backend=st.sampled_from(["eager", "native"] if native.available() else ["eager"]),
 )
-def test_fused_matches_reference_float32_random_shapes(shape, activation, kind, squared, masked, chunk, seed, backend):
+def test_fused_matches_reference_float32_random_shapes(shape, activation, kind, squared, masked, chunk, seed, soft,
+                                                       backend):
     """float32 on random shapes and chunk sizes: statistics and gradients agree to float32 rounding."""
     if activation == "softmax" and shape[1] == 1:
         activation = "sigmoid"
-    kernels_backend, kernels_chunk = kernels._backend, kernels.CHUNK_ELEMENTS
-    kernels._backend, kernels.CHUNK_ELEMENTS = backend, chunk
+    previous_chunk = chunked.CHUNK_ELEMENTS
+    chunked.CHUNK_ELEMENTS = chunk
     try:
         x, target, mask = _for_backend(backend, *_make(shape, activation, kind, masked, torch.float32, seed=seed))
-        got = _stats_and_grad(_fused, x, target, mask, activation, kind, squared)
+        with use_backend(backend):
+            got = _stats_and_grad(_fused, x, target, mask, activation, kind, squared, soft)
     finally:
-        kernels._backend, kernels.CHUNK_ELEMENTS = kernels_backend, kernels_chunk
-    want = _stats_and_grad(_reference, x.double(), target, mask, activation, kind, squared)
+        chunked.CHUNK_ELEMENTS = previous_chunk
+    want = _stats_and_grad(_reference, x.double(), target, mask, activation, kind, squared, soft)
     for a, b in zip(got[0], want[0]):
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[1].double(), want[1], rtol=1e-4, atol=1e-6)
@@ -230,6 +239,6 @@ def test_compiled_failure_falls_back_to_eager():
         calls.append("compiled")
         raise RuntimeError("no compiler for this variant")
 
-    run = kernels._eager_fallback(broken, lambda *args: "eager")
+    run = chunked._eager_fallback(broken, lambda *args: "eager")
     assert run(1) == "eager" and run(2) == "eager"
     assert calls == ["compiled"]  # tried once, then eager for good

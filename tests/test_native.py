@@ -8,21 +8,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from monai_gdl import LossInputError, VNetDiceLoss, kernels, native_kernels
-from monai_gdl.kernels import backward_chunk, forward_chunk
+from monai_gdl import LossInputError, VNetDiceLoss, kernels, use_backend
+from monai_gdl.kernels import native
+from monai_gdl.kernels.reference import backward_chunk, forward_chunk
 
-pytestmark = pytest.mark.skipif(not native_kernels.available(), reason="no C compiler for the native CPU kernel")
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler for the native CPU kernel")
 
 
-def _native_and_reference(x, target, mask, activation, label_map, squared, grads):
+def _native_and_reference(x, target, mask, activation, label_map, squared, grads, soft=False):
     """(stats, grad) from the C kernel and from the float64 reference chunk math."""
-    lib = native_kernels._library()
     ga, gb = grads
-    got = native_kernels._forward(lib, x, target, mask, activation, label_map, squared)
-    got_grad = native_kernels._backward(lib, x, target, mask, ga, gb, activation, label_map, squared)
-    want = forward_chunk(x.double(), target, mask, activation, label_map, squared)
+    got = native.forward(x, target, mask, activation, label_map, squared, soft)
+    got_grad = native.backward(torch.stack([ga, gb]), x, target, mask, activation, label_map, squared, soft)
+    want = forward_chunk(x.double(), target, mask, activation, label_map, squared, soft)
     want_grad = backward_chunk(x.double(), target, mask, ga.double()[..., None], gb.double()[..., None],
-                               activation, label_map, squared)
+                               activation, label_map, squared, soft)
     return got, got_grad, want, want_grad
 
 
@@ -88,7 +88,7 @@ def test_threaded_split_equals_single_thread(monkeypatch):
     grads = (torch.randn(2, 7, generator=g), torch.randn(2, 7, generator=g))
     results = []
     for minimum, threads in ((1 << 40, 1), (1, 3)):
-        monkeypatch.setattr(native_kernels, "PARALLEL_MIN_ELEMENTS", minimum)
+        monkeypatch.setattr(native, "PARALLEL_MIN_ELEMENTS", minimum)
         previous = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
@@ -100,44 +100,41 @@ def test_threaded_split_equals_single_thread(monkeypatch):
     torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=0)
 
 
-def test_huge_page_advice_changes_nothing_but_speed(monkeypatch):
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(1, 4, 1 << 20, generator=g)  # 16 MiB gradient: above HUGE_PAGE_MIN_BYTES
-    labels = torch.randint(0, 4, (1, 1, 1 << 20), generator=g)
-    lib = native_kernels._library()
-    ga, gb = torch.randn(1, 4, generator=g), torch.randn(1, 4, generator=g)
-    grads = []
-    for setting in ("1", "0"):
-        monkeypatch.setenv("MONAI_GDL_HUGE_PAGES", setting)
-        grads.append(native_kernels._backward(lib, x, labels, None, ga, gb, "softmax", True, True))
-    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+def test_soft_intersection_with_mask_and_ties():
+    """The min(p, g) intersection and its gradient (1 below the target, 1/2 at a tie) against float64."""
+    g = torch.Generator().manual_seed(8)
+    probs = torch.rand(2, 4, 999, generator=g)
+    soft = torch.rand(2, 4, 999, generator=g)
+    soft[:, :, :100] = probs[:, :, :100]  # exact ties
+    mask = (torch.rand(2, 1, 999, generator=g) > 0.2).view(torch.uint8)
+    grads = (torch.randn(2, 4, generator=g), torch.randn(2, 4, generator=g))
+    for activation, x in (("none", probs), ("sigmoid", torch.randn(2, 4, 999, generator=g))):
+        _assert_matches(*_native_and_reference(x, soft, mask, activation, False, False, grads, soft=True))
 
 
-def test_auto_steps_aside_for_what_the_kernel_does_not_cover(monkeypatch):
+def test_auto_steps_aside_for_what_the_kernel_does_not_cover():
     """It takes contiguous and channels-last logits; strided views with gaps, float64 and int16 go elsewhere."""
-    monkeypatch.setattr(kernels, "_backend", "auto")
     x = torch.randn(2, 3, 10)
     labels = torch.randint(0, 3, (2, 1, 10))
-    assert kernels.resolve_backend(x, labels, None, True) == "native"
-    assert kernels.resolve_backend(x.double(), labels, None, True) == "eager"
-    assert kernels.resolve_backend(x.transpose(1, 2).contiguous().transpose(1, 2), labels, None, True) == "native"
-    assert kernels.resolve_backend(torch.randn(2, 3, 20)[:, :, ::2], labels, None, True) == "eager"  # gaps
-    assert kernels.resolve_backend(x, labels.to(torch.int16), None, True) == "eager"
-    assert kernels.resolve_backend(x, torch.rand(2, 3, 10, dtype=torch.float64), None, False) == "eager"
+    with use_backend("auto"):
+        assert kernels.resolve_backend(x, labels, None, True) == "native"
+        assert kernels.resolve_backend(x.double(), labels, None, True) == "eager"
+        assert kernels.resolve_backend(x.transpose(1, 2).contiguous().transpose(1, 2), labels, None, True) == "native"
+        assert kernels.resolve_backend(torch.randn(2, 3, 20)[:, :, ::2], labels, None, True) == "eager"  # gaps
+        assert kernels.resolve_backend(x, labels.to(torch.int16), None, True) == "eager"
+        assert kernels.resolve_backend(x, torch.rand(2, 3, 10, dtype=torch.float64), None, False) == "eager"
 
 
-def test_explicit_native_backend_names_what_it_cannot_take(monkeypatch):
-    monkeypatch.setattr(kernels, "_backend", "native")
+def test_explicit_native_backend_names_what_it_cannot_take():
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match=r"logits torch.float64 cpu contiguous=True.*'auto'"):
+    with use_backend("native"), pytest.raises(RuntimeError, match=r"backend 'native'.*dtype torch.float64.*'auto'"):
         VNetDiceLoss(softmax=True, to_onehot_y=True)(x, torch.randint(0, 3, (2, 1, 4, 4)))
 
 
-def test_nan_logits_are_caught_through_the_native_statistics(monkeypatch):
-    monkeypatch.setattr(kernels, "_backend", "native")
+def test_nan_logits_are_caught_through_the_native_statistics():
     x = torch.randn(1, 3, 8, 8)
     x[0, 1, 2, 2] = float("nan")
-    with pytest.raises(LossInputError, match="NaN or inf"):
+    with use_backend("native"), pytest.raises(LossInputError, match="NaN or inf"):
         VNetDiceLoss(softmax=True, to_onehot_y=True)(x, torch.randint(0, 3, (1, 1, 8, 8)))
 
 
@@ -151,13 +148,9 @@ def test_loss_on_native_backend_matches_monai():
     values, grads = [], []
     for loss in (VNetDiceLoss(softmax=True, to_onehot_y=True), DiceLoss(softmax=True, to_onehot_y=True, squared_pred=True)):
         xx = x.clone().requires_grad_(True)
-        previous = kernels._backend
-        kernels.set_backend("native")
-        try:
+        with use_backend("native"):
             value = loss(xx, labels)
             value.backward()
-        finally:
-            kernels.set_backend(previous)
         values.append(value.detach())
         grads.append(xx.grad)
     torch.testing.assert_close(values[0], values[1], rtol=1e-5, atol=1e-6)
@@ -165,29 +158,71 @@ def test_loss_on_native_backend_matches_monai():
 
 
 def test_build_is_cached_and_keyed_by_source(monkeypatch, tmp_path):
-    monkeypatch.setenv("MONAI_GDL_CACHE_DIR", str(tmp_path))
-    first = native_kernels.library_path()
-    assert first is not None and first.parent == tmp_path and first.exists()
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MONAI_GDL_CACHE_DIR", str(cache))
+    first = native.library_path()
+    assert first is not None and first.parent == cache and first.exists()
     stamp = first.stat().st_mtime_ns
-    assert native_kernels.library_path() == first and first.stat().st_mtime_ns == stamp  # not rebuilt
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary left behind
-    edited = tmp_path / "native_kernels.c"
-    edited.write_text(native_kernels._SOURCE.read_text() + "\n/* edited */\n")
-    monkeypatch.setattr(native_kernels, "_SOURCE", edited)
-    assert native_kernels.library_path() != first
+    assert native.library_path() == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    assert [p.name for p in cache.iterdir()] == [first.name]  # no temporary left behind
+    assert cache.stat().st_mode & 0o077 == 0  # created private
+    edited = tmp_path / "native.c"
+    edited.write_text(native._SOURCE.read_text() + "\n/* edited */\n")
+    monkeypatch.setattr(native, "_SOURCE", edited)
+    assert native.library_path() != first
 
 
-def test_no_compiler_means_not_available_and_auto_falls_back(monkeypatch):
-    monkeypatch.setattr(native_kernels, "_compiler", lambda: None)
-    native_kernels._library.cache_clear()
+def test_a_cache_folder_others_can_write_is_not_used(monkeypatch, tmp_path, caplog):
+    """A shared folder (group/other-writable) could hold a planted binary: never load from it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("MONAI_GDL_CACHE_DIR", str(shared))
+    native._process_folder.cache_clear()
+    with caplog.at_level("WARNING", logger="monai_gdl.kernels.native"):
+        path = native.library_path()
+    assert path.parent != shared and path.parent.stat().st_mode & 0o077 == 0
+    assert "no private cache folder" in caplog.text
+    assert not list(shared.iterdir())
+
+
+def test_a_planted_binary_others_can_write_is_rebuilt(monkeypatch, tmp_path):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MONAI_GDL_CACHE_DIR", str(cache))
+    path = native.library_path()
+    path.write_bytes(b"not a library")
+    path.chmod(0o666)  # writable by others: not trusted, built again
+    assert native.library_path() == path
+    assert path.read_bytes() != b"not a library" and path.stat().st_mode & 0o022 == 0
+
+
+def test_no_compiler_warns_once_with_cost_and_fix_and_falls_back(monkeypatch, caplog):
+    from monai_gdl.kernels import dispatch
+
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    monkeypatch.setattr(dispatch, "_warned", set())
+    native._library.cache_clear()
     try:
-        assert not native_kernels.available()
-        monkeypatch.setattr(kernels, "_backend", "auto")
-        assert kernels.resolve_backend(torch.randn(1, 2, 5)) == "eager"
-        value = VNetDiceLoss(softmax=True, to_onehot_y=True)(torch.randn(1, 2, 5), torch.randint(0, 2, (1, 1, 5)))
-        assert 0.0 <= float(value) <= 1.0
+        assert not native.available()
+        with use_backend("auto"), caplog.at_level("WARNING", logger="monai_gdl.kernels"):
+            assert kernels.resolve_backend(torch.randn(1, 2, 5), torch.zeros(1, 1, 5, dtype=torch.long), None,
+                                           True) == "eager"
+            for _ in range(3):
+                value = VNetDiceLoss(softmax=True, to_onehot_y=True)(torch.randn(1, 2, 5),
+                                                                    torch.randint(0, 2, (1, 1, 5)))
+                assert 0.0 <= float(value) <= 1.0
+        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        text = warnings[0].getMessage()
+        assert "no C compiler found" in text and "294 ms eager" in text and "install a C compiler" in text
+        assert "MONAI_GDL_BACKEND" in text
+        caplog.clear()
+        with use_backend("eager"), caplog.at_level("WARNING", logger="monai_gdl.kernels"):
+            monkeypatch.setattr(dispatch, "_warned", set())
+            VNetDiceLoss(softmax=True, to_onehot_y=True)(torch.randn(1, 2, 5), torch.randint(0, 2, (1, 1, 5)))
+        assert not caplog.records  # an explicit choice is silent
     finally:
-        native_kernels._library.cache_clear()
+        native._library.cache_clear()
 
 
 def test_unwritable_cache_home_falls_back_to_a_temp_folder(monkeypatch, tmp_path):
@@ -195,21 +230,20 @@ def test_unwritable_cache_home_falls_back_to_a_temp_folder(monkeypatch, tmp_path
     blocker.write_text("")
     monkeypatch.delenv("MONAI_GDL_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # mkdir under a file fails
-    folder = native_kernels._cache_dir()
+    folder = native._cache_dir()
     assert folder.parent == Path(tempfile.gettempdir())
-    assert folder.name.startswith("monai_gdl-")
 
 
-def test_empty_volume_matches_eager(monkeypatch):
+def test_empty_volume_matches_eager():
     """No voxels: the same loss as the eager path (every class empty), and a zero-size gradient."""
     x = torch.randn(1, 2, 0, requires_grad=True)
     labels = torch.zeros(1, 1, 0, dtype=torch.long)
     values = []
     for backend in ("native", "eager"):
-        monkeypatch.setattr(kernels, "_backend", backend)
-        value = VNetDiceLoss(softmax=True, to_onehot_y=True)(x, labels)
+        with use_backend(backend):
+            value = VNetDiceLoss(softmax=True, to_onehot_y=True)(x, labels)
+            (grad,) = torch.autograd.grad(value, x)
         values.append(float(value))
-        (grad,) = torch.autograd.grad(value, x)
         assert grad.shape == x.shape
     assert values[0] == values[1]
 
@@ -229,30 +263,9 @@ def test_extreme_class_counts_use_valid_tiles(classes):
     _assert_matches(*_native_and_reference(x, target, None, activation, classes != 1, True, grads))
 
 
-def test_loss_inside_a_compiled_training_step(monkeypatch):
-    """torch.compile of a user's step runs the (already fused) kernel as is: same loss and weight gradient."""
-    monkeypatch.setattr(kernels, "_backend", "auto")
-    torch.manual_seed(0)
-    net = torch.nn.Conv3d(1, 3, 3, padding=1)
-    loss_fn = VNetDiceLoss(softmax=True, to_onehot_y=True)
-
-    def step(image, labels):
-        value = loss_fn(net(image), labels)
-        value.backward()
-        return value.detach()
-
-    image, labels = torch.randn(2, 1, 12, 12, 12), torch.randint(0, 3, (2, 1, 12, 12, 12))
-    eager_value = step(image, labels)
-    eager_grad = net.weight.grad.clone()
-    net.zero_grad()
-    compiled_value = torch.compile(step)(image, labels)
-    torch.testing.assert_close(compiled_value, eager_value, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(net.weight.grad, eager_grad, rtol=1e-4, atol=1e-6)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
-def test_channels_last_logits_and_permuted_one_hot(monkeypatch, dtype, activation):
+def test_channels_last_logits_and_permuted_one_hot(dtype, activation):
     """A channels_last_3d network output and a ``one_hot(...).permute`` target, through the whole loss,
     against the reference path on the same (strided) tensors; the gradient keeps the logits' layout."""
     g = torch.Generator().manual_seed(7)
@@ -260,23 +273,18 @@ def test_channels_last_logits_and_permuted_one_hot(monkeypatch, dtype, activatio
     labels = torch.randint(0, 5, (2, 9, 10, 11), generator=g)
     onehot = torch.nn.functional.one_hot(labels, 5).permute(0, 4, 1, 2, 3).float()
     assert not x.is_contiguous() and not onehot.is_contiguous()
-    monkeypatch.setattr(kernels, "_backend", "auto")
-    assert kernels.resolve_backend(x.reshape(2, 5, -1), onehot.reshape(2, 5, -1), None, False) == "native"
-    results = {}
+    with use_backend("auto"):
+        assert kernels.resolve_backend(x.reshape(2, 5, -1), onehot.reshape(2, 5, -1), None, False) == "native"
     for target, to_onehot_y in ((labels[:, None], True), (onehot, False)):
-        for impl in ("fused", "reference"):
-            previous = kernels._backend
-            kernels.set_backend("native" if impl == "fused" else previous)
+        results = {}
+        for impl in ("auto", "reference"):
             xx = x.clone().requires_grad_(True)
-            try:
-                loss = VNetDiceLoss(softmax=activation == "softmax", sigmoid=activation == "sigmoid",
-                                    to_onehot_y=to_onehot_y, implementation=impl)
-                value = loss(xx, target)
-                value.backward()
-            finally:
-                kernels.set_backend(previous)
-            results[to_onehot_y, impl] = (value.detach(), xx.grad)
-        (v_fused, g_fused), (v_ref, g_ref) = results[to_onehot_y, "fused"], results[to_onehot_y, "reference"]
+            loss = VNetDiceLoss(softmax=activation == "softmax", sigmoid=activation == "sigmoid",
+                                to_onehot_y=to_onehot_y, implementation=impl)
+            value = loss(xx, target)
+            value.backward()
+            results[impl] = (value.detach(), xx.grad)
+        (v_fused, g_fused), (v_ref, g_ref) = results["auto"], results["reference"]
         assert g_fused.stride() == x.stride()
         torch.testing.assert_close(v_fused, v_ref, rtol=1e-5, atol=1e-6)
         tol = dict(rtol=1e-4, atol=1e-7) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-5)
@@ -284,23 +292,22 @@ def test_channels_last_logits_and_permuted_one_hot(monkeypatch, dtype, activatio
 
 
 def test_float16_goes_elsewhere_where_the_compiler_lacks_it(monkeypatch):
-    monkeypatch.setattr(native_kernels, "_float16_supported", lambda: False)
-    monkeypatch.setattr(kernels, "_backend", "auto")
+    monkeypatch.setattr(native, "_float16_supported", lambda: False)
     labels = torch.zeros(1, 1, 10, dtype=torch.long)
-    assert kernels.resolve_backend(torch.zeros(1, 2, 10, dtype=torch.float16), labels, None, True) == "eager"
-    assert kernels.resolve_backend(torch.zeros(1, 2, 10, dtype=torch.bfloat16), labels, None, True) == "native"
+    with use_backend("auto"):
+        assert kernels.resolve_backend(torch.zeros(1, 2, 10, dtype=torch.float16), labels, None, True) == "eager"
+        assert kernels.resolve_backend(torch.zeros(1, 2, 10, dtype=torch.bfloat16), labels, None, True) == "native"
 
 
-def test_a_failing_build_is_reported_and_falls_back(monkeypatch, tmp_path, caplog):
-    broken = tmp_path / "native_kernels.c"
+def test_a_failing_build_is_reported_and_falls_back(monkeypatch, tmp_path):
+    broken = tmp_path / "native.c"
     broken.write_text("this is not C\n")
-    monkeypatch.setattr(native_kernels, "_SOURCE", broken)
+    monkeypatch.setattr(native, "_SOURCE", broken)
     monkeypatch.setenv("MONAI_GDL_CACHE_DIR", str(tmp_path / "cache"))
-    native_kernels._library.cache_clear()
+    native._library.cache_clear()
     try:
-        with caplog.at_level("WARNING", logger="monai_gdl.native_kernels"):
-            assert not native_kernels.available()
-        assert "did not build" in caplog.text
+        assert not native.available()
+        assert "the C compiler failed on the kernel source" in native.unavailable_reason()
         assert not list((tmp_path / "cache").glob("*"))  # no half-written library left behind
     finally:
-        native_kernels._library.cache_clear()
+        native._library.cache_clear()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from monai.data import MetaTensor
 
 from monai_gdl.kernels import DiceStatistics, streaming_statistics
 from monai_gdl.kernels.reference import activate, reference_statistics, voxel_mask
@@ -31,10 +32,9 @@ IMPLEMENTATIONS = ("auto", "fused", "reference")
 
 
 def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
-    """A plain tensor view (a MONAI MetaTensor would drag its ``__torch_function__`` into every op)."""
-    if t is None or type(t) is torch.Tensor or not isinstance(t, torch.Tensor):
-        return t
-    return t.as_subclass(torch.Tensor)
+    """A plain tensor view of a MONAI ``MetaTensor`` (its ``__torch_function__`` would follow every op);
+    other tensors (tracing's fake tensors included) as they are."""
+    return t.as_subclass(torch.Tensor) if isinstance(t, MetaTensor) else t
 
 
 def dice_statistics(
