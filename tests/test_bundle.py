@@ -16,7 +16,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from monai_gdl.data import write_synthetic_dataset
+from monai_gdl.bundle.datasets import write_synthetic_dataset
 from monai_gdl.bundle.handlers import CheckpointError, load_network_checkpoint
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -69,15 +69,11 @@ def test_train_components_instantiate(tmp_path):
     assert parser.get_parsed_content("class_names") == ["background", "large", "small"]
 
 
-def test_evaluate_and_multi_gpu_configs_merge_over_train():
-    evaluate = _parser("train.json", "evaluate.json")
-    assert evaluate.get("run") == ["$@validate#evaluator.run()"]
-    assert evaluate.get("validate#handlers")[0]["_target_"] == "monai_gdl.bundle.handlers.EvaluationReport"
-    multi = _parser("train.json", "multi_gpu_train.json")
-    assert multi.get("network#_target_") == "torch.nn.parallel.DistributedDataParallel"
-    assert multi.get("train#dataloader#sampler") == "@train#sampler"
-    assert multi.get("loss#batch") is True  # global-batch Dice: statistics all-reduced across ranks
-    assert multi.get("epochs") == _parser("train.json").get("epochs")  # everything else comes from the base
+def test_multi_gpu_config_makes_the_loss_a_global_batch_dice():
+    """Merged after train.json, the parsed loss object pools over the batch (and so all-reduces under DDP)."""
+    single = _parser("train.json").get_parsed_content("loss")
+    multi = _parser("train.json", "multi_gpu_train.json").get_parsed_content("loss")
+    assert type(multi) is type(single) and single.batch is False and multi.batch is True and multi.distributed
 
 
 def test_inference_config_shares_the_network_and_transforms():
@@ -104,7 +100,7 @@ def test_metadata_has_the_bundle_schema_fields():
 
 
 def test_checkpoint_from_another_network_is_explained(tmp_path):
-    from monai_gdl.bundle import segmentation_unet
+    from monai_gdl.bundle.network import segmentation_unet
 
     path = str(tmp_path / "model.pt")
     torch.save(segmentation_unet(3, channels=(4, 8, 16, 32)).state_dict(), path)

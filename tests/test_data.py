@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_gdl.data import DatasetError, class_names, image_files, msd_datalist, write_synthetic_dataset
+from monai_gdl.bundle.datasets import DatasetError, class_names, image_files, msd_datalist, write_synthetic_dataset
 from monai_gdl.bundle.transforms import CheckLabelsd
 
 HIPPOCAMPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "Task04_Hippocampus")
@@ -106,7 +106,7 @@ def test_image_files_for_inference(synth, tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir(HIPPOCAMPUS), reason="shared real data not present")
 def test_real_hippocampus_dataset_lists_and_loads_with_its_quirks():
-    from monai_gdl.bundle import load_transforms
+    from monai_gdl.bundle.transforms import load_transforms
     from monai.transforms import Compose
 
     train = msd_datalist(HIPPOCAMPUS, "training", 0.2, seed=0, check_files=False)
@@ -145,7 +145,7 @@ def test_resume_flag_from_the_command_line_string():
 def test_truncated_nifti_is_named_when_loaded(synth):
     from monai.transforms import Compose
 
-    from monai_gdl.bundle import load_transforms
+    from monai_gdl.bundle.transforms import load_transforms
 
     path = os.path.join(synth, "imagesTr", "synth_001.nii.gz")
     data = open(path, "rb").read()

@@ -27,7 +27,8 @@ def test_no_public_name_shadows_a_monai_component():
     locator = ComponentLocator()
     ours = {
         name
-        for mod in ("monai_gdl", "monai_gdl.losses", "monai_gdl.functional", "monai_gdl.validation", "monai_gdl.kernels")
+        for mod in ("monai_gdl", "monai_gdl.losses.modules", "monai_gdl.losses.functional", "monai_gdl.losses.formulas",
+                    "monai_gdl.losses.validation", "monai_gdl.kernels.dispatch", "monai_gdl.kernels.contract")
         for name, obj in inspect.getmembers(__import__(mod, fromlist=["_"]))
         if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__ == mod
     }

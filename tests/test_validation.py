@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from monai_gdl import LossInputError, SudreGeneralizedDiceLoss, VNetDiceLoss
-from monai_gdl import validation
+from monai_gdl.losses import validation
 
 
 def _labels(b=2, c=3, s=(6, 6, 6)):
@@ -139,3 +139,39 @@ def test_negative_label_is_named():
     labels[0, 0, 0, 0, 0] = -1
     with pytest.raises(LossInputError, match=r"negative label \(-1\).*ignore_index"):
         VNetDiceLoss(softmax=True, to_onehot_y=True)(torch.randn(2, 3, 6, 6, 6), labels)
+
+
+def test_single_channel_with_to_onehot_y_points_at_to_onehot_y_false():
+    x = torch.randn(2, 1, 6, 6)
+    labels = torch.randint(0, 2, (2, 1, 6, 6))
+    with pytest.raises(LossInputError, match=r"to_onehot_y=True with a single-channel input.*Pass to_onehot_y=False"):
+        VNetDiceLoss(sigmoid=True, to_onehot_y=True)(x, labels)
+    value = VNetDiceLoss(sigmoid=True)(x, labels.float())  # the fix works
+    assert 0 <= float(value) <= 1
+
+
+def test_scalar_weight_is_refused_unless_it_means_what_it_means_in_monai():
+    from monai.losses import DiceLoss
+
+    with pytest.raises(LossInputError, match=r"weight=2 is a single number.*rescale_weight=False"):
+        VNetDiceLoss(softmax=True, weight=2.0)
+    x, labels = torch.randn(2, 3, 6, 6, 6, dtype=torch.float64), _labels()
+    ours = VNetDiceLoss(softmax=True, to_onehot_y=True, weight=2.0, rescale_weight=False)(x, labels)
+    theirs = DiceLoss(softmax=True, to_onehot_y=True, squared_pred=True, weight=2.0)(x, labels)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)  # MONAI one-hot encodes in float32
+
+
+def test_a_misspelt_option_is_a_type_error():
+    with pytest.raises(TypeError, match="softmaxx"):
+        VNetDiceLoss(softmaxx=True)
+    with pytest.raises(TypeError, match="w_typ"):
+        SudreGeneralizedDiceLoss(w_typ="simple")
+
+
+def test_shape_checks_run_even_with_validate_false():
+    """validate=False skips the scans over values only: a wrong target shape is still an error, not a crash."""
+    x = torch.randn(2, 3, 6, 6, 6)
+    with pytest.raises(LossInputError, match=r"to_onehot_y=True expects a label map target of shape 2x1x6x6x6"):
+        VNetDiceLoss(softmax=True, to_onehot_y=True, validate=False)(x, torch.rand(2, 6, 6, 6))
+    with pytest.raises(LossInputError, match=r"target has shape 2x3x6x6 but input has 2x3x6x6x6"):
+        SudreGeneralizedDiceLoss(softmax=True, validate=False)(x, torch.rand(2, 3, 6, 6))

@@ -57,7 +57,7 @@ def dice_statistics_op(
 
 
 @dice_statistics_op.register_fake
-def _(x, target, mask, activation, label_map, squared, soft, backend):
+def _dice_statistics_fake(x, target, mask, activation, label_map, squared, soft, backend):
     return x.new_empty((NUM_STATISTICS, x.shape[0], x.shape[1]), dtype=statistics_dtype(x.dtype))
 
 
@@ -81,7 +81,7 @@ def dice_statistics_backward_op(
 
 
 @dice_statistics_backward_op.register_fake
-def _(grad, x, target, mask, activation, label_map, squared, soft, backend):
+def _dice_statistics_backward_fake(grad, x, target, mask, activation, label_map, squared, soft, backend):
     return torch.empty_like(x)
 
 

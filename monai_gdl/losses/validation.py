@@ -343,7 +343,7 @@ def validated_statistics(
 
 
 @validated_statistics.register_fake
-def _(stats, input, target, to_onehot_y, softmax, has_activation, ignore_index):
+def _validated_statistics_fake(stats, input, target, to_onehot_y, softmax, has_activation, ignore_index):
     return torch.empty_like(stats)
 
 
