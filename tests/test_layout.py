@@ -1,0 +1,63 @@
+"""The package layout: no import cycle between modules (function-level imports included), the loss
+core imports nothing from the bundle, and the public API is what ``__all__`` says."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import monai_gdl
+
+PACKAGE = pathlib.Path(monai_gdl.__file__).parent
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            graph[name] |= {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def test_no_import_cycle_anywhere():
+    graph = _import_graph()
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [node, nxt]))
+            if nxt not in state:
+                visit(nxt, path + [node])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+
+
+def test_the_loss_core_does_not_import_the_bundle():
+    graph = _import_graph()
+    core = [m for m in graph if m.startswith(("monai_gdl.losses", "monai_gdl.kernels"))]
+    assert core
+    for module in core:
+        assert not {m for m in graph[module] if m.startswith("monai_gdl.bundle")}, module
+
+
+def test_public_api_is_curated():
+    for name in monai_gdl.__all__:
+        assert hasattr(monai_gdl, name), name
+    assert "generalized_dice_weights" in monai_gdl.__all__
+    assert not [n for n in monai_gdl.__all__ if n.startswith("_")]
