@@ -23,7 +23,9 @@ def _import_graph() -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text())):
             targets = []
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                # ``from pkg import submodule`` depends on the submodule; ``from pkg import name`` on pkg
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                           for a in node.names]
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             graph[name] |= {t for t in targets if t in modules and t != name}

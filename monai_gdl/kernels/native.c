@@ -284,15 +284,27 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
                     sg = sv;
                 } else {
                     const float *restrict gc = s.g + c * s.g_row;
+                    if (soft) {
 #pragma omp simd reduction(+ : si, sp, sg, sv)
-                    for (int v = 0; v < len; ++v) {
-                        float p = ec[v] * scale[v];
-                        float gm = gc[v] * mk[v];
-                        float pm = p * mk[v];
-                        si += soft ? mk[v] * (p < gc[v] ? p : gc[v]) : pm * gc[v];
-                        sp += pm * (p * kp + k1);
-                        sg += gm * (gc[v] * kp + k1);
-                        sv += gm;
+                        for (int v = 0; v < len; ++v) {
+                            float p = ec[v] * scale[v];
+                            float gm = gc[v] * mk[v];
+                            si += mk[v] * (p < gc[v] ? p : gc[v]);
+                            sp += p * mk[v] * (p * kp + k1);
+                            sg += gm * (gc[v] * kp + k1);
+                            sv += gm;
+                        }
+                    } else {
+#pragma omp simd reduction(+ : si, sp, sg, sv)
+                        for (int v = 0; v < len; ++v) {
+                            float p = ec[v] * scale[v];
+                            float gm = gc[v] * mk[v];
+                            float pm = p * mk[v];
+                            si += pm * gc[v];
+                            sp += pm * (p * kp + k1);
+                            sg += gm * (gc[v] * kp + k1);
+                            sv += gm;
+                        }
                     }
                 }
                 I[c] += si;
@@ -307,9 +319,18 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
 }
 
 /* dL/dp of class c at voxel v: m (a dI/dp + beta k p^(k-1)), with k p^(k-1) = p * kp2 + k1 and
- * dI/dp = g (product), or for the soft intersection min(p, g): 1 if p < g, 1/2 at a tie, else 0. */
-#define DI_DP(g, p) (soft ? ((p) < (g) ? 1.0f : ((p) == (g) ? 0.5f : 0.0f)) : (g))
-#define UPSTREAM(g, p) (((a) * DI_DP(g, p) + beta * ((p) * kp2 + k1)) * mk[v])
+ * dI/dp = g (product), or for the soft intersection min(p, g): 1 if p < g, 1/2 at a tie, else 0.
+ * Each variant gets its own loop (below), so every loop stays branch-free and vectorizes. */
+#define SOFT_DI_DP(g, p) ((p) < (g) ? 1.0f : ((p) == (g) ? 0.5f : 0.0f))
+#define UPSTREAM(di, p) (((a) * (di) + beta * ((p) * kp2 + k1)) * mk[v])
+
+#define GRADIENT_LOOP(DI, STORE)                                                                   \
+    for (int v = 0; v < len; ++v) {                                                                \
+        float p = ec[v] * scale[v];                                                                \
+        float du = UPSTREAM(DI, p);                                                                \
+        float d = act == ACT_SOFTMAX ? p * (du - dot[v]) : (act == ACT_SIGMOID ? du * p * (1.0f - p) : du); \
+        o[v] = STORE(d);                                                                           \
+    }
 
 /* One class row of dL/dx into out: softmax p (du - dot), sigmoid du p (1 - p), none du. */
 #define DEFINE_GRADIENT_ROW(NAME, OT, STORE)                                                       \
@@ -318,13 +339,12 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
                      const float *restrict gc, float a, float beta, int squared, int soft,       \
                      int act, const float *restrict dot, int len) {                              \
         const float kp2 = squared ? 2.0f : 0.0f, k1 = squared ? 0.0f : 1.0f;                     \
-        for (int v = 0; v < len; ++v) {                                                          \
-            float p = ec[v] * scale[v];                                                          \
-            float du = gc == NULL ? UPSTREAM(lab[v] == cls ? 1.0f : 0.0f, p) : UPSTREAM(gc[v], p); \
-            float d = act == ACT_SOFTMAX ? p * (du - dot[v])                                     \
-                                         : (act == ACT_SIGMOID ? du * p * (1.0f - p) : du);      \
-            o[v] = STORE(d);                                                                     \
-        }                                                                                        \
+        if (gc == NULL)                                                                          \
+            GRADIENT_LOOP(lab[v] == cls ? 1.0f : 0.0f, STORE)                                    \
+        else if (soft)                                                                           \
+            GRADIENT_LOOP(SOFT_DI_DP(gc[v], p), STORE)                                           \
+        else                                                                                     \
+            GRADIENT_LOOP(gc[v], STORE)                                                          \
     }
 
 DEFINE_GRADIENT_ROW(gradient_row_f32, float, STORE_F32)
@@ -360,10 +380,16 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
                         }
                     } else {
                         const float *restrict gc = s.g + c * s.g_row;
-                        for (int v = 0; v < len; ++v) {
-                            float p = ec[v] * scale[v];
-                            dot[v] += p * UPSTREAM(gc[v], p);
-                        }
+                        if (soft)
+                            for (int v = 0; v < len; ++v) {
+                                float p = ec[v] * scale[v];
+                                dot[v] += p * UPSTREAM(SOFT_DI_DP(gc[v], p), p);
+                            }
+                        else
+                            for (int v = 0; v < len; ++v) {
+                                float p = ec[v] * scale[v];
+                                dot[v] += p * UPSTREAM(gc[v], p);
+                            }
                     }
                 }
             }
