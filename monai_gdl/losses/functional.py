@@ -26,7 +26,14 @@ from monai_gdl.losses.validation import (
     validated_statistics,
 )
 
-__all__ = ["all_reduce_statistics", "dice_statistics", "generalized_dice_loss", "vnet_dice_loss"]
+__all__ = [
+    "all_reduce_statistics",
+    "checked_generalized_dice_loss",
+    "checked_vnet_dice_loss",
+    "dice_statistics",
+    "generalized_dice_loss",
+    "vnet_dice_loss",
+]
 
 IMPLEMENTATIONS = ("auto", "fused", "reference")
 
@@ -156,6 +163,80 @@ def apply_class_weight(f: torch.Tensor, weight: torch.Tensor | None, rescale: bo
     return f * w
 
 
+def checked_vnet_dice_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    include_background: bool,
+    to_onehot_y: bool,
+    sigmoid: bool,
+    softmax: bool,
+    other_act: Callable | None,
+    squared_pred: bool,
+    soft_label: bool,
+    batch: bool,
+    reduction: str,
+    smooth_nr: float,
+    smooth_dr: float,
+    weight: torch.Tensor | None,
+    rescale_weight: bool,
+    ignore_index: int | None,
+    validate: bool,
+    implementation: str,
+    distributed: bool,
+) -> torch.Tensor:
+    """:func:`vnet_dice_loss` for options already checked (:class:`~monai_gdl.VNetDiceLoss` checks them once,
+    in ``__init__``, and keeps ``weight`` as a validated buffer): no per-call option work, no device sync."""
+    stats = scored_statistics(
+        input, target, mask, include_background=include_background, to_onehot_y=to_onehot_y, softmax=softmax,
+        sigmoid=sigmoid, other_act=other_act, squared_pred=squared_pred, soft_label=soft_label, batch=batch,
+        ignore_index=ignore_index, validate=validate, implementation=implementation, distributed=distributed,
+        weight=weight,
+    )
+    f = vnet_dice_from_statistics(stats, smooth_nr=smooth_nr, smooth_dr=smooth_dr)
+    f = apply_class_weight(f, None if weight is None else weight.to(f.device), rescale_weight)
+    return reduce_loss(f, reduction, spatial_dims=input.ndim - 2, batch=batch)
+
+
+def checked_generalized_dice_loss(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    include_background: bool,
+    to_onehot_y: bool,
+    sigmoid: bool,
+    softmax: bool,
+    other_act: Callable | None,
+    w_type: str,
+    absent_class: str,
+    all_absent: str,
+    normalize_weights: bool,
+    squared_pred: bool,
+    soft_label: bool,
+    batch: bool,
+    reduction: str,
+    smooth_nr: float,
+    smooth_dr: float,
+    ignore_index: int | None,
+    validate: bool,
+    implementation: str,
+    distributed: bool,
+) -> torch.Tensor:
+    """:func:`generalized_dice_loss` for options already checked (as :func:`checked_vnet_dice_loss`)."""
+    stats = scored_statistics(
+        input, target, mask, include_background=include_background, to_onehot_y=to_onehot_y, softmax=softmax,
+        sigmoid=sigmoid, other_act=other_act, squared_pred=squared_pred, soft_label=soft_label, batch=batch,
+        ignore_index=ignore_index, validate=validate, implementation=implementation, distributed=distributed,
+    )
+    f = generalized_dice_from_statistics(
+        stats, w_type=w_type, absent_class=absent_class, all_absent=all_absent, normalize_weights=normalize_weights,
+        smooth_nr=smooth_nr, smooth_dr=smooth_dr,
+    )
+    return reduce_loss(f, reduction, spatial_dims=input.ndim - 2, batch=batch)
+
+
 def vnet_dice_loss(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -183,15 +264,13 @@ def vnet_dice_loss(
     weight = class_weight_tensor(weight)
     check_loss_options(softmax=softmax, sigmoid=sigmoid, other_act=other_act, reduction=reduction,
                        smooth_nr=smooth_nr, smooth_dr=smooth_dr, weight=weight, rescale_weight=rescale_weight)
-    stats = scored_statistics(
-        input, target, mask, include_background=include_background, to_onehot_y=to_onehot_y, softmax=softmax,
-        sigmoid=sigmoid, other_act=other_act, squared_pred=squared_pred, soft_label=soft_label, batch=batch,
-        ignore_index=ignore_index, validate=validate, implementation=implementation, distributed=distributed,
-        weight=weight,
+    return checked_vnet_dice_loss(
+        input, target, mask, include_background=include_background, to_onehot_y=to_onehot_y, sigmoid=sigmoid,
+        softmax=softmax, other_act=other_act, squared_pred=squared_pred, soft_label=soft_label, batch=batch,
+        reduction=reduction, smooth_nr=float(smooth_nr), smooth_dr=float(smooth_dr), weight=weight,
+        rescale_weight=rescale_weight, ignore_index=ignore_index, validate=validate, implementation=implementation,
+        distributed=distributed,
     )
-    f = vnet_dice_from_statistics(stats, smooth_nr=smooth_nr, smooth_dr=smooth_dr)
-    f = apply_class_weight(f, None if weight is None else weight.to(f.device), rescale_weight)
-    return reduce_loss(f, reduction, spatial_dims=input.ndim - 2, batch=batch)
 
 
 def generalized_dice_loss(
@@ -223,13 +302,10 @@ def generalized_dice_loss(
     check_loss_options(softmax=softmax, sigmoid=sigmoid, other_act=other_act, reduction=reduction,
                        smooth_nr=smooth_nr, smooth_dr=smooth_dr)
     check_gdl_options(w_type=w_type, absent_class=absent_class, all_absent=all_absent)
-    stats = scored_statistics(
-        input, target, mask, include_background=include_background, to_onehot_y=to_onehot_y, softmax=softmax,
-        sigmoid=sigmoid, other_act=other_act, squared_pred=squared_pred, soft_label=soft_label, batch=batch,
-        ignore_index=ignore_index, validate=validate, implementation=implementation, distributed=distributed,
+    return checked_generalized_dice_loss(
+        input, target, mask, include_background=include_background, to_onehot_y=to_onehot_y, sigmoid=sigmoid,
+        softmax=softmax, other_act=other_act, w_type=w_type, absent_class=absent_class, all_absent=all_absent,
+        normalize_weights=normalize_weights, squared_pred=squared_pred, soft_label=soft_label, batch=batch,
+        reduction=reduction, smooth_nr=float(smooth_nr), smooth_dr=float(smooth_dr), ignore_index=ignore_index,
+        validate=validate, implementation=implementation, distributed=distributed,
     )
-    f = generalized_dice_from_statistics(
-        stats, w_type=w_type, absent_class=absent_class, all_absent=all_absent, normalize_weights=normalize_weights,
-        smooth_nr=smooth_nr, smooth_dr=smooth_dr,
-    )
-    return reduce_loss(f, reduction, spatial_dims=input.ndim - 2, batch=batch)

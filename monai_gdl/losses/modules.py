@@ -118,8 +118,8 @@ class VNetDiceLoss(_Loss):
         self.register_buffer("class_weight", weight)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return functional.vnet_dice_loss(
-            input, target, mask=mask, include_background=self.include_background, to_onehot_y=self.to_onehot_y,
+        return functional.checked_vnet_dice_loss(
+            input, target, mask, include_background=self.include_background, to_onehot_y=self.to_onehot_y,
             sigmoid=self.sigmoid, softmax=self.softmax, other_act=self.other_act, squared_pred=self.squared_pred,
             soft_label=self.soft_label, batch=self.batch, reduction=self.reduction, smooth_nr=self.smooth_nr,
             smooth_dr=self.smooth_dr, weight=self.class_weight, rescale_weight=self.rescale_weight,
@@ -213,8 +213,8 @@ class SudreGeneralizedDiceLoss(_Loss):
         self.distributed = distributed
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return functional.generalized_dice_loss(
-            input, target, mask=mask, include_background=self.include_background, to_onehot_y=self.to_onehot_y,
+        return functional.checked_generalized_dice_loss(
+            input, target, mask, include_background=self.include_background, to_onehot_y=self.to_onehot_y,
             sigmoid=self.sigmoid, softmax=self.softmax, other_act=self.other_act, w_type=self.w_type,
             absent_class=self.absent_class, all_absent=self.all_absent, normalize_weights=self.normalize_weights,
             squared_pred=self.squared_pred, soft_label=self.soft_label, batch=self.batch, reduction=self.reduction,

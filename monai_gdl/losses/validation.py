@@ -69,7 +69,7 @@ def check_loss_options(
             f"smooth_nr={smooth_nr} > smooth_dr={smooth_dr}: an empty class would score Dice "
             f"{smooth_nr / max(smooth_dr, 1e-300):.3g} > 1 and the loss would leave [0, 1]; use smooth_nr <= smooth_dr."
         )
-    if weight is not None and not torch.compiler.is_compiling():  # a module checked its buffer in __init__
+    if weight is not None:
         _check_weight_values(weight, rescale_weight)
 
 
