@@ -31,8 +31,8 @@ BACKENDS = ("auto", "native", "triton", "compile", "eager")
 #: eager chunk loop is already fast and a compile (seconds) would not pay for itself.
 COMPILE_MIN_ELEMENTS = 1 << 22
 #: What the slow path costs, as measured by ``python -m monai_gdl.benchmark`` (README, 2 x 14 x 128^3).
-_CPU_COST = ("about 2x (compile) to 4x (eager) the time of the native kernel "
-             "(V-Net Dice fwd+bwd at 2 x 14 x 128^3: 77 ms native, 171 ms compile, 294 ms eager)")
+_CPU_COST = ("about 3x (compile) to 5x (eager) the time of the native kernel "
+             "(V-Net Dice fwd+bwd at 2 x 14 x 128^3 on 2 cores: 166 ms native, 551 ms compile, 887 ms eager)")
 
 _backend = env_choice("MONAI_GDL_BACKEND", "auto", BACKENDS)
 _warned: set[str] = set()
