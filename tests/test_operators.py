@@ -133,3 +133,16 @@ def test_a_bad_environment_variable_is_an_error_naming_it(variable, value):
                          env={**__import__("os").environ, variable: value})
     assert out.returncode != 0
     assert f"environment variable {variable}={value!r}" in out.stderr.strip().splitlines()[-1]
+
+
+def test_double_backward_says_to_use_the_reference_path():
+    x = torch.randn(2, 3, 6, 6, 6, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 1, 6, 6, 6))
+    value = VNetDiceLoss(softmax=True, to_onehot_y=True)(x, labels)
+    (grad,) = torch.autograd.grad(value, x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"second derivatives.*implementation='reference'"):
+        torch.autograd.grad(grad.sum(), x)
+    reference = VNetDiceLoss(softmax=True, to_onehot_y=True, implementation="reference")(x, labels)
+    (grad,) = torch.autograd.grad(reference, x, create_graph=True)
+    (second,) = torch.autograd.grad(grad.sum(), x)  # the fix works
+    assert torch.isfinite(second).all()

@@ -101,6 +101,17 @@ def _backward(ctx, grad_stats):
 torch.library.register_autograd("monai_gdl::dice_statistics", _backward, setup_context=_setup_context)
 
 
+def _no_double_backward(ctx, grad):
+    raise RuntimeError(
+        "monai_gdl: second derivatives through the fused Dice statistics are not supported (their backward is a "
+        "closed-form kernel). For double backward, pass implementation='reference' to the loss."
+    )
+
+
+torch.library.register_autograd("monai_gdl::dice_statistics_backward", _no_double_backward,
+                                setup_context=lambda ctx, inputs, output: None)
+
+
 def streaming_statistics(
     input: torch.Tensor,
     target: torch.Tensor,
