@@ -5,7 +5,7 @@ A Dice-family loss depends on the volume only through four per-(sample, class) s
 implicitly), ``m`` voxel mask (``ignore_index`` / ``mask``), ``k = 2`` when the denominator is
 squared, else ``1``. Sums run over the spatial axes.
 
-``I = sum(m * p * g)`` (or ``sum(m * min(p, g))``, the soft-label form, see :data:`SOFT_INTERSECTION`),
+``I = sum(m * p * g)`` (or ``sum(m * min(p, g))``, the soft-label form for a dense target),
 ``P = sum(m * p^k)``, ``G = sum(m * g^k)``, ``V = sum(m * g)``.
 
 Backends return them stacked as one ``4 x B x C`` tensor (:data:`NUM_STATISTICS` rows, in that
@@ -18,10 +18,9 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["ACTIVATIONS", "NUM_STATISTICS", "DiceStatistics", "statistics_dtype"]
+__all__ = ["NUM_STATISTICS", "DiceStatistics", "statistics_dtype"]
 
 NUM_STATISTICS = 4
-ACTIVATIONS = ("none", "softmax", "sigmoid")
 
 
 class DiceStatistics(NamedTuple):

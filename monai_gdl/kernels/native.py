@@ -60,15 +60,18 @@ HUGE_PAGE_MIN_BYTES = 8 << 20
 BUILD_TIMEOUT_S = 120
 
 
+def _private(info: os.stat_result) -> bool:
+    """Owned by this user and writable by nobody else: what is found there was put there by us."""
+    owned = not hasattr(os, "getuid") or info.st_uid == os.getuid()
+    return owned and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
 def _private_folder(folder: Path) -> bool:
-    """Owned by this user and writable by nobody else: a binary found there was put there by us."""
     try:
         info = folder.stat()
     except OSError:
         return False
-    if not stat.S_ISDIR(info.st_mode) or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return False
-    return not hasattr(os, "getuid") or info.st_uid == os.getuid()
+    return stat.S_ISDIR(info.st_mode) and _private(info)
 
 
 def _usable_cache(folder: Path) -> bool:
@@ -133,7 +136,7 @@ def library_path() -> Path | None:
     ).hexdigest()[:16]
     folder = _cache_dir()
     target = folder / f"native-{key}.so"
-    if target.exists() and _private_file(target):
+    if target.exists() and _private(target.stat()):
         return target
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".build-{key}-", suffix=".so")
     os.close(fd)
@@ -146,12 +149,6 @@ def library_path() -> Path | None:
         if os.path.exists(tmp):
             os.remove(tmp)
     return target
-
-
-def _private_file(path: Path) -> bool:
-    info = path.stat()
-    owned = not hasattr(os, "getuid") or info.st_uid == os.getuid()
-    return owned and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
 _reason: list[str] = []
@@ -279,7 +276,7 @@ def _arguments(x, target, mask, activation, label_map, squared, soft):
     t_code = (_LABEL_CODES if label_map else _DENSE_CODES)[target.dtype]
     mask_ptr = None if mask is None else mask.data_ptr()
     layout = int(_channels_last(x)) | (2 if not label_map and _channels_last(target) else 0)
-    options = (_OPT_SQUARED if squared else 0) | (_OPT_SOFT if soft and not label_map else 0)
+    options = (_OPT_SQUARED if squared else 0) | (_OPT_SOFT if soft else 0)  # the kernel applies soft to dense targets only
 
     def args(n0: int, n1: int) -> list:
         return [x.data_ptr(), _X_CODES[x.dtype], target.data_ptr(), t_code, mask_ptr, b, c, n, n0, n1,

@@ -14,6 +14,7 @@ runs the native kernel on CPU and Triton on CUDA.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -25,20 +26,13 @@ from monai_gdl.kernels.dispatch import get_backend, resolve_backend
 __all__ = ["streaming_statistics"]
 
 
-def _forward_impl(backend, x, target, mask, activation, label_map, squared, soft) -> torch.Tensor:
-    if backend == "native":
-        return native.forward(x, target, mask, activation, label_map, squared, soft)
-    if backend == "triton":
-        return triton_backend.forward(x, target, mask, activation, label_map, squared, soft)
-    return chunked.forward(x, target, mask, activation, label_map, squared, soft, compiled=backend == "compile")
-
-
-def _backward_impl(backend, grad, x, target, mask, activation, label_map, squared, soft) -> torch.Tensor:
-    if backend == "native":
-        return native.backward(grad, x, target, mask, activation, label_map, squared, soft)
-    if backend == "triton":
-        return triton_backend.backward(grad, x, target, mask, activation, label_map, squared, soft)
-    return chunked.backward(grad, x, target, mask, activation, label_map, squared, soft, compiled=backend == "compile")
+#: ``backend -> (forward, backward)``; each applies ``soft`` to dense targets only.
+_IMPLEMENTATIONS = {
+    "native": (native.forward, native.backward),
+    "triton": (triton_backend.forward, triton_backend.backward),
+    "compile": (functools.partial(chunked.forward, compiled=True), functools.partial(chunked.backward, compiled=True)),
+    "eager": (chunked.forward, chunked.backward),
+}
 
 
 @torch.library.custom_op("monai_gdl::dice_statistics", mutates_args=())
@@ -53,7 +47,8 @@ def dice_statistics_op(
     backend: str,
 ) -> torch.Tensor:
     chosen = resolve_backend(x, target, mask, label_map, backend)
-    return _forward_impl(chosen, x, target, mask, activation, label_map, squared, soft).to(statistics_dtype(x.dtype))
+    forward, _ = _IMPLEMENTATIONS[chosen]
+    return forward(x, target, mask, activation, label_map, squared, soft).to(statistics_dtype(x.dtype))
 
 
 @dice_statistics_op.register_fake
@@ -74,7 +69,8 @@ def dice_statistics_backward_op(
     backend: str,
 ) -> torch.Tensor:
     chosen = resolve_backend(x, target, mask, label_map, backend)
-    grad_x = _backward_impl(chosen, grad, x, target, mask, activation, label_map, squared, soft)
+    _, backward = _IMPLEMENTATIONS[chosen]
+    grad_x = backward(grad, x, target, mask, activation, label_map, squared, soft)
     if grad_x.stride() != x.stride():  # the fake below promises x's layout
         grad_x = torch.empty_like(x).copy_(grad_x)
     return grad_x
@@ -134,5 +130,5 @@ def streaming_statistics(
     m = None if mask is None else mask.reshape(b, 1, -1)
     chosen = get_backend() if backend is None else backend
     return DiceStatistics.from_stacked(
-        torch.ops.monai_gdl.dice_statistics(x, t, m, activation, label_map, squared, soft and not label_map, chosen)
+        torch.ops.monai_gdl.dice_statistics(x, t, m, activation, label_map, squared, soft, chosen)
     )
