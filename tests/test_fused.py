@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from monai_gdl import kernels, use_backend, vnet_dice_loss
 from monai_gdl.kernels import chunked, native, streaming_statistics
-from monai_gdl.kernels.reference import activate, reference_statistics
+from monai_gdl.kernels.reference import activate, reference_statistics, reference_voxel_term
 
 needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler for the native CPU kernel")
 
@@ -66,8 +66,9 @@ def _stats_and_grad(fn, x, target, mask, activation, kind, squared, soft=False):
 
 
 def _fused(x, target, mask, activation, label_map, squared, soft=False):
-    return streaming_statistics(x, target, activation=activation, label_map=label_map, squared=squared, soft=soft,
-                                mask=mask)
+    stats, _ = streaming_statistics(x, target, activation=activation, label_map=label_map, squared=squared,
+                                    soft=soft, mask=mask)
+    return stats
 
 
 def _reference(x, target, mask, activation, label_map, squared, soft=False):
@@ -107,6 +108,57 @@ def test_fused_matches_reference(monkeypatch, backend, case):
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
     for a, b in zip(got[0], want[0]):
         torch.testing.assert_close(a, b, **tol)
+    torch.testing.assert_close(got[1], want[1], **tol)
+
+
+TERM_CASES = [
+    # shape, activation, target kind, masked, voxel term, gamma
+    ((2, 3, 7, 5, 3), "softmax", "label", False, "softmax", 0.0),  # Dice + CE
+    ((2, 4, 9, 7), "softmax", "label", True, "softmax", 2.0),  # softmax focal, ignored voxels
+    ((3, 4, 11, 13), "softmax", "onehot", True, "softmax", 0.0),
+    ((2, 5, 17), "sigmoid", "soft", True, "sigmoid", 0.0),  # Dice + BCE on soft targets
+    ((2, 3, 6, 6, 6), "sigmoid", "label", False, "sigmoid", 2.0),  # sigmoid focal on a label map
+    ((2, 4, 9, 7), "softmax", "onehot", False, "sigmoid", 2.0),  # MONAI DiceFocalLoss(softmax=True)
+    ((2, 1, 9, 8), "sigmoid", "onehot", False, "sigmoid", 0.5),  # one channel, fractional gamma
+]
+TERM_BACKEND_CASES = [(b, c) for b in ("eager", "native", "triton") for c in TERM_CASES] + [
+    ("compile", TERM_CASES[0]), ("compile", TERM_CASES[4])]
+
+
+@pytest.mark.parametrize(
+    "backend,case", TERM_BACKEND_CASES, ids=[f"{b}-{c[1]}-{c[2]}-m{c[3]}-{c[4]}-g{c[5]}" for b, c in TERM_BACKEND_CASES]
+)
+def test_voxel_term_matches_autograd_reference(monkeypatch, backend, case):
+    """The compound losses' fused CE / BCE / focal sums and the gradient through them and the Dice sums
+    against plain PyTorch (log_softmax, softplus, logsigmoid) differentiated by autograd."""
+    shape, activation, kind, masked, voxel_term, gamma = case
+    dtype = torch.float32 if backend in FLOAT32_BACKENDS else torch.float64
+    if backend == "triton":
+        pytest.importorskip("triton")
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 97)
+    x, target, mask = _for_backend(backend, *_make(shape, activation, kind, masked, dtype))
+    label_map = kind.startswith("label")
+
+    def run(fused: bool):
+        xx = x.clone().requires_grad_(True)
+        if fused:
+            with use_backend(backend):
+                stats, sums = streaming_statistics(xx, target, activation=activation, label_map=label_map,
+                                                   squared=False, mask=mask, voxel_term=voxel_term, gamma=gamma)
+        else:
+            stats = _reference(xx, target, mask, activation, label_map, False)
+            sums = reference_voxel_term(xx, target, label_map=label_map, voxel_term=voxel_term, gamma=gamma,
+                                        mask=mask)
+        w = torch.linspace(0.5, 1.5, stats.intersection.numel(), dtype=torch.float64).view_as(stats.intersection)
+        loss = (w * stats.intersection + w.flip(0) * stats.prediction + w * sums.on_target
+                - 0.3 * w.flip(0) * sums.off_target).sum()
+        (grad,) = torch.autograd.grad(loss.to(torch.float64), xx)
+        return [s.detach() for s in (*stats, *sums)], grad
+
+    got, want = run(True), run(False)
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    for a, b in zip(got[0], want[0]):
+        torch.testing.assert_close(a.to(b.dtype), b, **tol)
     torch.testing.assert_close(got[1], want[1], **tol)
 
 

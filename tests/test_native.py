@@ -15,14 +15,17 @@ from monai_gdl.kernels.reference import backward_chunk, forward_chunk
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler for the native CPU kernel")
 
 
-def _native_and_reference(x, target, mask, activation, label_map, squared, grads, soft=False):
-    """(stats, grad) from the C kernel and from the float64 reference chunk math."""
-    ga, gb = grads
-    got = native.forward(x, target, mask, activation, label_map, squared, soft)
-    got_grad = native.backward(torch.stack([ga, gb]), x, target, mask, activation, label_map, squared, soft)
-    want = forward_chunk(x.double(), target, mask, activation, label_map, squared, soft)
-    want_grad = backward_chunk(x.double(), target, mask, ga.double()[..., None], gb.double()[..., None],
-                               activation, label_map, squared, soft)
+def _native_and_reference(x, target, mask, activation, label_map, squared, grads, soft=False, voxel_term="none",
+                          gamma=0.0):
+    """(stats, grad) from the C kernel and from the float64 reference chunk math; ``grads`` the upstream
+    gradients of (I, P) or of (I, P, F, Q)."""
+    upstream = torch.stack([*grads, *[torch.zeros_like(grads[0])] * (4 - len(grads))])
+    options = (activation, label_map, squared, soft, voxel_term, gamma)
+    got = native.forward(x, target, mask, *options)
+    got_grad = native.backward(upstream, x, target, mask, *options)
+    dense = target if label_map else target.double()
+    want = forward_chunk(x.double(), dense, mask, *options)
+    want_grad = backward_chunk(x.double(), dense, mask, upstream.double()[..., None], *options)
     return got, got_grad, want, want_grad
 
 
@@ -55,9 +58,36 @@ def test_label_dtypes_and_labels_outside_the_classes(label_dtype):
     grads = (torch.randn(2, c, generator=g), torch.randn(2, c, generator=g))
     got, got_grad, want, want_grad = _native_and_reference(x, labels, None, "softmax", True, True, grads)
     if label_dtype == torch.float32:
-        want = forward_chunk(x.double(), reference_labels, None, "softmax", True, True)
+        want = forward_chunk(x.double(), reference_labels, None, "softmax", True, True, False)
     _assert_matches(got, got_grad, want, want_grad)
     assert float(got[3].sum()) < 2000 or label_dtype == torch.bool  # the odd labels were not counted
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(
+    ("activation", "voxel_term", "gamma", "label_map"),
+    [("softmax", "softmax", 0.0, True), ("softmax", "softmax", 2.0, True), ("softmax", "softmax", 1.5, False),
+     ("sigmoid", "sigmoid", 0.0, True), ("sigmoid", "sigmoid", 2.0, False), ("softmax", "sigmoid", 2.0, True),
+     ("none", "sigmoid", 0.5, False)],
+)
+def test_voxel_terms_every_dtype_and_layout(dtype, channels_last, activation, voxel_term, gamma, label_map):
+    """The compound losses' CE / BCE / focal sums and gradient, fused into the Dice passes, against the
+    float64 chunk math (whose closed-form gradient test_fused checks against autograd)."""
+    g = torch.Generator().manual_seed(7)
+    x = (3 * torch.randn(2, 7, 1500, generator=g)).to(dtype)
+    if channels_last:
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)
+    target = torch.randint(0, 7, (2, 1, 1500), generator=g) if label_map else torch.rand(2, 7, 1500, generator=g)
+    mask = torch.rand(2, 1, 1500, generator=g) > 0.2
+    grads = tuple(torch.randn(2, 7, generator=g) for _ in range(4))
+    got, got_grad, want, want_grad = _native_and_reference(x, target, mask, activation, label_map, False, grads,
+                                                           voxel_term=voxel_term, gamma=gamma)
+    assert got_grad.stride() == x.stride()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, rtol=2e-5, atol=1e-3)
+    rounding = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    torch.testing.assert_close(got_grad.double(), want_grad.to(dtype).double(), rtol=rounding, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -10,13 +10,15 @@ Layout (each module imports only those above it):
 - :mod:`~monai_gdl.kernels.ops`: the ``torch.library`` operators the losses call.
 """
 
-from monai_gdl.kernels.contract import DiceStatistics, statistics_dtype
+from monai_gdl.kernels.contract import VOXEL_TERMS, DiceStatistics, VoxelTermSums, statistics_dtype
 from monai_gdl.kernels.dispatch import BACKENDS, get_backend, resolve_backend, set_backend, use_backend
 from monai_gdl.kernels.ops import streaming_statistics
 
 __all__ = [
     "BACKENDS",
+    "VOXEL_TERMS",
     "DiceStatistics",
+    "VoxelTermSums",
     "get_backend",
     "resolve_backend",
     "set_backend",

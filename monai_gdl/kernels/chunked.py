@@ -58,8 +58,8 @@ def _compiled_chunk_functions() -> tuple[Callable, Callable] | None:
         bwd = torch.compile(_backward_chunk_into, dynamic=True)
         x = torch.randn(2, 3, 5)
         y = torch.randint(0, 3, (2, 1, 5))
-        got = fwd(x, y, None, "softmax", True, True, False)
-        want = forward_chunk(x, y, None, "softmax", True, True, False)
+        got = fwd(x, y, None, "softmax", True, True, False, "softmax", 0.0)
+        want = forward_chunk(x, y, None, "softmax", True, True, False, "softmax", 0.0)
         if not all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, want)):
             raise RuntimeError("compiled chunk math disagrees with eager")
         return _eager_fallback(fwd, forward_chunk), _eager_fallback(bwd, _backward_chunk_into)
@@ -90,25 +90,27 @@ def _slice(t: torch.Tensor | None, s: int, e: int) -> torch.Tensor | None:
     return None if t is None else t[:, :, s:e]
 
 
-def forward(x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, compiled: bool = False):
-    """``4 x B x C`` statistics of ``x`` (``B x C x N``) against ``target``, chunk by chunk."""
+def forward(x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str,
+            gamma: float, compiled: bool = False):
+    """``6 x B x C`` statistics of ``x`` (``B x C x N``) against ``target``, chunk by chunk."""
     b, c, n = x.shape
     fwd, _ = _chunk_functions(compiled)
     sums = torch.zeros(NUM_STATISTICS, b, c, dtype=statistics_dtype(x.dtype), device=x.device)
     for s, e in _chunk_bounds(n, b * c):
-        parts = fwd(x[:, :, s:e], target[:, :, s:e], _slice(mask, s, e), activation, label_map, squared, soft)
+        parts = fwd(x[:, :, s:e], target[:, :, s:e], _slice(mask, s, e), activation, label_map, squared, soft,
+                    voxel_term, gamma)
         for total, part in zip(sums, parts):
             total += part
     return sums
 
 
-def backward(grad, x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool,
-             compiled: bool = False):
-    """``dL/dx`` from ``grad = (dL/dI, dL/dP)`` (``2 x B x C``), chunk by chunk, into one buffer."""
+def backward(grad, x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str,
+             gamma: float, compiled: bool = False):
+    """``dL/dx`` from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ)`` (``4 x B x C``), chunk by chunk, into one buffer."""
     _, bwd = _chunk_functions(compiled)
-    a, beta = grad.to(statistics_dtype(x.dtype)).unsqueeze(-1).unbind(0)
+    upstream = grad.to(statistics_dtype(x.dtype)).unsqueeze(-1)
     grad_x = torch.empty_like(x)
     for s, e in _chunk_bounds(x.shape[2], x.shape[0] * x.shape[1]):
-        bwd(grad_x[:, :, s:e], x[:, :, s:e], target[:, :, s:e], _slice(mask, s, e), a, beta, activation, label_map,
-            squared, soft)
+        bwd(grad_x[:, :, s:e], x[:, :, s:e], target[:, :, s:e], _slice(mask, s, e), upstream, activation, label_map,
+            squared, soft, voxel_term, gamma)
     return grad_x

@@ -8,8 +8,23 @@ squared, else ``1``. Sums run over the spatial axes.
 ``I = sum(m * p * g)`` (or ``sum(m * min(p, g))``, the soft-label form for a dense target),
 ``P = sum(m * p^k)``, ``G = sum(m * g^k)``, ``V = sum(m * g)``.
 
-Backends return them stacked as one ``4 x B x C`` tensor (:data:`NUM_STATISTICS` rows, in that
-order) in :func:`statistics_dtype`; only ``I`` and ``P`` depend on the logits.
+A compound loss (Dice + CE, Dice + BCE, Dice + focal) adds one voxel-wise term ``l_c`` per class,
+computed from the same logits in the same pass (``voxel_term``; ``gamma`` the focal exponent, 0 for
+plain CE/BCE) and reduced to two more sums:
+
+- ``"softmax"``: ``l_c = (1 - p_c)^gamma * (-log p_c)`` with ``p`` the softmax (cross-entropy at gamma 0);
+- ``"sigmoid"``: ``l_c = s_c^gamma * bce_c`` per channel, ``bce_c = softplus(x_c) - x_c * g_c`` and
+  ``s_c = sigmoid(-x_c * (2 g_c - 1))`` (``1 - p_t``; binary cross-entropy at gamma 0), MONAI's
+  ``sigmoid_focal_loss`` element;
+
+``F = sum(m * g * l)`` (on the target) and ``Q = sum(m * (1 - g) * l)`` (off it). Every weighting
+the losses apply afterwards (class weights, focal ``alpha``, label smoothing, the mean's
+denominator) is a combination of ``F``, ``Q`` and ``V`` (:mod:`monai_gdl.losses.formulas`).
+
+Backends return them stacked as one ``6 x B x C`` tensor (:data:`NUM_STATISTICS` rows
+``I, P, G, V, F, Q``) in :func:`statistics_dtype` (``F = Q = 0`` without a voxel term); only
+``I, P, F, Q`` depend on the logits, so the backward takes :data:`NUM_GRADIENTS` rows
+``dL/dI, dL/dP, dL/dF, dL/dQ``.
 """
 
 from __future__ import annotations
@@ -18,9 +33,12 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["NUM_STATISTICS", "DiceStatistics", "statistics_dtype"]
+__all__ = ["NUM_GRADIENTS", "NUM_STATISTICS", "VOXEL_TERMS", "DiceStatistics", "VoxelTermSums", "statistics_dtype"]
 
-NUM_STATISTICS = 4
+NUM_STATISTICS = 6
+NUM_GRADIENTS = 4
+#: ``voxel_term`` values: no voxel-wise term, softmax CE/focal, sigmoid BCE/focal.
+VOXEL_TERMS = ("none", "softmax", "sigmoid")
 
 
 class DiceStatistics(NamedTuple):
@@ -37,7 +55,7 @@ class DiceStatistics(NamedTuple):
 
     @classmethod
     def from_stacked(cls, stacked: torch.Tensor) -> DiceStatistics:
-        """From a backend's ``4 x B x C`` result."""
+        """The first four rows of a backend's ``6 x B x C`` result (or of a ``4 x B x C`` stack)."""
         return cls(stacked[0], stacked[1], stacked[2], stacked[3])
 
     def stacked(self) -> torch.Tensor:
@@ -54,6 +72,21 @@ class DiceStatistics(NamedTuple):
         if not batch:
             return self
         return DiceStatistics(*(s.sum(dim=0, keepdim=True) for s in self))
+
+
+class VoxelTermSums(NamedTuple):
+    """The voxel-wise term's per-(sample, class) sums ``F`` (``on_target``) and ``Q`` (``off_target``), ``B x C``."""
+
+    on_target: torch.Tensor
+    off_target: torch.Tensor
+
+    @classmethod
+    def from_stacked(cls, stacked: torch.Tensor) -> VoxelTermSums:
+        """Rows 4 and 5 of a backend's ``6 x B x C`` result."""
+        return cls(stacked[4], stacked[5])
+
+    def select_classes(self, include_background: bool) -> VoxelTermSums:
+        return self if include_background else VoxelTermSums(*(s[:, 1:] for s in self))
 
 
 def statistics_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -7,6 +7,10 @@
  * for each tile the C x T probabilities live in a buffer that stays in the L1/L2 cache, so every
  * logit is read from memory once per call and every gradient value written once.
  *
+ * A compound loss adds the voxel-wise term l (softmax cross-entropy / focal, or sigmoid binary
+ * cross-entropy / focal, see monai_gdl/kernels/contract.py) in the same passes: its sums F and Q in
+ * the forward, its gradient added into the same gradient buffer in the backward.
+ *
  * Layouts: x is B x C x N (contiguous) or B x N x C (channels-last, then so is the gradient), a
  * label map B x N, a dense target (float32) B x C x N or B x N x C, a mask B x N (uint8).
  * Channels-last tiles are transposed into C x T scratch on the way in (and out). Each call covers the voxel range [n0, n1) of every sample, so callers can
@@ -25,8 +29,9 @@ enum { X_F32 = 0, X_BF16 = 1, X_F16 = 2 };
 enum { T_DENSE_F32 = 0, T_LABEL_U8 = 1, T_LABEL_I32 = 2, T_LABEL_I64 = 3, T_LABEL_F32 = 4 };
 /* Layout bits: logits (and so the gradient) / dense target stored channels-last, i.e. B x N x C. */
 enum { LAYOUT_X_CHANNELS_LAST = 1, LAYOUT_T_CHANNELS_LAST = 2 };
-/* Option bits: squared denominator (k = 2); soft-label intersection min(p, g) for a dense target. */
-enum { OPT_SQUARED = 1, OPT_SOFT = 2 };
+/* Option bits: squared denominator (k = 2); soft-label intersection min(p, g) for a dense target;
+ * the voxel-wise term of a compound loss (softmax CE/focal or sigmoid BCE/focal, exponent gamma). */
+enum { OPT_SQUARED = 1, OPT_SOFT = 2, OPT_TERM_SOFTMAX = 4, OPT_TERM_SIGMOID = 8 };
 
 /* exp(x) in float32, vectorizable (no libm call): Cody-Waite reduction by ln 2, then the Cephes
  * degree-6 polynomial; about 1 ulp. Inputs are clamped to [-87, 88] (results stay normal). A NaN
@@ -49,6 +54,42 @@ static inline float exp_f32(float x) {
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return q * scale;
+}
+
+/* log(x) in float32, vectorizable: exponent split, mantissa in [sqrt(1/2), sqrt(2)), then the
+ * Cephes degree-9 polynomial; about 1 ulp. x <= 0 and denormals are clamped to FLT_MIN (log about
+ * -87.3: the callers take logs of probabilities and sums of exps, where that floor is harmless). */
+static inline float log_f32(float x) {
+    x = x < 1.17549435e-38f ? 1.17549435e-38f : x;
+    int32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    float e = (float)(((bits >> 23) & 0xff) - 126);
+    bits = (bits & 0x007fffff) | 0x3f000000; /* mantissa in [0.5, 1) */
+    float m;
+    memcpy(&m, &bits, sizeof m);
+    const int small = m < 0.707106781186547524f;
+    e = small ? e - 1.0f : e;
+    float f = small ? m + m - 1.0f : m - 1.0f;
+    float z = f * f;
+    float y = 7.0376836292e-2f;
+    y = y * f - 1.1514610310e-1f;
+    y = y * f + 1.1676998740e-1f;
+    y = y * f - 1.2420140846e-1f;
+    y = y * f + 1.4249322787e-1f;
+    y = y * f - 1.6668057665e-1f;
+    y = y * f + 2.0000714765e-1f;
+    y = y * f - 2.4999993993e-1f;
+    y = y * f + 3.3333331174e-1f;
+    y = y * f * z;
+    y += -2.12194440e-4f * e;
+    y += -0.5f * z;
+    return f + y + 0.693359375f * e;
+}
+
+/* softplus(x) = log(1 + exp(x)), stable for any x. */
+static inline float softplus_f32(float x) {
+    float ax = x < 0.0f ? -x : x;
+    return (x > 0.0f ? x : 0.0f) + log_f32(1.0f + exp_f32(-ax));
 }
 
 static inline float bf16_to_f32(uint16_t h) {
@@ -201,18 +242,20 @@ static int tile_length(int64_t C) {
 }
 
 typedef struct {
-    float *e, *xs, *gs, *d, *scale, *mx, *mk, *dot;
+    float *e, *xs, *gs, *d, *scale, *mx, *mk, *dot, *lse;
     int32_t *lab;
-    const float *g; /* dense target rows of the tile: g[c * g_row + v] */
-    int64_t g_row;
+    const float *g;  /* dense target rows of the tile: g[c * g_row + v] */
+    const float *lx; /* float logits of the tile (voxel term only): lx[c * lx_row + v] */
+    int64_t g_row, lx_row;
     int T;
 } Scratch;
 
-/* e: probabilities; xs, gs, d: channels-last staging of logits, target and gradient (C x T each). */
+/* e: probabilities; xs, gs, d: staging of logits, target and gradient (C x T each); per voxel:
+ * softmax scale and max, mask, softmax dot product, log-sum-exp. */
 static int scratch_alloc(Scratch *s, int64_t C) {
     s->T = tile_length(C);
     const size_t tile = (size_t)C * s->T;
-    s->e = malloc(sizeof(float) * (4 * tile + 4 * (size_t)s->T) + sizeof(int32_t) * s->T);
+    s->e = malloc(sizeof(float) * (4 * tile + 5 * (size_t)s->T) + sizeof(int32_t) * s->T);
     if (s->e == NULL) return -1;
     s->xs = s->e + tile;
     s->gs = s->xs + tile;
@@ -221,24 +264,47 @@ static int scratch_alloc(Scratch *s, int64_t C) {
     s->mx = s->scale + s->T;
     s->mk = s->mx + s->T;
     s->dot = s->mk + s->T;
-    s->lab = (int32_t *)(s->dot + s->T);
+    s->lse = s->dot + s->T;
+    s->lab = (int32_t *)(s->lse + s->T);
     return 0;
 }
 
 /* Tile setup shared by both passes: activation, mask and labels or target rows of [v0, v0 + len)
- * of sample b. */
+ * of sample b; with a voxel term also float logit rows and (softmax) the log-sum-exp per voxel. */
 static void load_tile(Scratch *s, const void *x, int xtype, const void *t, int ttype, const uint8_t *mask,
-                      int layout, int64_t b, int64_t C, int64_t N, int64_t v0, int len, int act) {
+                      int layout, int64_t b, int64_t C, int64_t N, int64_t v0, int len, int act, int term) {
     const int T = s->T;
     if (layout & LAYOUT_X_CHANNELS_LAST) {
         if (xtype == X_F32) stage_rows_f32((const float *)x, b, C, N, v0, len, T, s->xs);
         else if (xtype == X_BF16) stage_rows_bf16((const uint16_t *)x, b, C, N, v0, len, T, s->xs);
         else stage_rows_f16((const float16_t *)x, b, C, N, v0, len, T, s->xs);
         activate_f32(s->xs, T, C, 0, len, T, act, s->e, s->scale, s->mx);
+        s->lx = s->xs;
+        s->lx_row = T;
     } else {
         const size_t xsize = xtype == X_F32 ? 4 : 2;
-        activate((const char *)x + (size_t)(b * C * N) * xsize, xtype, N, C, v0, len, T, act, s->e, s->scale, s->mx);
+        const char *xb = (const char *)x + (size_t)(b * C * N) * xsize;
+        activate(xb, xtype, N, C, v0, len, T, act, s->e, s->scale, s->mx);
+        if (term && xtype == X_F32) {
+            s->lx = (const float *)xb + v0;
+            s->lx_row = N;
+        } else if (term) { /* half logits: float rows once per tile, read by every term loop */
+            for (int64_t c = 0; c < C; ++c) {
+                float *restrict row = s->xs + c * T;
+                if (xtype == X_BF16) {
+                    const uint16_t *restrict src = (const uint16_t *)xb + c * N + v0;
+                    for (int v = 0; v < len; ++v) row[v] = bf16_to_f32(src[v]);
+                } else {
+                    const float16_t *restrict src = (const float16_t *)xb + c * N + v0;
+                    for (int v = 0; v < len; ++v) row[v] = LOAD_F16(src[v]);
+                }
+            }
+            s->lx = s->xs;
+            s->lx_row = T;
+        }
     }
+    if (term == OPT_TERM_SOFTMAX) /* log sum_j exp(x_j) = max + log(1 / scale) */
+        for (int v = 0; v < len; ++v) s->lse[v] = s->mx[v] - log_f32(s->scale[v]);
     mask_tile(mask == NULL ? NULL : mask + b * N, v0, len, s->mk);
     if (ttype != T_DENSE_F32) {
         labels_tile(t, ttype, b * N + v0, len, C, s->lab);
@@ -252,27 +318,56 @@ static void load_tile(Scratch *s, const void *x, int xtype, const void *t, int t
     }
 }
 
-/* stats (4 x B x C, double, accumulated into): I = sum m p g (soft: sum m min(p, g)), P = sum m p^k,
- * G = sum m g^k, V = sum m g, with k = 2 when squared else 1. */
+/* Target value of class cls at voxel v: from the label map or the dense rows gc. */
+#define LABEL_G (lab[v] == cls ? 1.0f : 0.0f)
+#define DENSE_G (gc[v])
+
+/* The voxel term's element l at voxel v of class row xc (see contract.py): softmax
+ * (1 - p)^gamma * (lse - x); sigmoid s^gamma * (softplus(x) - x g), s = sigmoid(-x (2g - 1)). */
+#define SOFTMAX_ELEMENT(G) (lse[v] - xc[v])
+#define SOFTMAX_FOCAL_ELEMENT(G) (exp_f32(gamma * log_f32(1.0f - ec[v] * scale[v])) * (lse[v] - xc[v]))
+#define SIGMOID_ELEMENT(G) (softplus_f32(xc[v]) - xc[v] * (G))
+#define SIGMOID_FOCAL_ELEMENT(G) \
+    (exp_f32(-gamma * softplus_f32(xc[v] * (2.0f * (G) - 1.0f))) * (softplus_f32(xc[v]) - xc[v] * (G)))
+
+#define TERM_SUMS_LOOP(G, ELEMENT)                                                                 \
+    _Pragma("omp simd reduction(+ : sf, sq)")                                                     \
+    for (int v = 0; v < len; ++v) {                                                                \
+        float g = (G), l = ELEMENT(g) * mk[v];                                                     \
+        sf += g * l;                                                                               \
+        sq += (1.0f - g) * l;                                                                      \
+    }
+
+#define TERM_SUMS(G)                                                                               \
+    if (term == OPT_TERM_SOFTMAX && gamma == 0.0f) TERM_SUMS_LOOP(G, SOFTMAX_ELEMENT)              \
+    else if (term == OPT_TERM_SOFTMAX) TERM_SUMS_LOOP(G, SOFTMAX_FOCAL_ELEMENT)                    \
+    else if (gamma == 0.0f) TERM_SUMS_LOOP(G, SIGMOID_ELEMENT)                                     \
+    else TERM_SUMS_LOOP(G, SIGMOID_FOCAL_ELEMENT)
+
+/* stats (6 x B x C, double, accumulated into): I = sum m p g (soft: sum m min(p, g)), P = sum m p^k,
+ * G = sum m g^k, V = sum m g, with k = 2 when squared else 1; with a voxel term F = sum m g l and
+ * Q = sum m (1 - g) l. */
 int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8_t *mask, int64_t B, int64_t C,
-                 int64_t N, int64_t n0, int64_t n1, int act, int options, int layout, double *stats) {
+                 int64_t N, int64_t n0, int64_t n1, int act, int options, float gamma, int layout, double *stats) {
     const int squared = options & OPT_SQUARED, soft = (options & OPT_SOFT) != 0 && ttype == T_DENSE_F32;
+    const int term = options & (OPT_TERM_SOFTMAX | OPT_TERM_SIGMOID);
     Scratch s;
     if (scratch_alloc(&s, C) != 0) return -1;
-    const float *restrict scale = s.scale, *restrict mk = s.mk;
+    const float *restrict scale = s.scale, *restrict mk = s.mk, *restrict lse = s.lse;
     const int32_t *restrict lab = s.lab;
     /* p^k = p * kp + k1: arithmetic instead of a branch, so both variants vectorize alike */
     const float kp = squared ? 1.0f : 0.0f, k1 = 1.0f - kp;
     for (int64_t b = 0; b < B; ++b) {
-        double *I = stats + b * C, *P = I + B * C, *G = P + B * C, *V = G + B * C;
+        double *I = stats + b * C, *P = I + B * C, *G = P + B * C, *V = G + B * C, *Fs = V + B * C, *Qs = Fs + B * C;
         for (int64_t v0 = n0; v0 < n1; v0 += s.T) {
             const int len = (int)(n1 - v0 < s.T ? n1 - v0 : s.T);
-            load_tile(&s, x, xtype, t, ttype, mask, layout, b, C, N, v0, len, act);
+            load_tile(&s, x, xtype, t, ttype, mask, layout, b, C, N, v0, len, act, term);
             for (int64_t c = 0; c < C; ++c) {
                 const float *restrict ec = s.e + c * s.T;
+                const float *restrict gc = ttype == T_DENSE_F32 ? s.g + c * s.g_row : NULL;
+                const int32_t cls = (int32_t)c;
                 float si = 0.0f, sp = 0.0f, sg = 0.0f, sv = 0.0f;
-                if (ttype != T_DENSE_F32) {
-                    const int32_t cls = (int32_t)c;
+                if (gc == NULL) {
 #pragma omp simd reduction(+ : si, sp, sv)
                     for (int v = 0; v < len; ++v) {
                         float p = ec[v] * scale[v];
@@ -282,35 +377,40 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
                         sv += h;
                     }
                     sg = sv;
+                } else if (soft) {
+#pragma omp simd reduction(+ : si, sp, sg, sv)
+                    for (int v = 0; v < len; ++v) {
+                        float p = ec[v] * scale[v];
+                        float gm = gc[v] * mk[v];
+                        si += mk[v] * (p < gc[v] ? p : gc[v]);
+                        sp += p * mk[v] * (p * kp + k1);
+                        sg += gm * (gc[v] * kp + k1);
+                        sv += gm;
+                    }
                 } else {
-                    const float *restrict gc = s.g + c * s.g_row;
-                    if (soft) {
 #pragma omp simd reduction(+ : si, sp, sg, sv)
-                        for (int v = 0; v < len; ++v) {
-                            float p = ec[v] * scale[v];
-                            float gm = gc[v] * mk[v];
-                            si += mk[v] * (p < gc[v] ? p : gc[v]);
-                            sp += p * mk[v] * (p * kp + k1);
-                            sg += gm * (gc[v] * kp + k1);
-                            sv += gm;
-                        }
-                    } else {
-#pragma omp simd reduction(+ : si, sp, sg, sv)
-                        for (int v = 0; v < len; ++v) {
-                            float p = ec[v] * scale[v];
-                            float gm = gc[v] * mk[v];
-                            float pm = p * mk[v];
-                            si += pm * gc[v];
-                            sp += pm * (p * kp + k1);
-                            sg += gm * (gc[v] * kp + k1);
-                            sv += gm;
-                        }
+                    for (int v = 0; v < len; ++v) {
+                        float p = ec[v] * scale[v];
+                        float gm = gc[v] * mk[v];
+                        float pm = p * mk[v];
+                        si += pm * gc[v];
+                        sp += pm * (p * kp + k1);
+                        sg += gm * (gc[v] * kp + k1);
+                        sv += gm;
                     }
                 }
                 I[c] += si;
                 P[c] += sp;
                 G[c] += sg;
                 V[c] += sv;
+                if (term) {
+                    const float *restrict xc = s.lx + c * s.lx_row;
+                    float sf = 0.0f, sq = 0.0f;
+                    if (gc == NULL) TERM_SUMS(LABEL_G)
+                    else TERM_SUMS(DENSE_G)
+                    Fs[c] += sf;
+                    Qs[c] += sq;
+                }
             }
         }
     }
@@ -318,104 +418,126 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
     return 0;
 }
 
-/* dL/dp of class c at voxel v: m (a dI/dp + beta k p^(k-1)), with k p^(k-1) = p * kp2 + k1 and
- * dI/dp = g (product), or for the soft intersection min(p, g): 1 if p < g, 1/2 at a tie, else 0.
- * Each variant gets its own loop (below), so every loop stays branch-free and vectorizes. */
-#define SOFT_DI_DP(g, p) ((p) < (g) ? 1.0f : ((p) == (g) ? 0.5f : 0.0f))
-#define UPSTREAM(di, p) (((a) * (di) + beta * ((p) * kp2 + k1)) * mk[v])
+/* Dice part of dL/dp of class c at voxel v: m (a dI/dp + beta k p^(k-1)), with k p^(k-1) =
+ * p * kp2 + k1 and dI/dp = g (product), or for the soft intersection min(p, g): 1 if p < g, 1/2 at
+ * a tie, else 0. */
+#define SOFT_DI_DP(G) (p < gc[v] ? 1.0f : (p == gc[v] ? 0.5f : 0.0f))
+#define DICE_DU(DI) ((a * (DI) + beta * (p * kp2 + k1)) * mk[v])
+/* Voxel-term weight w = m (f g + q (1 - g)) and its gradient shares (reference.py's formulas). */
+#define TERM_W(G) (mk[v] * (f * (G) + q * (1.0f - (G))))
+#define SOFTMAX_TERM_E(G) (-TERM_W(G))
+#define SOFTMAX_FOCAL_TERM_E(G) softmax_focal_share(TERM_W(G), p, xc[v] - lse[v], gamma)
+#define SIGMOID_TERM_D(G) (TERM_W(G) * (sigmoid_f32(xc[v]) - (G)))
+#define SIGMOID_FOCAL_TERM_D(G) (TERM_W(G) * sigmoid_focal_share(xc[v], (G), gamma))
+#define NO_TERM(G) 0.0f
 
-#define GRADIENT_LOOP(DI, STORE)                                                                   \
+static inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
+
+/* w (1 - p)^gamma (gamma p t - 1), t = log(p) / (1 - p) (-1 where p rounds to 1). */
+static inline float softmax_focal_share(float w, float p, float log_p, float gamma) {
+    float one_minus = 1.0f - p;
+    float t = one_minus > 0.0f ? log_p / (one_minus > 0.0f ? one_minus : 1.0f) : -1.0f;
+    return w * exp_f32(gamma * log_f32(one_minus)) * (gamma * p * t - 1.0f);
+}
+
+/* d l / d x of the sigmoid focal element: s^gamma (sigmoid(x) - g) - gamma (2g - 1) s^gamma (1 - s) bce. */
+static inline float sigmoid_focal_share(float x, float g, float gamma) {
+    float sign = 2.0f * g - 1.0f, y = x * sign;
+    float s_gamma = exp_f32(-gamma * softplus_f32(y)), s = 1.0f - sigmoid_f32(y);
+    float bce = softplus_f32(x) - x * g;
+    return s_gamma * (sigmoid_f32(x) - g) - gamma * sign * s_gamma * (1.0f - s) * bce;
+}
+
+/* Row d = e (softmax: p dL/dp plus the softmax term's share) or dL/dx (sigmoid, none), one class. */
+#define ROW_LOOP(DI, G, TERM_E)                                                                    \
+    _Pragma("omp simd")                                                                           \
     for (int v = 0; v < len; ++v) {                                                                \
         float p = ec[v] * scale[v];                                                                \
-        float du = UPSTREAM(DI, p);                                                                \
-        float d = act == ACT_SOFTMAX ? p * (du - dot[v]) : (act == ACT_SIGMOID ? du * p * (1.0f - p) : du); \
-        o[v] = STORE(d);                                                                           \
+        float du = DICE_DU(DI);                                                                    \
+        dc[v] = act == ACT_SOFTMAX ? p * du + TERM_E(G) : (act == ACT_SIGMOID ? du * p * (1.0f - p) : du); \
     }
 
-/* One class row of dL/dx into out: softmax p (du - dot), sigmoid du p (1 - p), none du. */
-#define DEFINE_GRADIENT_ROW(NAME, OT, STORE)                                                       \
-    static void NAME(OT *restrict o, const float *restrict ec, const float *restrict scale,      \
-                     const float *restrict mk, const int32_t *restrict lab, int32_t cls,         \
-                     const float *restrict gc, float a, float beta, int squared, int soft,       \
-                     int act, const float *restrict dot, int len) {                              \
-        const float kp2 = squared ? 2.0f : 0.0f, k1 = squared ? 0.0f : 1.0f;                     \
-        if (gc == NULL)                                                                          \
-            GRADIENT_LOOP(lab[v] == cls ? 1.0f : 0.0f, STORE)                                    \
-        else if (soft)                                                                           \
-            GRADIENT_LOOP(SOFT_DI_DP(gc[v], p), STORE)                                           \
-        else                                                                                     \
-            GRADIENT_LOOP(gc[v], STORE)                                                          \
-    }
+#define ROW_FOR_TARGET(DI, G)                                                                      \
+    if (term != OPT_TERM_SOFTMAX) ROW_LOOP(DI, G, NO_TERM)                                         \
+    else if (gamma == 0.0f) ROW_LOOP(DI, G, SOFTMAX_TERM_E)                                        \
+    else ROW_LOOP(DI, G, SOFTMAX_FOCAL_TERM_E)
 
-DEFINE_GRADIENT_ROW(gradient_row_f32, float, STORE_F32)
-DEFINE_GRADIENT_ROW(gradient_row_bf16, uint16_t, STORE_BF16)
-DEFINE_GRADIENT_ROW(gradient_row_f16, float16_t, STORE_F16)
+#define SIGMOID_TERM_LOOP(G, SHARE)                                                                \
+    _Pragma("omp simd")                                                                           \
+    for (int v = 0; v < len; ++v) dc[v] += SHARE(G);
 
-/* out = dL/dx for [n0, n1) from ga = dL/dI and gb = dL/dP (B x C, float32), with
- * du = m (ga dI/dp + gb k p^(k-1)); softmax: p (du - sum_c p du); sigmoid: du p (1 - p); none: du. */
+/* out = dL/dx for [n0, n1) from grad = (dL/dI, dL/dP, dL/dF, dL/dQ) (4 x B x C, float32). Per tile:
+ * rows d as above, the softmax chain d - p sum_j d_j, the sigmoid term's share, then one store in the
+ * output dtype and layout. */
 int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint8_t *mask, int64_t B, int64_t C,
-                  int64_t N, int64_t n0, int64_t n1, int act, int options, int layout, const float *ga,
-                  const float *gb, void *out) {
+                  int64_t N, int64_t n0, int64_t n1, int act, int options, float gamma, int layout,
+                  const float *grad, void *out) {
     const int squared = options & OPT_SQUARED, soft = (options & OPT_SOFT) != 0 && ttype == T_DENSE_F32;
+    const int term = options & (OPT_TERM_SOFTMAX | OPT_TERM_SIGMOID);
+    const float *ga = grad, *gb = grad + B * C, *gf = gb + B * C, *gq = gf + B * C;
     Scratch s;
     if (scratch_alloc(&s, C) != 0) return -1;
-    const float *restrict scale = s.scale, *restrict mk = s.mk;
+    const float *restrict scale = s.scale, *restrict mk = s.mk, *restrict lse = s.lse;
     const int32_t *restrict lab = s.lab;
     float *restrict dot = s.dot;
     const float kp2 = squared ? 2.0f : 0.0f, k1 = squared ? 0.0f : 1.0f;
+    const int staged = layout & LAYOUT_X_CHANNELS_LAST;
     for (int64_t b = 0; b < B; ++b) {
         for (int64_t v0 = n0; v0 < n1; v0 += s.T) {
             const int len = (int)(n1 - v0 < s.T ? n1 - v0 : s.T);
-            load_tile(&s, x, xtype, t, ttype, mask, layout, b, C, N, v0, len, act);
+            load_tile(&s, x, xtype, t, ttype, mask, layout, b, C, N, v0, len, act, term);
+            for (int64_t c = 0; c < C; ++c) {
+                const float *restrict ec = s.e + c * s.T;
+                const float *restrict gc = ttype == T_DENSE_F32 ? s.g + c * s.g_row : NULL;
+                const float *restrict xc = term ? s.lx + c * s.lx_row : NULL;
+                float *restrict dc = s.d + c * s.T;
+                const int32_t cls = (int32_t)c;
+                const float a = ga[b * C + c], beta = gb[b * C + c], f = gf[b * C + c], q = gq[b * C + c];
+                if (gc == NULL) ROW_FOR_TARGET(LABEL_G, LABEL_G)
+                else if (soft) ROW_FOR_TARGET(SOFT_DI_DP(DENSE_G), DENSE_G)
+                else ROW_FOR_TARGET(DENSE_G, DENSE_G)
+            }
             if (act == ACT_SOFTMAX) {
                 for (int v = 0; v < len; ++v) dot[v] = 0.0f;
                 for (int64_t c = 0; c < C; ++c) {
+                    const float *restrict dc = s.d + c * s.T;
+                    for (int v = 0; v < len; ++v) dot[v] += dc[v];
+                }
+                for (int64_t c = 0; c < C; ++c) {
                     const float *restrict ec = s.e + c * s.T;
-                    const float a = ga[b * C + c], beta = gb[b * C + c];
-                    if (ttype != T_DENSE_F32) {
-                        const int32_t cls = (int32_t)c;
-                        for (int v = 0; v < len; ++v) {
-                            float p = ec[v] * scale[v];
-                            dot[v] += p * UPSTREAM(lab[v] == cls ? 1.0f : 0.0f, p);
-                        }
-                    } else {
-                        const float *restrict gc = s.g + c * s.g_row;
-                        if (soft)
-                            for (int v = 0; v < len; ++v) {
-                                float p = ec[v] * scale[v];
-                                dot[v] += p * UPSTREAM(SOFT_DI_DP(gc[v], p), p);
-                            }
-                        else
-                            for (int v = 0; v < len; ++v) {
-                                float p = ec[v] * scale[v];
-                                dot[v] += p * UPSTREAM(gc[v], p);
-                            }
-                    }
+                    float *restrict dc = s.d + c * s.T;
+                    for (int v = 0; v < len; ++v) dc[v] -= ec[v] * scale[v] * dot[v];
                 }
             }
-            const int staged = layout & LAYOUT_X_CHANNELS_LAST;
-            for (int64_t c = 0; c < C; ++c) {
-                const float *ec = s.e + c * s.T;
-                const float *gc = ttype == T_DENSE_F32 ? s.g + c * s.g_row : NULL;
-                const size_t at = (size_t)((b * C + c) * N + v0);
-                const float a = ga[b * C + c], beta = gb[b * C + c];
-                if (staged)
-                    gradient_row_f32(s.d + c * s.T, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared, soft, act, dot,
-                                     len);
-                else if (xtype == X_F32)
-                    gradient_row_f32((float *)out + at, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared, soft, act,
-                                     dot, len);
-                else if (xtype == X_BF16)
-                    gradient_row_bf16((uint16_t *)out + at, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared,
-                                      soft, act, dot, len);
-                else
-                    gradient_row_f16((float16_t *)out + at, ec, scale, mk, lab, (int32_t)c, gc, a, beta, squared,
-                                     soft, act, dot, len);
-            }
+            if (term == OPT_TERM_SIGMOID)
+                for (int64_t c = 0; c < C; ++c) {
+                    const float *restrict gc = ttype == T_DENSE_F32 ? s.g + c * s.g_row : NULL;
+                    const float *restrict xc = s.lx + c * s.lx_row;
+                    float *restrict dc = s.d + c * s.T;
+                    const int32_t cls = (int32_t)c;
+                    const float f = gf[b * C + c], q = gq[b * C + c];
+                    if (gc == NULL && gamma == 0.0f) SIGMOID_TERM_LOOP(LABEL_G, SIGMOID_TERM_D)
+                    else if (gc == NULL) SIGMOID_TERM_LOOP(LABEL_G, SIGMOID_FOCAL_TERM_D)
+                    else if (gamma == 0.0f) SIGMOID_TERM_LOOP(DENSE_G, SIGMOID_TERM_D)
+                    else SIGMOID_TERM_LOOP(DENSE_G, SIGMOID_FOCAL_TERM_D)
+                }
             if (staged) {
                 if (xtype == X_F32) unstage_rows_f32((float *)out, b, C, N, v0, len, s.T, s.d);
                 else if (xtype == X_BF16) unstage_rows_bf16((uint16_t *)out, b, C, N, v0, len, s.T, s.d);
                 else unstage_rows_f16((float16_t *)out, b, C, N, v0, len, s.T, s.d);
+            } else {
+                for (int64_t c = 0; c < C; ++c) {
+                    const float *restrict dc = s.d + c * s.T;
+                    const size_t at = (size_t)((b * C + c) * N + v0);
+                    if (xtype == X_F32) memcpy((float *)out + at, dc, sizeof(float) * (size_t)len);
+                    else if (xtype == X_BF16) {
+                        uint16_t *restrict o = (uint16_t *)out + at;
+                        for (int v = 0; v < len; ++v) o[v] = f32_to_bf16(dc[v]);
+                    } else {
+                        float16_t *restrict o = (float16_t *)out + at;
+                        for (int v = 0; v < len; ++v) o[v] = STORE_F16(dc[v]);
+                    }
+                }
             }
         }
     }

@@ -52,6 +52,7 @@ _X_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _DENSE_CODES = {torch.float32: 0}
 _LABEL_CODES = {torch.uint8: 1, torch.bool: 1, torch.int32: 2, torch.int64: 3, torch.float32: 4}
 _OPT_SQUARED, _OPT_SOFT = 1, 2
+_TERM_OPTIONS = {"none": 0, "softmax": 4, "sigmoid": 8}
 #: Below this many values a pass runs on one thread (thread hand-off would cost more than it saves).
 PARALLEL_MIN_ELEMENTS = 1 << 20
 #: Gradient buffers at least this large are advised onto huge pages.
@@ -162,10 +163,10 @@ def _library() -> ctypes.CDLL | None:
         if path is None:
             raise RuntimeError("no C compiler found ($CC, cc, gcc or clang)")
         lib = ctypes.CDLL(str(path))
-        ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-        common = [ptr, i32, ptr, i32, ptr, i64, i64, i64, i64, i64, i32, i32, i32]
+        ptr, i32, i64, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
+        common = [ptr, i32, ptr, i32, ptr, i64, i64, i64, i64, i64, i32, i32, f32, i32]
         lib.mgdl_forward.argtypes = [*common, ptr]
-        lib.mgdl_backward.argtypes = [*common, ptr, ptr, ptr]
+        lib.mgdl_backward.argtypes = [*common, ptr, ptr]
         lib.mgdl_forward.restype = lib.mgdl_backward.restype = i32
         lib.mgdl_prefer_huge_pages.argtypes = [ptr, i64]
         _self_check(lib)
@@ -198,15 +199,16 @@ def _self_check(lib: ctypes.CDLL) -> None:
     labels = torch.randint(0, 6, (2, 1, 77), generator=g)
     mask = torch.rand(2, 1, 77, generator=g) > 0.3
     soft = torch.rand(2, 5, 77, generator=g)
-    grad = torch.randn(2, 2, 5, generator=g)
-    cases = [("none", labels, True, False, False), ("softmax", soft, False, True, False),
-             ("sigmoid", labels, True, False, False), ("softmax", soft, False, False, True)]
-    for activation, target, label_map, squared, soft_form in cases:
-        options = (activation, label_map, squared, soft_form)
+    grad = torch.randn(4, 2, 5, generator=g)
+    cases = [("none", labels, True, False, False, "sigmoid", 2.0), ("softmax", soft, False, True, False, "none", 0.0),
+             ("sigmoid", labels, True, False, False, "none", 0.0), ("softmax", soft, False, False, True, "softmax", 0.0),
+             ("softmax", labels, True, False, False, "softmax", 2.0), ("softmax", soft, False, False, True, "sigmoid", 0.0)]
+    for activation, target, label_map, squared, soft_form, voxel_term, gamma in cases:
+        options = (activation, label_map, squared, soft_form, voxel_term, gamma)
         got = _forward(lib, x, target, mask, *options)
         want = forward_chunk(x, target, mask, *options)
         got_grad = _backward(lib, grad, x, target, mask, *options)
-        want_grad = backward_chunk(x, target, mask, grad[0, ..., None], grad[1, ..., None], *options)
+        want_grad = backward_chunk(x, target, mask, grad[..., None], *options)
         if not all(torch.allclose(a, b, rtol=1e-4, atol=1e-4) for a, b in zip(got, want)) or not torch.allclose(
             got_grad, want_grad, rtol=1e-4, atol=1e-6
         ):
@@ -271,16 +273,17 @@ def _run_split(fn, n: int, values: int, arguments) -> None:
         raise MemoryError("monai_gdl native kernel: could not allocate its tile buffers")
 
 
-def _arguments(x, target, mask, activation, label_map, squared, soft):
+def _arguments(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma):
     b, c, n = x.shape
     t_code = (_LABEL_CODES if label_map else _DENSE_CODES)[target.dtype]
     mask_ptr = None if mask is None else mask.data_ptr()
     layout = int(_channels_last(x)) | (2 if not label_map and _channels_last(target) else 0)
-    options = (_OPT_SQUARED if squared else 0) | (_OPT_SOFT if soft else 0)  # the kernel applies soft to dense targets only
+    # the kernel applies soft to dense targets only
+    options = (_OPT_SQUARED if squared else 0) | (_OPT_SOFT if soft else 0) | _TERM_OPTIONS[voxel_term]
 
     def args(n0: int, n1: int) -> list:
         return [x.data_ptr(), _X_CODES[x.dtype], target.data_ptr(), t_code, mask_ptr, b, c, n, n0, n1,
-                _ACTIVATION_CODES[activation], options, layout]
+                _ACTIVATION_CODES[activation], options, float(gamma), layout]
 
     return args
 
@@ -289,36 +292,38 @@ def _as_bytes(mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if mask is None else mask.contiguous().view(torch.uint8)
 
 
-def _forward(lib, x, target, mask, activation, label_map, squared, soft) -> torch.Tensor:
+def _forward(lib, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma) -> torch.Tensor:
     b, c, n = x.shape
     workers = max(1, torch.get_num_threads())
     stats = torch.zeros(workers, NUM_STATISTICS, b, c, dtype=torch.float64)
     mask = _as_bytes(mask)
-    args = _arguments(x, target, mask, activation, label_map, squared, soft)
+    args = _arguments(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
     _run_split(lib.mgdl_forward, n, x.numel(), lambda i, n0, n1: [*args(n0, n1), stats[i].data_ptr()])
     return stats.sum(0).to(torch.float32)
 
 
-def _backward(lib, grad, x, target, mask, activation, label_map, squared, soft) -> torch.Tensor:
-    """``dL/dx`` from ``grad = (dL/dI, dL/dP)`` (``2 x B x C``)."""
-    ga, gb = (g.contiguous() for g in grad.to(torch.float32).unbind(0))
+def _backward(lib, grad, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma) -> torch.Tensor:
+    """``dL/dx`` from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ)`` (``4 x B x C``)."""
+    upstream = grad.to(torch.float32).contiguous()
     mask = _as_bytes(mask)
     grad_x = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype)  # the logits' layout, as the kernel writes it
     if grad_x.nbytes >= HUGE_PAGE_MIN_BYTES and env_choice("MONAI_GDL_HUGE_PAGES", "1", ("0", "1")) == "1":
         lib.mgdl_prefer_huge_pages(grad_x.data_ptr(), grad_x.nbytes)
-    args = _arguments(x, target, mask, activation, label_map, squared, soft)
+    args = _arguments(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
     _run_split(
         lib.mgdl_backward, x.shape[2], x.numel(),
-        lambda _i, n0, n1: [*args(n0, n1), ga.data_ptr(), gb.data_ptr(), grad_x.data_ptr()],
+        lambda _i, n0, n1: [*args(n0, n1), upstream.data_ptr(), grad_x.data_ptr()],
     )
     return grad_x
 
 
-def forward(x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool) -> torch.Tensor:
-    """``4 x B x C`` float32 statistics of ``x`` (``B x C x N``): one C pass."""
-    return _forward(_library(), x, target, mask, activation, label_map, squared, soft)
+def forward(x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str,
+            gamma: float) -> torch.Tensor:
+    """``6 x B x C`` float32 statistics of ``x`` (``B x C x N``): one C pass."""
+    return _forward(_library(), x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
 
 
-def backward(grad, x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool) -> torch.Tensor:
-    """``dL/dx`` in ``x``'s dtype and layout from ``grad = (dL/dI, dL/dP)``: one C pass."""
-    return _backward(_library(), grad, x, target, mask, activation, label_map, squared, soft)
+def backward(grad, x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str,
+             gamma: float) -> torch.Tensor:
+    """``dL/dx`` in ``x``'s dtype and layout from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ)``: one C pass."""
+    return _backward(_library(), grad, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)

@@ -5,9 +5,10 @@ Registered with ``torch.library`` (fake implementations for shape propagation, a
 ``torch.export`` and DDP treat the fused pass like any built-in op: a compiled training step
 keeps it as one opaque node and calls its real implementation at run time.
 
-``dice_statistics(x, target, mask, activation, label_map, squared, soft, backend) -> 4 x B x C``
-(``I, P, G, V``, see :mod:`monai_gdl.kernels.contract`), ``x`` is ``B x C x N``; the backward op
-maps ``(dL/dI, dL/dP)`` (``2 x B x C``) to ``dL/dx`` (``x``'s dtype and layout). The
+``dice_statistics(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma, backend)
+-> 6 x B x C`` (``I, P, G, V, F, Q``, see :mod:`monai_gdl.kernels.contract`), ``x`` is ``B x C x N``;
+the backward op maps ``(dL/dI, dL/dP, dL/dF, dL/dQ)`` (``4 x B x C``) to ``dL/dx`` (``x``'s dtype
+and layout). The
 implementation resolves ``backend`` (``"auto"`` or a name) per call, so the same compiled graph
 runs the native kernel on CPU and Triton on CUDA.
 """
@@ -20,7 +21,7 @@ from typing import Optional
 import torch
 
 from monai_gdl.kernels import chunked, native, triton_backend
-from monai_gdl.kernels.contract import NUM_STATISTICS, DiceStatistics, statistics_dtype
+from monai_gdl.kernels.contract import NUM_STATISTICS, DiceStatistics, VoxelTermSums, statistics_dtype
 from monai_gdl.kernels.dispatch import get_backend, resolve_backend
 
 __all__ = ["streaming_statistics"]
@@ -44,15 +45,18 @@ def dice_statistics_op(
     label_map: bool,
     squared: bool,
     soft: bool,
+    voxel_term: str,
+    gamma: float,
     backend: str,
 ) -> torch.Tensor:
     chosen = resolve_backend(x, target, mask, label_map, backend)
     forward, _ = _IMPLEMENTATIONS[chosen]
-    return forward(x, target, mask, activation, label_map, squared, soft).to(statistics_dtype(x.dtype))
+    stats = forward(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
+    return stats.to(statistics_dtype(x.dtype))
 
 
 @dice_statistics_op.register_fake
-def _dice_statistics_fake(x, target, mask, activation, label_map, squared, soft, backend):
+def _dice_statistics_fake(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma, backend):
     return x.new_empty((NUM_STATISTICS, x.shape[0], x.shape[1]), dtype=statistics_dtype(x.dtype))
 
 
@@ -66,32 +70,36 @@ def dice_statistics_backward_op(
     label_map: bool,
     squared: bool,
     soft: bool,
+    voxel_term: str,
+    gamma: float,
     backend: str,
 ) -> torch.Tensor:
     chosen = resolve_backend(x, target, mask, label_map, backend)
     _, backward = _IMPLEMENTATIONS[chosen]
-    grad_x = backward(grad, x, target, mask, activation, label_map, squared, soft)
+    grad_x = backward(grad, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
     if grad_x.stride() != x.stride():  # the fake below promises x's layout
         grad_x = torch.empty_like(x).copy_(grad_x)
     return grad_x
 
 
 @dice_statistics_backward_op.register_fake
-def _dice_statistics_backward_fake(grad, x, target, mask, activation, label_map, squared, soft, backend):
+def _dice_statistics_backward_fake(grad, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma,
+                                   backend):
     return torch.empty_like(x)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, target, mask, activation, label_map, squared, soft, backend = inputs
+    x, target, mask, *options = inputs
     ctx.save_for_backward(x, target, mask)
-    ctx.options = (activation, label_map, squared, soft, backend)
+    ctx.options = tuple(options)
 
 
 def _backward(ctx, grad_stats):
     x, target, mask = ctx.saved_tensors
-    grad = grad_stats[:2].to(statistics_dtype(x.dtype)).contiguous()  # G and V do not depend on x
+    rows = grad_stats[[0, 1, 4, 5]]  # I, P, F, Q: G and V do not depend on x
+    grad = rows.to(statistics_dtype(x.dtype)).contiguous()
     grad_x = torch.ops.monai_gdl.dice_statistics_backward(grad, x, target, mask, *ctx.options)
-    return grad_x, None, None, None, None, None, None, None
+    return (grad_x,) + (None,) * (2 + len(ctx.options))
 
 
 torch.library.register_autograd("monai_gdl::dice_statistics", _backward, setup_context=_setup_context)
@@ -117,9 +125,12 @@ def streaming_statistics(
     squared: bool,
     soft: bool = False,
     mask: torch.Tensor | None = None,
+    voxel_term: str = "none",
+    gamma: float = 0.0,
     backend: str | None = None,
-) -> DiceStatistics:
-    """Dice statistics of ``input`` (``B x C x spatial``) by the fused operator, for all C channels.
+) -> tuple[DiceStatistics, VoxelTermSums]:
+    """Dice statistics and voxel-term sums of ``input`` (``B x C x spatial``) by the fused operator, for
+    all C channels (the sums are zero when ``voxel_term`` is ``"none"``).
 
     ``mask``: ``B x 1 x spatial`` bool (voxels to count) or None; ``backend``: a name from
     :data:`monai_gdl.kernels.BACKENDS`, default the process's choice.
@@ -129,6 +140,6 @@ def streaming_statistics(
     t = target.reshape(b, target.shape[1], -1)
     m = None if mask is None else mask.reshape(b, 1, -1)
     chosen = get_backend() if backend is None else backend
-    return DiceStatistics.from_stacked(
-        torch.ops.monai_gdl.dice_statistics(x, t, m, activation, label_map, squared, soft, chosen)
-    )
+    stacked = torch.ops.monai_gdl.dice_statistics(x, t, m, activation, label_map, squared, soft, voxel_term,
+                                                  float(gamma), chosen)
+    return DiceStatistics.from_stacked(stacked), VoxelTermSums.from_stacked(stacked)

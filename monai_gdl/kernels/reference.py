@@ -9,6 +9,15 @@ Closed-form gradient, for upstream gradients ``a = dL/dI`` and ``b = dL/dP`` (``
                                          the gradient of (p + g - |p - g|) / 2, as in MONAI)
     softmax:  dL/dx_c = p_c * (dL/dp_c - sum_j p_j * dL/dp_j)
     sigmoid:  dL/dx_c = dL/dp_c * p_c * (1 - p_c)
+
+The voxel-wise term ``l`` of a compound loss (:mod:`monai_gdl.kernels.contract`), for upstream
+``f = dL/dF``, ``q = dL/dQ`` and ``w = m * (f * g + q * (1 - g))``:
+
+    softmax:  e_c += w_c * (1 - p_c)^gamma * (gamma * p_c * t_c - 1),  t = log(p) / (1 - p) (-1 at p = 1),
+              added to e_c = p_c * dL/dp_c before the softmax chain dL/dx_c = e_c - p_c * sum_j e_j
+              (at gamma 0: w_c * (p_c - [c == y]) summed, the cross-entropy gradient);
+    sigmoid:  dL/dx_c += w_c * (s^gamma * (sigmoid(x_c) - g_c) - gamma * (2 g_c - 1) * s^gamma * (1 - s) * bce_c),
+              after the Dice term's own chain (at gamma 0: w_c * (sigmoid(x_c) - g_c)).
 """
 
 from __future__ import annotations
@@ -17,9 +26,19 @@ from collections.abc import Callable
 
 import torch
 
-from monai_gdl.kernels.contract import DiceStatistics, statistics_dtype
+import torch.nn.functional as F
 
-__all__ = ["activate", "backward_chunk", "forward_chunk", "reference_statistics", "voxel_mask"]
+from monai_gdl.kernels.contract import DiceStatistics, VoxelTermSums, statistics_dtype
+
+__all__ = [
+    "activate",
+    "backward_chunk",
+    "forward_chunk",
+    "reference_statistics",
+    "reference_voxel_term",
+    "voxel_mask",
+    "voxel_term_elements",
+]
 
 
 def activate(
@@ -91,6 +110,37 @@ def reference_statistics(
     return DiceStatistics(intersection, prediction, target_sum, volume)
 
 
+def voxel_term_elements(x: torch.Tensor, g: torch.Tensor, voxel_term: str, gamma: float) -> torch.Tensor:
+    """The voxel-wise term ``l`` (``B x C x N``) of logits ``x`` against the dense target ``g``, both in
+    the accumulation dtype, differentiable through autograd (the formula of :mod:`~monai_gdl.kernels.contract`)."""
+    if voxel_term == "softmax":
+        log_p = torch.log_softmax(x, dim=1)
+        nll = -log_p
+        return nll if gamma == 0 else (1.0 - log_p.exp()).pow(gamma) * nll
+    bce = F.softplus(x) - x * g
+    return bce if gamma == 0 else torch.exp(gamma * F.logsigmoid(-x * (2.0 * g - 1.0))) * bce
+
+
+def reference_voxel_term(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    label_map: bool,
+    voxel_term: str,
+    gamma: float,
+    mask: torch.Tensor | None = None,
+) -> VoxelTermSums:
+    """``F`` and ``Q`` in plain PyTorch (autograd), the reference for the fused kernels. A label map
+    is expanded here to a one-hot by comparison: this path is for checking, not for speed."""
+    b, c = input.shape[:2]
+    x = input.to(statistics_dtype(input.dtype)).reshape(b, c, -1)
+    g = _target_chunk(target.reshape(b, target.shape[1], -1), c, label_map, x.dtype)
+    elements = voxel_term_elements(x, g, voxel_term, gamma)
+    if mask is not None:
+        elements = elements * mask.reshape(b, 1, -1).to(x.dtype)
+    return VoxelTermSums((elements * g).sum(-1), (elements * (1.0 - g)).sum(-1))
+
+
 def _activate_chunk(x: torch.Tensor, activation: str) -> torch.Tensor:
     if activation == "softmax":
         return torch.softmax(x, dim=1)
@@ -116,10 +166,13 @@ def forward_chunk(
     label_map: bool,
     squared: bool,
     soft: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Partial ``(I, P, G, V)`` sums (``B x C``) of one chunk ``x`` (``B x C x L``)."""
+    voxel_term: str = "none",
+    gamma: float = 0.0,
+) -> tuple[torch.Tensor, ...]:
+    """Partial ``(I, P, G, V, F, Q)`` sums (``B x C``) of one chunk ``x`` (``B x C x L``)."""
     acc = statistics_dtype(x.dtype)
-    p = _activate_chunk(x.to(acc), activation)
+    xa = x.to(acc)
+    p = _activate_chunk(xa, activation)
     g = _target_chunk(target, x.shape[1], label_map, acc)
     overlap = torch.minimum(p, g) if soft and not label_map else p * g
     if mask is not None:
@@ -131,31 +184,69 @@ def forward_chunk(
     pred = (pm * p).sum(-1) if squared else pm.sum(-1)
     tvol = gm.sum(-1)
     tsum = (gm * g).sum(-1) if squared and not label_map else tvol
-    return inter, pred, tsum, tvol
+    if voxel_term == "none":
+        zero = torch.zeros_like(inter)
+        return inter, pred, tsum, tvol, zero, zero
+    elements = voxel_term_elements(xa, g, voxel_term, gamma)
+    if mask is not None:
+        elements = elements * m
+    return inter, pred, tsum, tvol, (elements * g).sum(-1), (elements * (1.0 - g)).sum(-1)
+
+
+def _voxel_term_gradient(xa: torch.Tensor, p: torch.Tensor, g: torch.Tensor, w: torch.Tensor, voxel_term: str,
+                         gamma: float) -> torch.Tensor:
+    """The voxel term's share: ``e`` to add before the softmax chain (``"softmax"``), or ``dL/dx`` (``"sigmoid"``)."""
+    if voxel_term == "softmax":
+        if gamma == 0:
+            return -w
+        one_minus = 1.0 - p
+        log_p = torch.log_softmax(xa, dim=1)
+        t = torch.where(one_minus > 0, log_p / torch.where(one_minus > 0, one_minus, 1.0), -1.0)
+        return w * one_minus.pow(gamma) * (gamma * p * t - 1.0)
+    sig = torch.sigmoid(xa)
+    if gamma == 0:
+        return w * (sig - g)
+    sign = 2.0 * g - 1.0
+    s = torch.sigmoid(-xa * sign)
+    s_gamma = torch.exp(gamma * F.logsigmoid(-xa * sign))
+    bce = F.softplus(xa) - xa * g
+    return w * (s_gamma * (sig - g) - gamma * sign * s_gamma * (1.0 - s) * bce)
 
 
 def backward_chunk(
     x: torch.Tensor,
     target: torch.Tensor,
     mask: torch.Tensor | None,
-    grad_inter: torch.Tensor,
-    grad_pred: torch.Tensor,
+    grad: torch.Tensor,
     activation: str,
     label_map: bool,
     squared: bool,
     soft: bool = False,
+    voxel_term: str = "none",
+    gamma: float = 0.0,
 ) -> torch.Tensor:
-    """``dL/dx`` of one chunk from ``grad_inter = dL/dI`` and ``grad_pred = dL/dP`` (``B x C x 1``)."""
+    """``dL/dx`` of one chunk from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ)`` (``4 x B x C x 1``)."""
     acc = statistics_dtype(x.dtype)
-    p = _activate_chunk(x.to(acc), activation)
+    grad_inter, grad_pred, grad_on, grad_off = grad.to(acc).unbind(0)
+    xa = x.to(acc)
+    p = _activate_chunk(xa, activation)
     g = _target_chunk(target, x.shape[1], label_map, acc)
-    if soft and not label_map:
-        g = (p < g).to(acc) + 0.5 * (p == g).to(acc)  # dI/dp of min(p, g)
-    du = grad_inter * g + (grad_pred * (2.0 * p) if squared else grad_pred)
-    if mask is not None:
-        du = du * mask.to(acc)
+    di_dp = (p < g).to(acc) + 0.5 * (p == g).to(acc) if soft and not label_map else g  # dI/dp of min(p, g)
+    du = grad_inter * di_dp + (grad_pred * (2.0 * p) if squared else grad_pred)
+    m = None if mask is None else mask.to(acc)
+    if m is not None:
+        du = du * m
+    w = None
+    if voxel_term != "none":
+        w = grad_on * g + grad_off * (1.0 - g)
+        w = w if m is None else w * m
     if activation == "softmax":
-        du = p * (du - (p * du).sum(dim=1, keepdim=True))
+        e = p * du
+        if voxel_term == "softmax":
+            e = e + _voxel_term_gradient(xa, p, g, w, voxel_term, gamma)
+        du = e - p * e.sum(dim=1, keepdim=True)
     elif activation == "sigmoid":
         du = du * (p * (1.0 - p))
+    if voxel_term == "sigmoid":
+        du = du + _voxel_term_gradient(xa, p, g, w, voxel_term, gamma)
     return du.to(x.dtype)

@@ -2,16 +2,19 @@
 
 Each program takes ``BLOCK`` voxels of one sample with all classes (``C`` padded to a power of
 two), computes the activation in float32 in registers, and either atomically adds its partial
-``(I, P, G, V)`` sums into the ``B x C`` statistics (forward) or writes ``dL/dx`` for its voxels
-(backward). Same math as :func:`monai_gdl.kernels.reference.forward_chunk` / ``backward_chunk``,
+``(I, P, G, V, F, Q)`` sums into the ``B x C`` statistics (forward) or writes ``dL/dx`` for its
+voxels (backward); the voxel term of a compound loss (``TERM``: 1 softmax, 2 sigmoid) is computed
+from the same registers. Same math as :func:`monai_gdl.kernels.reference.forward_chunk` / ``backward_chunk``,
 which are the reference in the tests. Runs on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-import os
+from monai_gdl.kernels.contract import NUM_STATISTICS
 
 try:
     import triton
@@ -22,6 +25,7 @@ except ImportError:  # Triton is optional: the chunked PyTorch path covers every
 __all__ = ["available", "backward", "forward", "usable"]
 
 _ACTIVATION_CODES = {"none": 0, "softmax": 1, "sigmoid": 2}
+_TERM_CODES = {"none": 0, "softmax": 1, "sigmoid": 2}
 
 
 def available() -> bool:
@@ -47,10 +51,14 @@ if triton is not None:
         vox_ok = vox < N
         tile_ok = cls_ok[:, None] & vox_ok[None, :]
         x = tl.load(x_ptr + b * C * N + cls[:, None] * N + vox[None, :], mask=tile_ok, other=0.0).to(tl.float32)
+        lse = tl.zeros((BLOCK,), dtype=tl.float32)
         if ACTIVATION == 1:
-            x = tl.where(cls_ok[:, None], x, float("-inf"))
-            e = tl.exp(x - tl.max(x, axis=0)[None, :])
-            p = e / tl.sum(e, axis=0)[None, :]
+            xs = tl.where(cls_ok[:, None], x, float("-inf"))
+            mx = tl.max(xs, axis=0)
+            e = tl.exp(xs - mx[None, :])
+            total = tl.sum(e, axis=0)
+            p = e / total[None, :]
+            lse = mx + tl.log(total)
         elif ACTIVATION == 2:
             p = 1.0 / (1.0 + tl.exp(-x))
         else:
@@ -65,14 +73,28 @@ if triton is not None:
         m = tl.where(vox_ok, 1.0, 0.0)
         if HAS_MASK:
             m = m * tl.load(m_ptr + b * N + vox, mask=vox_ok, other=0).to(tl.float32)
-        return p, g, m, cls, cls_ok, vox, tile_ok
+        return p, g, m, x, lse, cls, cls_ok, vox, tile_ok
+
+    @triton.jit
+    def _softplus(x):
+        return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+    @triton.jit
+    def _term_element(x, p, g, lse, gamma, TERM: tl.constexpr):
+        """The voxel term l (contract.py): softmax (1 - p)^gamma (lse - x); sigmoid s^gamma (softplus(x) - x g)."""
+        if TERM == 1:
+            nll = lse[None, :] - x
+            return tl.where(gamma == 0.0, nll, tl.exp(gamma * tl.log(tl.maximum(1.0 - p, 1e-38))) * nll)
+        bce = _softplus(x) - x * g
+        return tl.where(gamma == 0.0, bce, tl.exp(-gamma * _softplus(x * (2.0 * g - 1.0))) * bce)
 
     @triton.jit
     def _forward_kernel(x_ptr, t_ptr, m_ptr, stats_ptr, C, N, T_CHANNELS, C_PAD: tl.constexpr,
                         BLOCK: tl.constexpr, ACTIVATION: tl.constexpr, LABEL_MAP: tl.constexpr,
-                        HAS_MASK: tl.constexpr, SQUARED: tl.constexpr, SOFT: tl.constexpr):
+                        HAS_MASK: tl.constexpr, SQUARED: tl.constexpr, SOFT: tl.constexpr, TERM: tl.constexpr,
+                        gamma):
         b = tl.program_id(1).to(tl.int64)
-        p, g, m, cls, cls_ok, vox, tile_ok = _load_tile(
+        p, g, m, x, lse, cls, cls_ok, vox, tile_ok = _load_tile(
             x_ptr, t_ptr, m_ptr, b, tl.program_id(0) * BLOCK, C, N, T_CHANNELS, C_PAD, BLOCK, ACTIVATION,
             LABEL_MAP, HAS_MASK)
         pm = p * m[None, :]
@@ -94,28 +116,52 @@ if triton is not None:
         tl.atomic_add(base + stride, pred, mask=cls_ok)
         tl.atomic_add(base + 2 * stride, tsum, mask=cls_ok)
         tl.atomic_add(base + 3 * stride, tvol, mask=cls_ok)
+        if TERM != 0:
+            el = tl.where(tile_ok, _term_element(x, p, g, lse, gamma, TERM), 0.0) * m[None, :]
+            tl.atomic_add(base + 4 * stride, tl.sum(el * g, axis=1), mask=cls_ok)
+            tl.atomic_add(base + 5 * stride, tl.sum(el * (1.0 - g), axis=1), mask=cls_ok)
 
     @triton.jit
-    def _backward_kernel(x_ptr, t_ptr, m_ptr, ga_ptr, gb_ptr, out_ptr, C, N, T_CHANNELS, C_PAD: tl.constexpr,
+    def _backward_kernel(x_ptr, t_ptr, m_ptr, grad_ptr, out_ptr, B, C, N, T_CHANNELS, C_PAD: tl.constexpr,
                          BLOCK: tl.constexpr, ACTIVATION: tl.constexpr, LABEL_MAP: tl.constexpr,
-                         HAS_MASK: tl.constexpr, SQUARED: tl.constexpr, SOFT: tl.constexpr):
+                         HAS_MASK: tl.constexpr, SQUARED: tl.constexpr, SOFT: tl.constexpr, TERM: tl.constexpr,
+                         gamma):
         b = tl.program_id(1).to(tl.int64)
-        p, g, m, cls, cls_ok, vox, tile_ok = _load_tile(
+        p, g, m, x, lse, cls, cls_ok, vox, tile_ok = _load_tile(
             x_ptr, t_ptr, m_ptr, b, tl.program_id(0) * BLOCK, C, N, T_CHANNELS, C_PAD, BLOCK, ACTIVATION,
             LABEL_MAP, HAS_MASK)
         if SOFT:  # dI/dp of min(p, g): 1 below the target, 1/2 at a tie
-            g = tl.where(p < g, 1.0, tl.where(p == g, 0.5, 0.0))
-        a = tl.load(ga_ptr + b * C + cls, mask=cls_ok, other=0.0)
-        beta = tl.load(gb_ptr + b * C + cls, mask=cls_ok, other=0.0)
-        if SQUARED:
-            du = a[:, None] * g + beta[:, None] * 2.0 * p
+            di = tl.where(p < g, 1.0, tl.where(p == g, 0.5, 0.0))
         else:
-            du = a[:, None] * g + beta[:, None]
+            di = g
+        rows = grad_ptr + b * C + cls
+        a = tl.load(rows, mask=cls_ok, other=0.0)
+        beta = tl.load(rows + B * C, mask=cls_ok, other=0.0)
+        f = tl.load(rows + 2 * B * C, mask=cls_ok, other=0.0)
+        q = tl.load(rows + 3 * B * C, mask=cls_ok, other=0.0)
+        if SQUARED:
+            du = a[:, None] * di + beta[:, None] * 2.0 * p
+        else:
+            du = a[:, None] * di + beta[:, None]
         du = du * m[None, :]
+        w = tl.where(tile_ok, (f[:, None] * g + q[:, None] * (1.0 - g)) * m[None, :], 0.0)
         if ACTIVATION == 1:
-            du = p * (du - tl.sum(p * du, axis=0)[None, :])
+            e = p * du
+            if TERM == 1:  # w (1 - p)^gamma (gamma p t - 1), t = log(p) / (1 - p)
+                one_minus = 1.0 - p
+                t = tl.where(one_minus > 0.0, (x - lse[None, :]) / tl.where(one_minus > 0.0, one_minus, 1.0), -1.0)
+                factor = tl.where(gamma == 0.0, 1.0, tl.exp(gamma * tl.log(tl.maximum(one_minus, 1e-38))))
+                e += tl.where(tile_ok, w * factor * (gamma * p * t - 1.0), 0.0)
+            du = e - p * tl.sum(e, axis=0)[None, :]
         elif ACTIVATION == 2:
             du = du * p * (1.0 - p)
+        if TERM == 2:
+            sign = 2.0 * g - 1.0
+            sig = 1.0 / (1.0 + tl.exp(-x))
+            s_gamma = tl.exp(-gamma * _softplus(x * sign))
+            s = 1.0 - 1.0 / (1.0 + tl.exp(-x * sign))
+            bce = _softplus(x) - x * g
+            du += w * (s_gamma * (sig - g) - gamma * sign * s_gamma * (1.0 - s) * bce)
         ptrs = out_ptr + b * C * N + cls[:, None] * N + vox[None, :]
         tl.store(ptrs, du.to(out_ptr.dtype.element_ty), mask=tile_ok)
 
@@ -135,30 +181,33 @@ def _prepared(x, target, mask):
     return x, target, mask_arg
 
 
-def forward(x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool) -> torch.Tensor:
-    """``4 x B x C`` float32 statistics of ``x`` (``B x C x N``): one kernel launch."""
+def forward(x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str,
+            gamma: float) -> torch.Tensor:
+    """``6 x B x C`` float32 statistics of ``x`` (``B x C x N``): one kernel launch."""
     b, c, n = x.shape
     x, target, mask_arg = _prepared(x, target, mask)
     c_pad, block = _launch_shape(c, n)
-    stats = torch.zeros(4, b, c, dtype=torch.float32, device=x.device)
+    stats = torch.zeros(NUM_STATISTICS, b, c, dtype=torch.float32, device=x.device)
     _forward_kernel[(triton.cdiv(n, block), b)](
         x, target, mask_arg, stats, c, n, target.shape[1], C_PAD=c_pad, BLOCK=block,
         ACTIVATION=_ACTIVATION_CODES[activation], LABEL_MAP=label_map, HAS_MASK=mask is not None,
-        SQUARED=squared, SOFT=soft and not label_map,
+        SQUARED=squared, SOFT=soft and not label_map, TERM=_TERM_CODES[voxel_term], gamma=float(gamma),
     )
     return stats
 
 
-def backward(grad, x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool) -> torch.Tensor:
-    """``dL/dx`` in ``x``'s dtype from ``grad = (dL/dI, dL/dP)`` (``2 x B x C``): one kernel launch."""
+def backward(grad, x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str,
+             gamma: float) -> torch.Tensor:
+    """``dL/dx`` in ``x``'s dtype from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ)`` (``4 x B x C``): one kernel launch."""
     b, c, n = x.shape
     x, target, mask_arg = _prepared(x, target, mask)
-    ga, gb = (g.contiguous() for g in grad.to(torch.float32).unbind(0))
+    upstream = grad.to(torch.float32).contiguous()
     grad_x = torch.empty_like(x)
     c_pad, block = _launch_shape(c, n)
     _backward_kernel[(triton.cdiv(n, block), b)](
-        x, target, mask_arg, ga, gb, grad_x, c, n, target.shape[1], C_PAD=c_pad,
+        x, target, mask_arg, upstream, grad_x, b, c, n, target.shape[1], C_PAD=c_pad,
         BLOCK=block, ACTIVATION=_ACTIVATION_CODES[activation], LABEL_MAP=label_map,
-        HAS_MASK=mask is not None, SQUARED=squared, SOFT=soft and not label_map,
+        HAS_MASK=mask is not None, SQUARED=squared, SOFT=soft and not label_map, TERM=_TERM_CODES[voxel_term],
+        gamma=float(gamma),
     )
     return grad_x

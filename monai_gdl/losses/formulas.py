@@ -1,17 +1,21 @@
 """The loss formulas on the statistics: small differentiable operations on ``N x C`` tensors.
 
 Nothing here touches the volume; :mod:`monai_gdl.kernels` reduced it to a
-:class:`~monai_gdl.kernels.DiceStatistics` already (``I, P, G, V``, each ``N x C``).
+:class:`~monai_gdl.kernels.DiceStatistics` already (``I, P, G, V``, each ``N x C``) and, for the
+compound losses, to the voxel term's sums :class:`~monai_gdl.kernels.VoxelTermSums` (``F, Q``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from monai_gdl.kernels import DiceStatistics
+from monai_gdl.kernels import DiceStatistics, VoxelTermSums
 from monai_gdl.losses.validation import check_gdl_options
 
 __all__ = [
+    "cross_entropy_from_sums",
+    "focal_from_sums",
+    "softmax_focal_from_sums",
     "generalized_dice_from_statistics",
     "generalized_dice_weights",
     "reduce_loss",
@@ -99,3 +103,95 @@ def reduce_loss(f: torch.Tensor, reduction: str, *, spatial_dims: int, batch: bo
     if batch:
         return f.reshape(f.shape[1], *([1] * spatial_dims))
     return f.reshape(f.shape[0], f.shape[1], *([1] * spatial_dims))
+
+
+def _safe_divide(numerator: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``numerator / count``, 0 where nothing was counted (every voxel ignored) instead of NaN."""
+    return numerator / torch.clamp(count, min=torch.finfo(numerator.dtype).tiny)
+
+
+def cross_entropy_from_sums(
+    sums: VoxelTermSums,
+    target_volume: torch.Tensor,
+    voxel_count: torch.Tensor,
+    *,
+    label_map: bool,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """PyTorch's ``cross_entropy`` (softmax, all ``C`` classes) from the softmax term's sums at ``gamma = 0``.
+
+    ``F[b, c] = sum(m * g_c * -log p_c)``, ``F + Q = sum(m * -log p_c)`` (every voxel), so with class
+    weights ``w`` (1 if None) and smoothing ``eps``::
+
+        total = (1 - eps) * sum_bc w_c F[b, c] + eps / C * sum_bc w_c (F + Q)[b, c]
+        mean  = total / sum_bc w_c V[b, c]     (label map: PyTorch's class-index target, weighted count)
+              = total / sum_b voxel_count[b]   (one-hot/soft target: PyTorch's probability target)
+        sum   = total
+
+    ``V`` (``B x C``, all classes) counts the labelled voxels; ``voxel_count`` (``B``) the counted ones.
+    Ignored voxels are in neither, as with PyTorch's ``ignore_index``.
+    """
+    w = torch.ones_like(sums.on_target[0]) if weight is None else weight.to(sums.on_target)
+    on_target = (sums.on_target * w).sum()
+    total = (1.0 - label_smoothing) * on_target
+    if label_smoothing:
+        every_class = ((sums.on_target + sums.off_target) * w).sum()
+        total = total + label_smoothing / sums.on_target.shape[1] * every_class
+    if reduction == "sum":
+        return total
+    count = (target_volume.to(w) * w).sum() if label_map else voxel_count.to(w).sum()
+    return _safe_divide(total, count)
+
+
+def focal_from_sums(
+    sums: VoxelTermSums,
+    voxel_count: torch.Tensor,
+    *,
+    alpha: float | None = None,
+    weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """MONAI's ``FocalLoss`` (sigmoid, ``use_softmax=False``) from the sigmoid term's sums (BCE at ``gamma = 0``).
+
+    The element ``alpha_t * s^gamma * bce`` with ``alpha_t = alpha g + (1 - alpha)(1 - g)`` sums to
+    ``T[b, c] = alpha F + (1 - alpha) Q`` (``F + Q`` without ``alpha``); with class weights ``w``::
+
+        mean = sum_bc w_c T[b, c] / (C' * sum_b voxel_count[b])     (mean over every element, as MONAI)
+        sum  = sum_bc w_c T[b, c] / voxel_count[b]                  (MONAI: mean over space, sum over B, C)
+
+    ``C'`` is the number of scored channels in ``sums``.
+    """
+    per_class = sums.on_target + sums.off_target if alpha is None else (
+        alpha * sums.on_target + (1.0 - alpha) * sums.off_target)
+    if weight is not None:
+        per_class = per_class * weight.to(per_class)
+    count = voxel_count.to(per_class)
+    if reduction == "sum":
+        return _safe_divide(per_class.sum(dim=1), count).sum()
+    return _safe_divide(per_class.sum(), count.sum() * per_class.shape[1])
+
+
+def softmax_focal_from_sums(
+    sums: VoxelTermSums,
+    voxel_count: torch.Tensor,
+    *,
+    include_background: bool,
+    alpha: float | None = None,
+    weight: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """MONAI's ``FocalLoss(use_softmax=True)`` from the softmax term's sums of all ``C`` classes: only the
+    target class's element ``(1 - p_c)^gamma * -log p_c`` is nonzero, ``F``; ``alpha`` weighs class 0 by
+    ``1 - alpha`` and the others by ``alpha``. The softmax always spans every class; without background
+    class 0's column is dropped afterwards. Reductions as :func:`focal_from_sums` (``C'`` elements per voxel)."""
+    per_class = sums.on_target
+    if alpha is not None:
+        factor = torch.full_like(per_class[0], alpha)
+        factor[0] = 1.0 - alpha
+        per_class = per_class * factor
+    if not include_background:
+        per_class = per_class[:, 1:]
+    return focal_from_sums(VoxelTermSums(per_class, torch.zeros_like(per_class)), voxel_count, weight=weight,
+                           reduction=reduction)

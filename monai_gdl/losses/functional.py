@@ -4,7 +4,9 @@ The three steps never mix: :mod:`~monai_gdl.losses.validation` checks the inputs
 the scans over values with ``validate=True``), :func:`dice_statistics` reduces the volume to
 per-(sample, class) sums (the fused operator of :mod:`monai_gdl.kernels`, or the plain-PyTorch
 reference), and :mod:`~monai_gdl.losses.formulas` turns them into the loss. Multi-process training
-all-reduces exactly these sums (:func:`all_reduce_statistics`).
+all-reduces exactly these sums (:func:`all_reduce_statistics`). The compound losses
+(:mod:`~monai_gdl.losses.compound`) get their CE / BCE / focal sums from the same pass
+(:func:`loss_statistics` with a ``voxel_term``).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from collections.abc import Callable
 import torch
 from monai.data import MetaTensor
 
-from monai_gdl.kernels import DiceStatistics, streaming_statistics
-from monai_gdl.kernels.reference import activate, reference_statistics, voxel_mask
+from monai_gdl.kernels import DiceStatistics, VoxelTermSums, streaming_statistics
+from monai_gdl.kernels.reference import activate, reference_statistics, reference_voxel_term, voxel_mask
 from monai_gdl.losses.formulas import generalized_dice_from_statistics, reduce_loss, vnet_dice_from_statistics
 from monai_gdl.losses.validation import (
     LossInputError,
@@ -32,6 +34,8 @@ __all__ = [
     "checked_vnet_dice_loss",
     "dice_statistics",
     "generalized_dice_loss",
+    "loss_statistics",
+    "scored_statistics",
     "vnet_dice_loss",
 ]
 
@@ -42,6 +46,53 @@ def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
     """A plain tensor view of a MONAI ``MetaTensor`` (its ``__torch_function__`` would follow every op);
     other tensors (tracing's fake tensors included) as they are."""
     return t.as_subclass(torch.Tensor) if isinstance(t, MetaTensor) else t
+
+
+def loss_statistics(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    to_onehot_y: bool = False,
+    softmax: bool = False,
+    sigmoid: bool = False,
+    other_act: Callable | None = None,
+    squared: bool = False,
+    soft_label: bool = True,
+    ignore_index: int | None = None,
+    mask: torch.Tensor | None = None,
+    implementation: str = "auto",
+    voxel_term: str = "none",
+    gamma: float = 0.0,
+) -> tuple[DiceStatistics, VoxelTermSums, torch.Tensor]:
+    """:func:`dice_statistics` plus the voxel term's sums (zero for ``voxel_term="none"``) and the number
+    of counted voxels per sample (``B``; not ignored, not masked out), from one pass (no checks)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise LossInputError(f"implementation={implementation!r}; use one of {IMPLEMENTATIONS}.")
+    if implementation == "fused" and other_act is not None:
+        raise LossInputError("implementation='fused' does not support other_act; use implementation='reference'.")
+    input, target, mask = _plain(input), _plain(target), _plain(mask)
+    keep = voxel_mask(target, label_map=to_onehot_y, ignore_index=ignore_index, mask=mask)
+    soft = soft_label and not squared and not to_onehot_y
+    if other_act is None and implementation != "reference":
+        activation = "softmax" if softmax else "sigmoid" if sigmoid else "none"
+        stats, sums = streaming_statistics(input, target, activation=activation, label_map=to_onehot_y,
+                                           squared=squared, soft=soft, mask=keep, voxel_term=voxel_term, gamma=gamma)
+    else:
+        probs = activate(input, softmax=softmax, sigmoid=sigmoid, other_act=other_act)
+        stats = reference_statistics(probs, target, label_map=to_onehot_y, squared=squared, soft=soft, mask=keep)
+        if voxel_term == "none":
+            zero = torch.zeros_like(stats.target)
+            sums = VoxelTermSums(zero, zero)
+        else:
+            sums = reference_voxel_term(input, target, label_map=to_onehot_y, voxel_term=voxel_term, gamma=gamma,
+                                        mask=keep)
+    if to_onehot_y:
+        count = stats.target_volume.sum(dim=1)  # every counted voxel has exactly one class in range
+    elif keep is None:
+        count = stats.target_volume.new_full((input.shape[0],), float(input[0, 0].numel()))
+    else:
+        count = keep.reshape(keep.shape[0], -1).sum(dim=1).to(stats.target_volume.dtype)
+    return stats, sums, count
 
 
 def dice_statistics(
@@ -65,19 +116,10 @@ def dice_statistics(
     operator wherever it applies (softmax, sigmoid or no activation), else the reference; ``"fused"``
     requires it; ``"reference"`` forces plain PyTorch autograd.
     """
-    if implementation not in IMPLEMENTATIONS:
-        raise LossInputError(f"implementation={implementation!r}; use one of {IMPLEMENTATIONS}.")
-    if implementation == "fused" and other_act is not None:
-        raise LossInputError("implementation='fused' does not support other_act; use implementation='reference'.")
-    input, target, mask = _plain(input), _plain(target), _plain(mask)
-    keep = voxel_mask(target, label_map=to_onehot_y, ignore_index=ignore_index, mask=mask)
-    soft = soft_label and not squared and not to_onehot_y
-    if other_act is None and implementation != "reference":
-        activation = "softmax" if softmax else "sigmoid" if sigmoid else "none"
-        return streaming_statistics(input, target, activation=activation, label_map=to_onehot_y, squared=squared,
-                                    soft=soft, mask=keep)
-    probs = activate(input, softmax=softmax, sigmoid=sigmoid, other_act=other_act)
-    return reference_statistics(probs, target, label_map=to_onehot_y, squared=squared, soft=soft, mask=keep)
+    stats, _, _ = loss_statistics(input, target, to_onehot_y=to_onehot_y, softmax=softmax, sigmoid=sigmoid,
+                                  other_act=other_act, squared=squared, soft_label=soft_label,
+                                  ignore_index=ignore_index, mask=mask, implementation=implementation)
+    return stats
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -103,15 +145,32 @@ def all_reduce_statistics(stats: DiceStatistics) -> DiceStatistics:
     computes the same loss from the global sums; the gradient of the all-reduce is itself an
     all-reduce, so after DDP averages gradients each rank's parameters get the exact gradient.
     """
+    if not _distributed():
+        return stats
+    zero = torch.zeros_like(stats.target)
+    summed, _, _ = _all_reduce_sums(stats, VoxelTermSums(zero, zero), None)
+    return summed
+
+
+def _distributed() -> bool:
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return stats
-    stacked = torch.stack(
-        [stats.intersection, stats.prediction, stats.target.detach(), stats.target_volume.detach()]
-    )
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce_sums(
+    stats: DiceStatistics, sums: VoxelTermSums, count: torch.Tensor | None
+) -> tuple[DiceStatistics, VoxelTermSums, torch.Tensor | None]:
+    """Every per-(sample, class) sum and the voxel counts summed over processes, in one all-reduce
+    (differentiable in ``I, P, F, Q``; ``G, V`` and the counts carry no gradient)."""
+    stacked = torch.stack([stats.intersection, stats.prediction, stats.target.detach(),
+                           stats.target_volume.detach(), sums.on_target, sums.off_target])
     summed = _AllReduceSum.apply(stacked)
-    return DiceStatistics(summed[0], summed[1], summed[2].detach(), summed[3].detach())
+    if count is not None:
+        count = count.detach().clone()
+        torch.distributed.all_reduce(count)
+    return (DiceStatistics(summed[0], summed[1], summed[2].detach(), summed[3].detach()),
+            VoxelTermSums(summed[4], summed[5]), count)
 
 
 def scored_statistics(
@@ -132,24 +191,27 @@ def scored_statistics(
     implementation: str,
     distributed: bool,
     weight: torch.Tensor | None = None,
-) -> DiceStatistics:
-    """The statistics both losses need: checked, of the scored classes, pooled (and all-reduced) for ``batch``."""
+    voxel_term: str = "none",
+    gamma: float = 0.0,
+) -> tuple[DiceStatistics, VoxelTermSums, torch.Tensor]:
+    """Checked statistics: the Dice sums of the scored classes, pooled for ``batch``; the voxel term's
+    sums of all classes (``B x C``) and the counted voxels per sample. With ``batch`` under
+    ``torch.distributed`` all of them are all-reduced (global-batch Dice and a global-mean CE)."""
     check_loss_inputs(input, target, to_onehot_y=to_onehot_y, softmax=softmax, ignore_index=ignore_index,
                       mask=mask, weight=weight, include_background=include_background)
-    stats = dice_statistics(
+    stats, sums, count = loss_statistics(
         input, target, to_onehot_y=to_onehot_y, softmax=softmax, sigmoid=sigmoid, other_act=other_act,
         squared=squared_pred, soft_label=soft_label, ignore_index=ignore_index, mask=mask,
-        implementation=implementation,
+        implementation=implementation, voxel_term=voxel_term, gamma=gamma,
     )
     if validate:
         has_activation = softmax or sigmoid or other_act is not None
-        stats = DiceStatistics.from_stacked(validated_statistics(
-            stats.stacked(), _plain(input), _plain(target), to_onehot_y, softmax, has_activation, ignore_index
-        ))
-    stats = stats.select_classes(include_background)
-    if batch and distributed:
-        stats = all_reduce_statistics(stats)
-    return stats.pooled(batch)
+        checked = validated_statistics(torch.stack([*stats, *sums]), _plain(input), _plain(target), to_onehot_y,
+                                       softmax, has_activation, ignore_index)
+        stats, sums = DiceStatistics.from_stacked(checked), VoxelTermSums.from_stacked(checked)
+    if batch and distributed and _distributed():
+        stats, sums, count = _all_reduce_sums(stats, sums, count)
+    return stats.select_classes(include_background).pooled(batch), sums, count
 
 
 def apply_class_weight(f: torch.Tensor, weight: torch.Tensor | None, rescale: bool) -> torch.Tensor:
@@ -188,15 +250,32 @@ def checked_vnet_dice_loss(
 ) -> torch.Tensor:
     """:func:`vnet_dice_loss` for options already checked (:class:`~monai_gdl.VNetDiceLoss` checks them once,
     in ``__init__``, and keeps ``weight`` as a validated buffer): no per-call option work, no device sync."""
-    stats = scored_statistics(
+    stats, _, _ = scored_statistics(
         input, target, mask, include_background=include_background, to_onehot_y=to_onehot_y, softmax=softmax,
         sigmoid=sigmoid, other_act=other_act, squared_pred=squared_pred, soft_label=soft_label, batch=batch,
         ignore_index=ignore_index, validate=validate, implementation=implementation, distributed=distributed,
         weight=weight,
     )
+    return reduced_vnet_dice(stats, smooth_nr=smooth_nr, smooth_dr=smooth_dr, weight=weight,
+                             rescale_weight=rescale_weight, reduction=reduction, spatial_dims=input.ndim - 2,
+                             batch=batch)
+
+
+def reduced_vnet_dice(
+    stats: DiceStatistics,
+    *,
+    smooth_nr: float,
+    smooth_dr: float,
+    weight: torch.Tensor | None,
+    rescale_weight: bool,
+    reduction: str,
+    spatial_dims: int,
+    batch: bool,
+) -> torch.Tensor:
+    """The V-Net Dice loss of scored, pooled statistics: formula, class weights, reduction."""
     f = vnet_dice_from_statistics(stats, smooth_nr=smooth_nr, smooth_dr=smooth_dr)
     f = apply_class_weight(f, None if weight is None else weight.to(f.device), rescale_weight)
-    return reduce_loss(f, reduction, spatial_dims=input.ndim - 2, batch=batch)
+    return reduce_loss(f, reduction, spatial_dims=spatial_dims, batch=batch)
 
 
 def checked_generalized_dice_loss(
@@ -225,7 +304,7 @@ def checked_generalized_dice_loss(
     distributed: bool,
 ) -> torch.Tensor:
     """:func:`generalized_dice_loss` for options already checked (as :func:`checked_vnet_dice_loss`)."""
-    stats = scored_statistics(
+    stats, _, _ = scored_statistics(
         input, target, mask, include_background=include_background, to_onehot_y=to_onehot_y, softmax=softmax,
         sigmoid=sigmoid, other_act=other_act, squared_pred=squared_pred, soft_label=soft_label, batch=batch,
         ignore_index=ignore_index, validate=validate, implementation=implementation, distributed=distributed,
