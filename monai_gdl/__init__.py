@@ -1,8 +1,9 @@
 """monai_gdl: V-Net Dice and Generalized Dice losses for MONAI, fused, validated and explained.
 
-Importing the package registers :class:`VNetDiceLoss` and :class:`SudreGeneralizedDiceLoss` as
-attributes of ``monai.losses`` (no MONAI name is replaced), so bundle configs with
-``"imports": ["$import monai_gdl"]`` can use ``"_target_": "VNetDiceLoss"``.
+Importing the package registers the losses (:data:`REGISTERED_LOSSES`: the V-Net Dice and
+Generalized Dice losses, their fused compounds with CE / BCE / focal, and the deep-supervision
+wrapper) as attributes of ``monai.losses`` (no MONAI name is replaced), so bundle configs with
+``"imports": ["$import monai_gdl"]`` can use ``"_target_": "VNetDiceCELoss"``.
 
 Subpackages: :mod:`monai_gdl.losses` (formulas, modules, validation), :mod:`monai_gdl.kernels`
 (statistics contract, reference math, backends, dispatch, operators), :mod:`monai_gdl.bundle`
@@ -13,8 +14,14 @@ from __future__ import annotations
 
 from monai_gdl.kernels import BACKENDS, DiceStatistics, get_backend, set_backend, use_backend
 from monai_gdl.losses import (
+    DeepSupervisionWrapper,
     LossInputError,
+    SudreGeneralizedDiceCELoss,
+    SudreGeneralizedDiceFocalLoss,
     SudreGeneralizedDiceLoss,
+    VNetDiceBCELoss,
+    VNetDiceCELoss,
+    VNetDiceFocalLoss,
     VNetDiceLoss,
     dice_statistics,
     functional,
@@ -29,9 +36,15 @@ __version__ = "0.2.0"
 
 __all__ = [
     "BACKENDS",
+    "DeepSupervisionWrapper",
     "DiceStatistics",
     "LossInputError",
+    "SudreGeneralizedDiceCELoss",
+    "SudreGeneralizedDiceFocalLoss",
     "SudreGeneralizedDiceLoss",
+    "VNetDiceBCELoss",
+    "VNetDiceCELoss",
+    "VNetDiceFocalLoss",
     "VNetDiceLoss",
     "dice_statistics",
     "functional",
@@ -46,7 +59,16 @@ __all__ = [
     "vnet_dice_loss",
 ]
 
-REGISTERED_LOSSES = (VNetDiceLoss, SudreGeneralizedDiceLoss)
+REGISTERED_LOSSES = (
+    VNetDiceLoss,
+    SudreGeneralizedDiceLoss,
+    VNetDiceCELoss,
+    SudreGeneralizedDiceCELoss,
+    VNetDiceBCELoss,
+    VNetDiceFocalLoss,
+    SudreGeneralizedDiceFocalLoss,
+    DeepSupervisionWrapper,
+)
 
 
 def register_with_monai() -> None:

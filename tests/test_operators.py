@@ -22,14 +22,15 @@ def _sample_inputs():
     soft = torch.rand(2, 3, 40, generator=g)
     mask = torch.rand(2, 1, 40, generator=g) > 0.3
     return [
-        (x, labels, None, "softmax", True, True, False, "auto"),
-        (x, labels, mask, "softmax", True, False, False, "eager"),
-        (x, soft, mask, "sigmoid", False, False, True, "auto"),
-        (x.double(), soft.double(), None, "sigmoid", False, True, False, "auto"),
+        (x, labels, None, "softmax", True, True, False, "none", 0.0, "auto"),
+        (x, labels, mask, "softmax", True, False, False, "softmax", 0.0, "eager"),
+        (x, soft, mask, "sigmoid", False, False, True, "sigmoid", 2.0, "auto"),
+        (x.double(), soft.double(), None, "sigmoid", False, True, False, "none", 0.0, "auto"),
+        (x, labels, mask, "softmax", True, False, False, "softmax", 2.0, "auto"),
     ]
 
 
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(5))
 def test_operator_registration_passes_opcheck(case):
     """PyTorch's own checker: schema, fake (meta) implementation, autograd registration, dispatch."""
     args = list(_sample_inputs()[case])
@@ -53,7 +54,9 @@ def _step(forward, net, loss_fn, image, target):
     [(lambda: VNetDiceLoss(softmax=True, to_onehot_y=True), True),
      (lambda: SudreGeneralizedDiceLoss(softmax=True, to_onehot_y=True, batch=True), True),
      (lambda: VNetDiceLoss(softmax=True, squared_pred=False, weight=[1.0, 2.0, 3.0]), False),
-     (lambda: SudreGeneralizedDiceLoss(sigmoid=True), False)],
+     (lambda: SudreGeneralizedDiceLoss(sigmoid=True), False),
+     (lambda: monai_gdl.VNetDiceCELoss(to_onehot_y=True, label_smoothing=0.1), True),
+     (lambda: monai_gdl.SudreGeneralizedDiceFocalLoss(sigmoid=True, batch=True), False)],
 )
 def test_training_step_compiles_with_fullgraph_no_break_no_warning(make_loss, label_map, caplog):
     torch.manual_seed(0)
@@ -98,7 +101,8 @@ class _SegmentationWithLoss(torch.nn.Module):
 
 
 @pytest.mark.parametrize("loss", [VNetDiceLoss(softmax=True, to_onehot_y=True),
-                                  SudreGeneralizedDiceLoss(softmax=True, to_onehot_y=True)])
+                                  SudreGeneralizedDiceLoss(softmax=True, to_onehot_y=True),
+                                  monai_gdl.VNetDiceCELoss(to_onehot_y=True)])
 def test_torch_export_of_a_module_calling_the_loss(loss):
     model = _SegmentationWithLoss(loss)
     image, labels = torch.randn(2, 1, 8, 8, 8), torch.randint(0, 4, (2, 1, 8, 8, 8))

@@ -1,7 +1,18 @@
 """The losses: input checks (:mod:`.validation`), formulas on the statistics (:mod:`.formulas`),
-the functional losses (:mod:`.functional`) and the ``nn.Module`` losses (:mod:`.modules`)."""
+the functional losses (:mod:`.functional`), the ``nn.Module`` Dice losses (:mod:`.modules`), the
+fused compound losses (:mod:`.compound`) and the deep-supervision wrapper (:mod:`.deep_supervision`)."""
 
+from monai_gdl.losses.compound import (
+    SudreGeneralizedDiceCELoss,
+    SudreGeneralizedDiceFocalLoss,
+    VNetDiceBCELoss,
+    VNetDiceCELoss,
+    VNetDiceFocalLoss,
+)
+from monai_gdl.losses.deep_supervision import DeepSupervisionWrapper
 from monai_gdl.losses.formulas import (
+    cross_entropy_from_sums,
+    focal_from_sums,
     generalized_dice_from_statistics,
     generalized_dice_weights,
     vnet_dice_from_statistics,
@@ -11,11 +22,19 @@ from monai_gdl.losses.modules import SudreGeneralizedDiceLoss, VNetDiceLoss
 from monai_gdl.losses.validation import LossInputError
 
 __all__ = [
+    "DeepSupervisionWrapper",
     "LossInputError",
+    "SudreGeneralizedDiceCELoss",
+    "SudreGeneralizedDiceFocalLoss",
     "SudreGeneralizedDiceLoss",
+    "VNetDiceBCELoss",
+    "VNetDiceCELoss",
+    "VNetDiceFocalLoss",
     "VNetDiceLoss",
     "all_reduce_statistics",
+    "cross_entropy_from_sums",
     "dice_statistics",
+    "focal_from_sums",
     "generalized_dice_from_statistics",
     "generalized_dice_loss",
     "generalized_dice_weights",

@@ -12,6 +12,7 @@ all-reduces exactly these sums (:func:`all_reduce_statistics`). The compound los
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from monai.data import MetaTensor
@@ -36,6 +37,7 @@ __all__ = [
     "generalized_dice_loss",
     "loss_statistics",
     "scored_statistics",
+    "VoxelTermStatistics",
     "vnet_dice_loss",
 ]
 
@@ -173,6 +175,15 @@ def _all_reduce_sums(
             VoxelTermSums(summed[4], summed[5]), count)
 
 
+class VoxelTermStatistics(NamedTuple):
+    """What a compound loss's voxel term needs: its sums ``F, Q`` and the class volumes ``V`` of all
+    ``C`` classes (``B x C``, not pooled), and the counted voxels per sample (``B``)."""
+
+    sums: VoxelTermSums
+    class_volume: torch.Tensor
+    voxel_count: torch.Tensor
+
+
 def scored_statistics(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -193,10 +204,10 @@ def scored_statistics(
     weight: torch.Tensor | None = None,
     voxel_term: str = "none",
     gamma: float = 0.0,
-) -> tuple[DiceStatistics, VoxelTermSums, torch.Tensor]:
-    """Checked statistics: the Dice sums of the scored classes, pooled for ``batch``; the voxel term's
-    sums of all classes (``B x C``) and the counted voxels per sample. With ``batch`` under
-    ``torch.distributed`` all of them are all-reduced (global-batch Dice and a global-mean CE)."""
+) -> tuple[DiceStatistics, VoxelTermStatistics]:
+    """Checked statistics: the Dice sums of the scored classes, pooled for ``batch``, and what the voxel
+    term needs (all classes, per sample). With ``batch`` under ``torch.distributed`` all of them are
+    all-reduced (global-batch Dice and a global-mean CE)."""
     check_loss_inputs(input, target, to_onehot_y=to_onehot_y, softmax=softmax, ignore_index=ignore_index,
                       mask=mask, weight=weight, include_background=include_background)
     stats, sums, count = loss_statistics(
@@ -211,7 +222,8 @@ def scored_statistics(
         stats, sums = DiceStatistics.from_stacked(checked), VoxelTermSums.from_stacked(checked)
     if batch and distributed and _distributed():
         stats, sums, count = _all_reduce_sums(stats, sums, count)
-    return stats.select_classes(include_background).pooled(batch), sums, count
+    term = VoxelTermStatistics(sums, stats.target_volume, count)
+    return stats.select_classes(include_background).pooled(batch), term
 
 
 def apply_class_weight(f: torch.Tensor, weight: torch.Tensor | None, rescale: bool) -> torch.Tensor:
@@ -250,7 +262,7 @@ def checked_vnet_dice_loss(
 ) -> torch.Tensor:
     """:func:`vnet_dice_loss` for options already checked (:class:`~monai_gdl.VNetDiceLoss` checks them once,
     in ``__init__``, and keeps ``weight`` as a validated buffer): no per-call option work, no device sync."""
-    stats, _, _ = scored_statistics(
+    stats, _ = scored_statistics(
         input, target, mask, include_background=include_background, to_onehot_y=to_onehot_y, softmax=softmax,
         sigmoid=sigmoid, other_act=other_act, squared_pred=squared_pred, soft_label=soft_label, batch=batch,
         ignore_index=ignore_index, validate=validate, implementation=implementation, distributed=distributed,
@@ -304,7 +316,7 @@ def checked_generalized_dice_loss(
     distributed: bool,
 ) -> torch.Tensor:
     """:func:`generalized_dice_loss` for options already checked (as :func:`checked_vnet_dice_loss`)."""
-    stats, _, _ = scored_statistics(
+    stats, _ = scored_statistics(
         input, target, mask, include_background=include_background, to_onehot_y=to_onehot_y, softmax=softmax,
         sigmoid=sigmoid, other_act=other_act, squared_pred=squared_pred, soft_label=soft_label, batch=batch,
         ignore_index=ignore_index, validate=validate, implementation=implementation, distributed=distributed,

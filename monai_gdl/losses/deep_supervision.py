@@ -1,0 +1,138 @@
+"""Deep supervision: one loss over a network's outputs at decreasing resolutions, from ONE target.
+
+``DeepSupervisionWrapper(loss)(outputs, target)`` = ``sum_i w_i * loss(outputs[i], target_i)``,
+``target_i`` the target brought to ``outputs[i]``'s spatial size by nearest-neighbour selection
+(PyTorch's ``"nearest-exact"``: source index ``floor((i + 0.5) * in / out)`` per axis). It picks
+voxels of the target as they are, whatever their dtype: a label map stays a label map (the fused
+label-map path of the wrapped loss runs at every level; no one-hot, no float copy), a one-hot stays
+one-hot. A ``mask`` is downsampled the same way.
+
+Weights (``weight_mode``): ``"nnunet"`` (default) as nnU-Net v2's ``DeepSupervisionWrapper``:
+``1 / 2^i``, the lowest resolution's set to 0, normalised to sum 1 (levels with weight 0 are
+skipped); MONAI's ``DeepSupervisionLoss`` schemes ``"exp"`` (``max(0.5^i, 0.0625)``), ``"two"``
+(``1, 0.5, 0.5, ...``), ``"same"`` (all 1), not normalised; or explicit ``weights``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from monai_gdl.losses.validation import LossInputError
+
+__all__ = ["WEIGHT_MODES", "DeepSupervisionWrapper", "deep_supervision_weights", "nearest_resize"]
+
+WEIGHT_MODES = ("nnunet", "exp", "two", "same")
+
+
+def deep_supervision_weights(levels: int, weight_mode: str = "nnunet") -> list[float]:
+    """The weight of each of ``levels`` outputs (highest resolution first), see the module docstring."""
+    if weight_mode not in WEIGHT_MODES:
+        raise LossInputError(f"weight_mode={weight_mode!r} is not supported; use one of {WEIGHT_MODES}.")
+    if weight_mode == "same":
+        return [1.0] * levels
+    if weight_mode == "exp":
+        return [max(0.5**i, 0.0625) for i in range(levels)]
+    if weight_mode == "two":
+        return [1.0 if i == 0 else 0.5 for i in range(levels)]
+    weights = [0.5**i for i in range(levels)]
+    if levels > 1:
+        weights[-1] = 0.0
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+def nearest_resize(t: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``t`` (``B x K x spatial``) at spatial ``size`` by nearest-exact voxel selection (any dtype, no copy
+    of values beyond the selected voxels)."""
+    for axis, (n_in, n_out) in enumerate(zip(t.shape[2:], size)):
+        if n_in == n_out:
+            continue
+        index = ((torch.arange(n_out, device=t.device, dtype=torch.float64) + 0.5) * (n_in / n_out)).floor()
+        t = t.index_select(axis + 2, index.clamp(max=n_in - 1).long())
+    return t
+
+
+class DeepSupervisionWrapper(nn.Module):
+    """Weighted sum of ``loss`` over deep-supervision outputs, each scored against the one target
+    resampled to its size (see the module docstring for the weights and the resampling).
+
+    Args:
+        loss: any loss taking ``(input, target)`` (and ``mask=`` when one is passed), e.g.
+            :class:`~monai_gdl.VNetDiceCELoss`.
+        weight_mode: ``"nnunet"``, ``"exp"``, ``"two"`` or ``"same"``.
+        weights: explicit weights, one per output (overrides ``weight_mode``; the count must match).
+
+    ``forward(outputs, target, mask=None)``: ``outputs`` a list/tuple of ``B x C x spatial`` tensors,
+    highest resolution first, each no larger than the one before on every axis; or one stacked tensor
+    ``B x L x C x spatial`` (MONAI's ``DynUNet(deep_supervision=True)`` in training mode, all levels
+    already at full size). ``target``: ``B x 1 x spatial`` label map or ``B x C x spatial`` one-hot at
+    the first output's size.
+    """
+
+    def __init__(self, loss: nn.Module, weight_mode: str = "nnunet", weights: Sequence[float] | None = None) -> None:
+        super().__init__()
+        deep_supervision_weights(1, weight_mode)  # checks the name
+        if weights is not None:
+            weights = [float(w) for w in weights]
+            if not weights or any(not (w >= 0) for w in weights) or sum(weights) <= 0:
+                raise LossInputError(f"weights={weights}: give one weight >= 0 per output, not all 0.")
+        self.loss = loss
+        self.weight_mode = weight_mode
+        self.weights = weights
+
+    def level_weights(self, levels: int) -> list[float]:
+        if self.weights is None:
+            return deep_supervision_weights(levels, self.weight_mode)
+        if len(self.weights) != levels:
+            raise LossInputError(
+                f"{levels} deep-supervision outputs but {len(self.weights)} weights {self.weights}; give one weight "
+                "per output (highest resolution first)."
+            )
+        return self.weights
+
+    def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        levels = _as_levels(outputs, target)
+        total = None
+        for i, (output, weight) in enumerate(zip(levels, self.level_weights(len(levels)))):
+            if weight == 0:
+                continue
+            size = output.shape[2:]
+            extra = {} if mask is None else {"mask": nearest_resize(mask, size)}
+            term = weight * self.loss(output, nearest_resize(target, size), **extra)
+            total = term if total is None else total + term
+        return total
+
+
+def _as_levels(outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs as a list, checked: same rank as the target, sizes never growing."""
+    if isinstance(outputs, torch.Tensor):
+        if outputs.ndim != target.ndim + 1:
+            raise LossInputError(
+                f"outputs is one tensor of shape {tuple(outputs.shape)}; deep supervision takes a list of B x C x "
+                f"spatial outputs or DynUNet's stacked B x L x C x spatial (rank {target.ndim + 1} for this target "
+                f"of shape {tuple(target.shape)}). For a single output call the loss directly."
+            )
+        levels = list(torch.unbind(outputs, dim=1))
+    else:
+        levels = list(outputs)
+    if not levels:
+        raise LossInputError("outputs is empty; give at least one network output.")
+    previous = tuple(target.shape[2:])
+    for i, output in enumerate(levels):
+        if not isinstance(output, torch.Tensor) or output.ndim != target.ndim:
+            raise LossInputError(
+                f"output {i} has shape {tuple(getattr(output, 'shape', ()))}; every output must be B x C x spatial "
+                f"with the target's rank ({target.ndim}, target shape {tuple(target.shape)})."
+            )
+        size = tuple(output.shape[2:])
+        if any(s > p for s, p in zip(size, previous)):
+            raise LossInputError(
+                f"output {i} has spatial size {size}, larger than {previous} before it; outputs must be ordered from "
+                "the highest resolution (the target's size) down, each no larger than the previous one."
+            )
+        previous = size
+    return levels
