@@ -14,8 +14,10 @@ CUDA it is ``torch.cuda.max_memory_allocated`` against ``memory_allocated`` at t
 
 Ratios are computed within the same run: ``xMONAI`` = MONAI's time / ours (V-Net Dice against
 ``DiceLoss(softmax=True, squared_pred=True, to_onehot_y=True)``, GDL against
-``GeneralizedDiceLoss``), ``xCE`` = cross-entropy's time / ours, ``mem%`` = our extra memory as a
-percentage of MONAI's, ``%copyBW`` = the bytes a two-pass loss must move (read logits and target
+``GeneralizedDiceLoss``, the compound losses against ``DiceCELoss`` / ``DiceFocalLoss`` /
+``GeneralizedDiceFocalLoss`` with the same options), ``xCE`` = cross-entropy's time / ours,
+``/Dice`` = the method's time / our fused V-Net Dice's (what a compound term costs on top),
+``mem%`` = our extra memory as a percentage of MONAI's, ``%copyBW`` = the bytes a two-pass loss must move (read logits and target
 twice, write the gradient) per second of the method, as a share of the copy bandwidth measured on
 the same tensors in the same process. The case heading names the backend our fused rows ran on.
 
@@ -43,28 +45,58 @@ METHODS = {
     "monai_dice": "MONAI DiceLoss(squared_pred)",
     "monai_gdl": "MONAI GeneralizedDiceLoss",
     "cross_entropy": "F.cross_entropy",
+    "vnet_ce_fused": "V-Net Dice + CE, fused (ours)",
+    "vnet_plus_ce": "fused V-Net Dice + F.cross_entropy",
+    "gdl_ce_fused": "GDL + CE, fused (ours)",
+    "vnet_focal_fused": "V-Net Dice + focal, fused (ours)",
+    "gdl_focal_fused": "GDL + focal, fused (ours)",
+    "monai_dice_ce": "MONAI DiceCELoss(squared_pred)",
+    "monai_dice_focal": "MONAI DiceFocalLoss(squared_pred)",
+    "monai_gdl_focal": "MONAI GeneralizedDiceFocalLoss",
 }
-MONAI_PEER = {"vnet_fused": "monai_dice", "vnet_reference": "monai_dice", "gdl_fused": "monai_gdl", "gdl_reference": "monai_gdl"}
+#: The rows of the default run: the Dice losses and their peers. The compound rows are opt-in
+#: (``--methods``), with the README's command for them.
+DEFAULT_METHODS = ("vnet_fused", "gdl_fused", "vnet_reference", "gdl_reference", "monai_dice", "monai_gdl",
+                   "cross_entropy")
+MONAI_PEER = {"vnet_fused": "monai_dice", "vnet_reference": "monai_dice", "gdl_fused": "monai_gdl",
+              "gdl_reference": "monai_gdl", "vnet_ce_fused": "monai_dice_ce", "vnet_plus_ce": "monai_dice_ce",
+              "vnet_focal_fused": "monai_dice_focal", "gdl_focal_fused": "monai_gdl_focal"}
 _MIB = 1 << 20
 
 
 def _loss_callable(method: str, target_kind: str):
     import torch.nn.functional as F
-    from monai.losses import DiceLoss, GeneralizedDiceLoss
+    from monai import losses as monai_losses
 
     import monai_gdl
 
     label_map = target_kind == "label"
+    common = dict(softmax=True, to_onehot_y=label_map)
     if method == "cross_entropy":
         return lambda x, target, labels: F.cross_entropy(x, labels[:, 0])
-    if method.startswith(("vnet", "gdl")):
-        impl = "fused" if method.endswith("fused") else "reference"
-        cls = monai_gdl.VNetDiceLoss if method.startswith("vnet") else monai_gdl.SudreGeneralizedDiceLoss
-        loss = cls(softmax=True, to_onehot_y=label_map, implementation=impl)
-    elif method == "monai_dice":
-        loss = DiceLoss(softmax=True, squared_pred=True, to_onehot_y=label_map)
+    if method == "vnet_plus_ce":
+        dice = monai_gdl.VNetDiceLoss(**common)
+        return lambda x, target, labels: dice(x, target) + F.cross_entropy(x, labels[:, 0])
+    ours = {
+        "vnet": lambda impl: monai_gdl.VNetDiceLoss(**common, implementation=impl),
+        "gdl": lambda impl: monai_gdl.SudreGeneralizedDiceLoss(**common, implementation=impl),
+        "vnet_ce": lambda impl: monai_gdl.VNetDiceCELoss(**common, implementation=impl),
+        "gdl_ce": lambda impl: monai_gdl.SudreGeneralizedDiceCELoss(**common, implementation=impl),
+        "vnet_focal": lambda impl: monai_gdl.VNetDiceFocalLoss(**common, implementation=impl),
+        "gdl_focal": lambda impl: monai_gdl.SudreGeneralizedDiceFocalLoss(**common, implementation=impl),
+    }
+    theirs = {
+        "monai_dice": lambda: monai_losses.DiceLoss(**common, squared_pred=True),
+        "monai_gdl": lambda: monai_losses.GeneralizedDiceLoss(**common),
+        "monai_dice_ce": lambda: monai_losses.DiceCELoss(**common, squared_pred=True),
+        "monai_dice_focal": lambda: monai_losses.DiceFocalLoss(**common, squared_pred=True),
+        "monai_gdl_focal": lambda: monai_losses.GeneralizedDiceFocalLoss(**common),
+    }
+    if method in theirs:
+        loss = theirs[method]()
     else:
-        loss = GeneralizedDiceLoss(softmax=True, to_onehot_y=label_map)
+        name, impl = method.rsplit("_", 1)
+        loss = ours[name]("fused" if impl == "fused" else "reference")
     return lambda x, target, labels: loss(x, target)
 
 
@@ -195,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, nargs="+", default=[4, 14, 32])
     parser.add_argument("--sizes", type=int, nargs="+", default=[96, 128])
     parser.add_argument("--targets", nargs="+", default=["label", "onehot"], choices=["label", "onehot"])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS),
+                        help="rows to run (default: the Dice losses and their peers; add e.g. vnet_ce_fused "
+                             "monai_dice_ce for the compound losses)")
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before the timed ones (default 5)")
     parser.add_argument(
@@ -223,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
                 backends = sorted({r["backend"] for r in rows.values() if r.get("backend")})
                 print(f"\n## target={target} C={classes} {size}^3" + (f" (fused backend: {', '.join(backends)})"
                                                                          if backends else ""))
-                print(f"| {'method':<36} | {'ms':>9} | {'extra MiB':>9} | {'xMONAI':>7} | {'xCE':>6} | {'mem%':>7} "
-                      f"| {'%copyBW':>7} |")
-                print(f"|{'-' * 38}|{'-' * 11}|{'-' * 11}|{'-' * 9}|{'-' * 8}|{'-' * 9}|{'-' * 9}|")
+                print(f"| {'method':<36} | {'ms':>9} | {'extra MiB':>9} | {'xMONAI':>7} | {'xCE':>6} | {'/Dice':>6} "
+                      f"| {'mem%':>7} | {'%copyBW':>7} |")
+                print(f"|{'-' * 38}|{'-' * 11}|{'-' * 11}|{'-' * 9}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 9}|")
                 for method, r in rows.items():
                     if "error" in r or "median_s" not in r:
                         print(f"| {METHODS[method]:<36} | error: {r.get('error', '?')[:60]}")
@@ -234,10 +268,12 @@ def main(argv: list[str] | None = None) -> int:
                     ce = rows.get("cross_entropy", {})
                     x_monai = f"{peer['median_s'] / r['median_s']:.1f}x" if "median_s" in peer else "-"
                     x_ce = f"{ce['median_s'] / r['median_s']:.2f}x" if "median_s" in ce else "-"
+                    dice = rows.get("vnet_fused", {})
+                    per_dice = f"{r['median_s'] / dice['median_s']:.2f}" if "median_s" in dice else "-"
                     mem = f"{100 * r['extra_bytes'] / peer['extra_bytes']:.1f}%" if peer.get("extra_bytes") else "-"
                     bw = f"{100 * r['moved_bytes'] / r['median_s'] / r['copy_bytes_per_s']:.0f}%"
                     print(f"| {METHODS[method]:<36} | {1e3 * r['median_s']:9.1f} | {r['extra_bytes'] / _MIB:9.1f} "
-                          f"| {x_monai:>7} | {x_ce:>6} | {mem:>7} | {bw:>7} |", flush=True)
+                          f"| {x_monai:>7} | {x_ce:>6} | {per_dice:>6} | {mem:>7} | {bw:>7} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
