@@ -53,6 +53,9 @@ def test_train_config_has_every_knob_at_top_level():
         (["train.json", "loss_gdl.json"], {}, "SudreGeneralizedDiceLoss"),
         (["train.json", "loss_gdl.json", "loss_vnet_dice.json"], {}, "VNetDiceLoss"),
         (["train.json"], {"loss#_target_": "SudreGeneralizedDiceLoss"}, "SudreGeneralizedDiceLoss"),
+        (["train.json", "loss_dice_ce.json"], {}, "VNetDiceCELoss"),
+        (["train.json", "loss_gdl_ce.json"], {}, "SudreGeneralizedDiceCELoss"),
+        (["train.json", "loss_dice_focal.json"], {}, "VNetDiceFocalLoss"),
     ],
 )
 def test_loss_is_one_override(files, overrides, expected):
@@ -122,7 +125,7 @@ def tiny_dataset(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss_file", ["loss_vnet_dice.json", "loss_gdl.json"])
+@pytest.mark.parametrize("loss_file", ["loss_vnet_dice.json", "loss_gdl.json", "loss_dice_ce.json"])
 def test_train_evaluate_infer_end_to_end(tmp_path, tiny_dataset, loss_file):
     out, pred = str(tmp_path / "out"), str(tmp_path / "pred")
     common = ["--dataset_dir", tiny_dataset, "--output_dir", out, *TINY]

@@ -367,7 +367,22 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
                 const float *restrict gc = ttype == T_DENSE_F32 ? s.g + c * s.g_row : NULL;
                 const int32_t cls = (int32_t)c;
                 float si = 0.0f, sp = 0.0f, sg = 0.0f, sv = 0.0f;
-                if (gc == NULL) {
+                float sf = 0.0f, sq = 0.0f;
+                if (gc == NULL && term == OPT_TERM_SOFTMAX && gamma == 0.0f) { /* Dice + CE, one loop */
+                    const float *restrict xc = s.lx + c * s.lx_row;
+#pragma omp simd reduction(+ : si, sp, sv, sf, sq)
+                    for (int v = 0; v < len; ++v) {
+                        float p = ec[v] * scale[v];
+                        float h = lab[v] == cls ? mk[v] : 0.0f;
+                        float nll = lse[v] - xc[v];
+                        si += p * h;
+                        sp += p * mk[v] * (p * kp + k1);
+                        sv += h;
+                        sf += h * nll;
+                        sq += (mk[v] - h) * nll;
+                    }
+                    sg = sv;
+                } else if (gc == NULL) {
 #pragma omp simd reduction(+ : si, sp, sv)
                     for (int v = 0; v < len; ++v) {
                         float p = ec[v] * scale[v];
@@ -403,14 +418,13 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
                 P[c] += sp;
                 G[c] += sg;
                 V[c] += sv;
-                if (term) {
+                if (term && !(gc == NULL && term == OPT_TERM_SOFTMAX && gamma == 0.0f)) {
                     const float *restrict xc = s.lx + c * s.lx_row;
-                    float sf = 0.0f, sq = 0.0f;
                     if (gc == NULL) TERM_SUMS(LABEL_G)
                     else TERM_SUMS(DENSE_G)
-                    Fs[c] += sf;
-                    Qs[c] += sq;
                 }
+                Fs[c] += sf;
+                Qs[c] += sq;
             }
         }
     }
@@ -448,14 +462,31 @@ static inline float sigmoid_focal_share(float x, float g, float gamma) {
     return s_gamma * (sigmoid_f32(x) - g) - gamma * sign * s_gamma * (1.0f - s) * bce;
 }
 
-/* Row d = e (softmax: p dL/dp plus the softmax term's share) or dL/dx (sigmoid, none), one class. */
+/* Row d = e (softmax: p dL/dp plus the softmax term's share, summed into dot) or dL/dx (sigmoid,
+ * none), one class. */
 #define ROW_LOOP(DI, G, TERM_E)                                                                    \
     _Pragma("omp simd")                                                                           \
     for (int v = 0; v < len; ++v) {                                                                \
         float p = ec[v] * scale[v];                                                                \
         float du = DICE_DU(DI);                                                                    \
-        dc[v] = act == ACT_SOFTMAX ? p * du + TERM_E(G) : (act == ACT_SIGMOID ? du * p * (1.0f - p) : du); \
+        float d = act == ACT_SOFTMAX ? p * du + TERM_E(G) : (act == ACT_SIGMOID ? du * p * (1.0f - p) : du); \
+        dc[v] = d;                                                                                 \
+        dot[v] += d;                                                                               \
     }
+
+/* The tile's gradient rows into the output: softmax d - p sum_j d_j, else d; in dtype OT. */
+#define DEFINE_STORE_ROWS(NAME, OT, STORE)                                                         \
+    static void NAME(OT *restrict o, const float *restrict dc, const float *restrict ec,         \
+                     const float *restrict scale, const float *restrict dot, int softmax, int len) { \
+        if (softmax)                                                                               \
+            for (int v = 0; v < len; ++v) o[v] = STORE(dc[v] - ec[v] * scale[v] * dot[v]);        \
+        else                                                                                       \
+            for (int v = 0; v < len; ++v) o[v] = STORE(dc[v]);                                     \
+    }
+
+DEFINE_STORE_ROWS(store_rows_f32, float, STORE_F32)
+DEFINE_STORE_ROWS(store_rows_bf16, uint16_t, STORE_BF16)
+DEFINE_STORE_ROWS(store_rows_f16, float16_t, STORE_F16)
 
 #define ROW_FOR_TARGET(DI, G)                                                                      \
     if (term != OPT_TERM_SOFTMAX) ROW_LOOP(DI, G, NO_TERM)                                         \
@@ -467,8 +498,8 @@ static inline float sigmoid_focal_share(float x, float g, float gamma) {
     for (int v = 0; v < len; ++v) dc[v] += SHARE(G);
 
 /* out = dL/dx for [n0, n1) from grad = (dL/dI, dL/dP, dL/dF, dL/dQ) (4 x B x C, float32). Per tile:
- * rows d as above, the softmax chain d - p sum_j d_j, the sigmoid term's share, then one store in the
- * output dtype and layout. */
+ * rows d as above (and their sum over classes), the sigmoid term's share, then one pass that
+ * applies the softmax chain d - p sum_j d_j and stores in the output dtype and layout. */
 int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint8_t *mask, int64_t B, int64_t C,
                   int64_t N, int64_t n0, int64_t n1, int act, int options, float gamma, int layout,
                   const float *grad, void *out) {
@@ -486,6 +517,7 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
         for (int64_t v0 = n0; v0 < n1; v0 += s.T) {
             const int len = (int)(n1 - v0 < s.T ? n1 - v0 : s.T);
             load_tile(&s, x, xtype, t, ttype, mask, layout, b, C, N, v0, len, act, term);
+            for (int v = 0; v < len; ++v) dot[v] = 0.0f;
             for (int64_t c = 0; c < C; ++c) {
                 const float *restrict ec = s.e + c * s.T;
                 const float *restrict gc = ttype == T_DENSE_F32 ? s.g + c * s.g_row : NULL;
@@ -497,19 +529,7 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
                 else if (soft) ROW_FOR_TARGET(SOFT_DI_DP(DENSE_G), DENSE_G)
                 else ROW_FOR_TARGET(DENSE_G, DENSE_G)
             }
-            if (act == ACT_SOFTMAX) {
-                for (int v = 0; v < len; ++v) dot[v] = 0.0f;
-                for (int64_t c = 0; c < C; ++c) {
-                    const float *restrict dc = s.d + c * s.T;
-                    for (int v = 0; v < len; ++v) dot[v] += dc[v];
-                }
-                for (int64_t c = 0; c < C; ++c) {
-                    const float *restrict ec = s.e + c * s.T;
-                    float *restrict dc = s.d + c * s.T;
-                    for (int v = 0; v < len; ++v) dc[v] -= ec[v] * scale[v] * dot[v];
-                }
-            }
-            if (term == OPT_TERM_SIGMOID)
+            if (term == OPT_TERM_SIGMOID) /* after the Dice term's chain: not part of the softmax dot */
                 for (int64_t c = 0; c < C; ++c) {
                     const float *restrict gc = ttype == T_DENSE_F32 ? s.g + c * s.g_row : NULL;
                     const float *restrict xc = s.lx + c * s.lx_row;
@@ -521,23 +541,19 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
                     else if (gamma == 0.0f) SIGMOID_TERM_LOOP(DENSE_G, SIGMOID_TERM_D)
                     else SIGMOID_TERM_LOOP(DENSE_G, SIGMOID_FOCAL_TERM_D)
                 }
+            const int softmax = act == ACT_SOFTMAX;
+            for (int64_t c = 0; c < C; ++c) {
+                const float *ec = s.e + c * s.T, *dc = s.d + c * s.T;
+                const size_t at = (size_t)((b * C + c) * N + v0);
+                if (staged) store_rows_f32(s.d + c * s.T, dc, ec, scale, dot, softmax, len); /* in place */
+                else if (xtype == X_F32) store_rows_f32((float *)out + at, dc, ec, scale, dot, softmax, len);
+                else if (xtype == X_BF16) store_rows_bf16((uint16_t *)out + at, dc, ec, scale, dot, softmax, len);
+                else store_rows_f16((float16_t *)out + at, dc, ec, scale, dot, softmax, len);
+            }
             if (staged) {
                 if (xtype == X_F32) unstage_rows_f32((float *)out, b, C, N, v0, len, s.T, s.d);
                 else if (xtype == X_BF16) unstage_rows_bf16((uint16_t *)out, b, C, N, v0, len, s.T, s.d);
                 else unstage_rows_f16((float16_t *)out, b, C, N, v0, len, s.T, s.d);
-            } else {
-                for (int64_t c = 0; c < C; ++c) {
-                    const float *restrict dc = s.d + c * s.T;
-                    const size_t at = (size_t)((b * C + c) * N + v0);
-                    if (xtype == X_F32) memcpy((float *)out + at, dc, sizeof(float) * (size_t)len);
-                    else if (xtype == X_BF16) {
-                        uint16_t *restrict o = (uint16_t *)out + at;
-                        for (int v = 0; v < len; ++v) o[v] = f32_to_bf16(dc[v]);
-                    } else {
-                        float16_t *restrict o = (float16_t *)out + at;
-                        for (int v = 0; v < len; ++v) o[v] = STORE_F16(dc[v]);
-                    }
-                }
             }
         }
     }
