@@ -330,6 +330,25 @@ static void load_tile(Scratch *s, const void *x, int xtype, const void *t, int t
 #define SIGMOID_FOCAL_ELEMENT(G) \
     (exp_f32(-gamma * softplus_f32(xc[v] * (2.0f * (G) - 1.0f))) * (softplus_f32(xc[v]) - xc[v] * (G)))
 
+/* Hard targets (label maps, g in {0, 1}): one exp and one log per element. e = exp(-|x|),
+ * softplus(x) = max(x, 0) + log(1 + e), sigmoid(x) from e, s = 1 - p_t = sigmoid(x) + g (1 - 2 sigmoid(x)),
+ * s^gamma = exp(-gamma softplus(x (2g - 1))) with softplus(x (2g - 1)) = softplus(x) - x (1 - g). */
+static inline float sigmoid_focal_hard_element(float x, float g, float gamma) {
+    float ax = x < 0.0f ? -x : x, e = exp_f32(-ax);
+    float sp = (x > 0.0f ? x : 0.0f) + log_f32(1.0f + e);
+    return exp_f32(-gamma * (sp - x * (1.0f - g))) * (sp - x * g);
+}
+
+static inline float sigmoid_focal_hard_share(float x, float g, float gamma) {
+    float ax = x < 0.0f ? -x : x, e = exp_f32(-ax), r = 1.0f / (1.0f + e);
+    float sp = (x > 0.0f ? x : 0.0f) + log_f32(1.0f + e);
+    float sig = x >= 0.0f ? r : e * r, s = sig + g * (1.0f - 2.0f * sig);
+    float s_gamma = exp_f32(-gamma * (sp - x * (1.0f - g)));
+    return s_gamma * ((sig - g) - gamma * (2.0f * g - 1.0f) * (1.0f - s) * (sp - x * g));
+}
+
+#define SIGMOID_FOCAL_HARD_ELEMENT(G) sigmoid_focal_hard_element(xc[v], (G), gamma)
+
 #define TERM_SUMS_LOOP(G, ELEMENT)                                                                 \
     _Pragma("omp simd reduction(+ : sf, sq)")                                                     \
     for (int v = 0; v < len; ++v) {                                                                \
@@ -338,11 +357,11 @@ static void load_tile(Scratch *s, const void *x, int xtype, const void *t, int t
         sq += (1.0f - g) * l;                                                                      \
     }
 
-#define TERM_SUMS(G)                                                                               \
+#define TERM_SUMS(G, SIGMOID_FOCAL)                                                                \
     if (term == OPT_TERM_SOFTMAX && gamma == 0.0f) TERM_SUMS_LOOP(G, SOFTMAX_ELEMENT)              \
     else if (term == OPT_TERM_SOFTMAX) TERM_SUMS_LOOP(G, SOFTMAX_FOCAL_ELEMENT)                    \
     else if (gamma == 0.0f) TERM_SUMS_LOOP(G, SIGMOID_ELEMENT)                                     \
-    else TERM_SUMS_LOOP(G, SIGMOID_FOCAL_ELEMENT)
+    else TERM_SUMS_LOOP(G, SIGMOID_FOCAL)
 
 /* stats (6 x B x C, double, accumulated into): I = sum m p g (soft: sum m min(p, g)), P = sum m p^k,
  * G = sum m g^k, V = sum m g, with k = 2 when squared else 1; with a voxel term F = sum m g l and
@@ -420,8 +439,8 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
                 V[c] += sv;
                 if (term && !(gc == NULL && term == OPT_TERM_SOFTMAX && gamma == 0.0f)) {
                     const float *restrict xc = s.lx + c * s.lx_row;
-                    if (gc == NULL) TERM_SUMS(LABEL_G)
-                    else TERM_SUMS(DENSE_G)
+                    if (gc == NULL) TERM_SUMS(LABEL_G, SIGMOID_FOCAL_HARD_ELEMENT)
+                    else TERM_SUMS(DENSE_G, SIGMOID_FOCAL_ELEMENT)
                 }
                 Fs[c] += sf;
                 Qs[c] += sq;
@@ -443,6 +462,7 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
 #define SOFTMAX_FOCAL_TERM_E(G) softmax_focal_share(TERM_W(G), p, xc[v] - lse[v], gamma)
 #define SIGMOID_TERM_D(G) (TERM_W(G) * (sigmoid_f32(xc[v]) - (G)))
 #define SIGMOID_FOCAL_TERM_D(G) (TERM_W(G) * sigmoid_focal_share(xc[v], (G), gamma))
+#define SIGMOID_FOCAL_HARD_TERM_D(G) (TERM_W(G) * sigmoid_focal_hard_share(xc[v], (G), gamma))
 #define NO_TERM(G) 0.0f
 
 static inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
@@ -537,7 +557,7 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
                     const int32_t cls = (int32_t)c;
                     const float f = gf[b * C + c], q = gq[b * C + c];
                     if (gc == NULL && gamma == 0.0f) SIGMOID_TERM_LOOP(LABEL_G, SIGMOID_TERM_D)
-                    else if (gc == NULL) SIGMOID_TERM_LOOP(LABEL_G, SIGMOID_FOCAL_TERM_D)
+                    else if (gc == NULL) SIGMOID_TERM_LOOP(LABEL_G, SIGMOID_FOCAL_HARD_TERM_D)
                     else if (gamma == 0.0f) SIGMOID_TERM_LOOP(DENSE_G, SIGMOID_TERM_D)
                     else SIGMOID_TERM_LOOP(DENSE_G, SIGMOID_FOCAL_TERM_D)
                 }
