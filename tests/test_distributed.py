@@ -10,9 +10,18 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from monai_gdl import generalized_dice_loss, vnet_dice_loss
+from monai_gdl import VNetDiceCELoss, generalized_dice_loss, vnet_dice_loss
 
 WORLD = 2
+
+
+def _dice_ce(x, y, *, distributed=True, **_):
+    """A compound loss: the CE sums and voxel counts are all-reduced with the Dice sums (global-batch mean)."""
+    return VNetDiceCELoss(to_onehot_y=True, batch=True, label_smoothing=0.1, weight=[0.5, 1.0, 2.0],
+                          rescale_weight=False, distributed=distributed)(x, y)
+
+
+LOSSES = (("vnet", vnet_dice_loss), ("gdl", generalized_dice_loss), ("dice_ce", _dice_ce))
 
 
 def _free_port() -> int:
@@ -35,7 +44,7 @@ def _rank_main(rank: int, port: int, results) -> None:
         x, y = _case()
         part = slice(2 * rank, 2 * rank + 2)
         out = {}
-        for name, fn in (("vnet", vnet_dice_loss), ("gdl", generalized_dice_loss)):
+        for name, fn in LOSSES:
             xx = x[part].clone().requires_grad_(True)
             value = fn(xx, y[part], softmax=True, to_onehot_y=True, batch=True)
             value.backward()
@@ -51,7 +60,7 @@ def test_batch_dice_is_global_under_distributed():
     results = mp.Manager().dict()
     mp.spawn(_rank_main, args=(_free_port(), results), nprocs=WORLD, join=True)
     x, y = _case()
-    for name, fn in (("vnet", vnet_dice_loss), ("gdl", generalized_dice_loss)):
+    for name, fn in LOSSES:
         xx = x.clone().requires_grad_(True)
         full = fn(xx, y, softmax=True, to_onehot_y=True, batch=True)
         full.backward()

@@ -192,7 +192,8 @@ class _CrossEntropyMixin:
         if input.ndim >= 2 and input.shape[1] == 1:
             raise LossInputError(
                 f"{name}: input has 1 channel; cross-entropy over one class is always 0 (MONAI's DiceCELoss silently "
-                "gives 0 there). For one foreground channel use VNetDiceBCELoss (sigmoid), or output C >= 2 channels."
+                "switches to BCE there). For one foreground channel use VNetDiceBCELoss (sigmoid), or output C >= 2 "
+                "channels."
             )
 
 
