@@ -337,8 +337,8 @@ def _term_weight(weight: Sequence[float] | torch.Tensor | None) -> torch.Tensor 
     return weight
 
 
-class _SigmoidTermMixin:
-    """BCE / focal term per scored channel (MONAI's FocalLoss; nnU-Net's BCE at gamma 0, alpha None)."""
+class _FocalTermMixin:
+    """The focal term (MONAI's FocalLoss, sigmoid per scored channel or softmax), BCE at gamma 0 without alpha."""
 
     def _focal(self, term: VoxelTermStatistics, weight: torch.Tensor | None, alpha: float | None) -> torch.Tensor:
         if self.voxel_term == "softmax":
@@ -348,7 +348,7 @@ class _SigmoidTermMixin:
                                weight=weight, reduction=self.reduction)
 
 
-class VNetDiceBCELoss(_SigmoidTermMixin, _CompoundLoss):
+class VNetDiceBCELoss(_FocalTermMixin, _CompoundLoss):
     r"""V-Net Dice + binary cross-entropy for sigmoid (multi-label / region) outputs, fused (nnU-Net's ``DC_and_BCE_loss``).
 
     ``lambda_dice * VNetDiceLoss(sigmoid=True) + lambda_ce * BCE``, with ``BCE`` the mean of
@@ -487,7 +487,7 @@ def _check_focal_terms(name: str, softmax: bool, sigmoid: bool, gamma: float, al
         raise LossInputError(f"{name}: use_softmax=True (softmax focal) needs softmax=True for the Dice part too.")
 
 
-class SudreGeneralizedDiceFocalLoss(_SigmoidTermMixin, _CompoundLoss):
+class SudreGeneralizedDiceFocalLoss(_FocalTermMixin, _CompoundLoss):
     r"""Generalized Dice + focal loss, fused: ``lambda_gdl * SudreGeneralizedDiceLoss + lambda_focal * FocalLoss``
     (MONAI's ``GeneralizedDiceFocalLoss``).
 
