@@ -159,6 +159,20 @@ class _CompoundLoss(_Loss):
         )
         return reduce_loss(f, self.reduction, spatial_dims=spatial_dims, batch=self.batch)
 
+    def _register_class_weight(self, weight: Sequence[float] | torch.Tensor | None,
+                               rescale_weight: bool = False) -> None:
+        """``weight`` as the ``class_weight`` buffer: 1-D, finite, >= 0, not all zero; ``rescale_weight``
+        (kept as an attribute) rescales the Dice part's weights to average 1, the voxel term's never are."""
+        weight = class_weight_tensor(weight)
+        if weight is not None:
+            if weight.ndim != 1:
+                raise LossInputError(f"weight={weight.tolist()}: give one weight per class (a 1-D sequence).")
+            check_loss_options(softmax=False, sigmoid=False, other_act=None, reduction="mean", smooth_nr=0.0,
+                               smooth_dr=0.0, weight=weight, rescale_weight=rescale_weight)
+        self.rescale_weight = rescale_weight
+        self.class_weight: torch.Tensor | None
+        self.register_buffer("class_weight", weight)
+
     def _set_gdl_options(self, w_type: str, absent_class: str, all_absent: str, normalize_weights: bool) -> None:
         check_gdl_options(w_type=w_type, absent_class=absent_class, all_absent=all_absent)
         self.w_type = w_type
@@ -248,18 +262,10 @@ class VNetDiceCELoss(_CrossEntropyMixin, _CompoundLoss):
                          reduction=reduction, smooth_nr=smooth_nr, smooth_dr=smooth_dr, ignore_index=ignore_index,
                          validate=validate, implementation=implementation, distributed=distributed)
         self._check_ce_options(label_smoothing)
-        weight = class_weight_tensor(weight)
-        if weight is not None:
-            if weight.ndim != 1:
-                raise LossInputError(f"weight={weight.tolist()}: give one weight per channel (a 1-D sequence).")
-            check_loss_options(softmax=True, sigmoid=False, other_act=None, reduction=reduction, smooth_nr=0.0,
-                               smooth_dr=0.0, weight=weight, rescale_weight=rescale_weight)
+        self._register_class_weight(weight, rescale_weight)
         _check_lambdas(lambda_dice=float(lambda_dice), lambda_ce=float(lambda_ce))
-        self.rescale_weight = rescale_weight
         self.lambda_dice = float(lambda_dice)
         self.lambda_ce = float(lambda_ce)
-        self.class_weight: torch.Tensor | None
-        self.register_buffer("class_weight", weight)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         self._check_channels(type(self).__name__, input)
@@ -310,12 +316,10 @@ class SudreGeneralizedDiceCELoss(_CrossEntropyMixin, _CompoundLoss):
                          validate=validate, implementation=implementation, distributed=distributed)
         self._check_ce_options(label_smoothing)
         self._set_gdl_options(w_type, absent_class, all_absent, normalize_weights)
-        weight = _term_weight(weight)
+        self._register_class_weight(weight)
         _check_lambdas(lambda_gdl=float(lambda_gdl), lambda_ce=float(lambda_ce))
         self.lambda_gdl = float(lambda_gdl)
         self.lambda_ce = float(lambda_ce)
-        self.class_weight: torch.Tensor | None
-        self.register_buffer("class_weight", weight)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         self._check_channels(type(self).__name__, input)
@@ -325,20 +329,19 @@ class SudreGeneralizedDiceCELoss(_CrossEntropyMixin, _CompoundLoss):
         return self.lambda_gdl * gdl + self.lambda_ce * self._cross_entropy(term, self.class_weight)
 
 
-def _term_weight(weight: Sequence[float] | torch.Tensor | None) -> torch.Tensor | None:
-    """A voxel term's class weights: 1-D, finite, >= 0, not all zero (used as given, never rescaled)."""
-    weight = class_weight_tensor(weight)
-    if weight is None:
-        return None
-    if weight.ndim != 1:
-        raise LossInputError(f"weight={weight.tolist()}: give one weight per class (a 1-D sequence).")
-    check_loss_options(softmax=False, sigmoid=False, other_act=None, reduction="mean", smooth_nr=0.0, smooth_dr=0.0,
-                       weight=weight, rescale_weight=False)
-    return weight
-
-
 class _FocalTermMixin:
     """The focal term (MONAI's FocalLoss, sigmoid per scored channel or softmax), BCE at gamma 0 without alpha."""
+
+    def _set_focal_options(self, softmax: bool, sigmoid: bool, gamma: float, alpha: float | None,
+                           use_softmax: bool) -> None:
+        name = type(self).__name__
+        _check_activation(name, softmax, sigmoid)
+        _check_focal_options(float(gamma), alpha)
+        if use_softmax and not softmax:
+            raise LossInputError(f"{name}: use_softmax=True (softmax focal) needs softmax=True for the Dice part too.")
+        self.voxel_term = "softmax" if use_softmax else "sigmoid"
+        self.use_softmax = use_softmax
+        self.alpha = None if alpha is None else float(alpha)
 
     def _focal(self, term: VoxelTermStatistics, weight: torch.Tensor | None, alpha: float | None) -> torch.Tensor:
         if self.voxel_term == "softmax":
@@ -394,19 +397,10 @@ class VNetDiceBCELoss(_FocalTermMixin, _CompoundLoss):
                 f"VNetDiceBCELoss is the sigmoid (multi-label) compound and needs sigmoid=True (got softmax={softmax}, "
                 f"sigmoid={sigmoid}); for one class per voxel with softmax use VNetDiceCELoss."
             )
-        self._init_weights(weight, rescale_weight)
+        self._register_class_weight(weight, rescale_weight)
         _check_lambdas(lambda_dice=float(lambda_dice), lambda_ce=float(lambda_ce))
         self.lambda_dice = float(lambda_dice)
         self.lambda_ce = float(lambda_ce)
-
-    def _init_weights(self, weight, rescale_weight: bool) -> None:
-        weight = _term_weight(weight)
-        if weight is not None:
-            check_loss_options(softmax=False, sigmoid=False, other_act=None, reduction="mean", smooth_nr=0.0,
-                               smooth_dr=0.0, weight=weight, rescale_weight=rescale_weight)
-        self.rescale_weight = rescale_weight
-        self.class_weight: torch.Tensor | None
-        self.register_buffer("class_weight", weight)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         stats, term = self._statistics(input, target, mask, self.class_weight)
@@ -414,7 +408,7 @@ class VNetDiceBCELoss(_FocalTermMixin, _CompoundLoss):
         return self.lambda_dice * dice + self.lambda_ce * self._focal(term, self.class_weight, None)
 
 
-class VNetDiceFocalLoss(VNetDiceBCELoss):
+class VNetDiceFocalLoss(_FocalTermMixin, _CompoundLoss):
     r"""V-Net Dice + focal loss, fused: ``lambda_dice * VNetDiceLoss + lambda_focal * FocalLoss`` (MONAI's ``DiceFocalLoss``).
 
     Focal part: MONAI's ``FocalLoss`` over the scored channels, ``alpha_t (1 - p_t)^gamma bce`` per
@@ -459,17 +453,13 @@ class VNetDiceFocalLoss(VNetDiceBCELoss):
         implementation: str = "auto",
         distributed: bool = True,
     ) -> None:
-        _CompoundLoss.__init__(self, include_background=include_background, to_onehot_y=to_onehot_y,
-                               sigmoid=sigmoid, softmax=softmax, squared_pred=squared_pred, soft_label=soft_label,
-                               batch=batch, reduction=reduction, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
-                               ignore_index=ignore_index, validate=validate, implementation=implementation,
-                               distributed=distributed, gamma=gamma)
-        _check_focal_terms(type(self).__name__, softmax, sigmoid, gamma, alpha, use_softmax)
-        self._init_weights(weight, rescale_weight)
+        super().__init__(include_background=include_background, to_onehot_y=to_onehot_y, sigmoid=sigmoid,
+                         softmax=softmax, squared_pred=squared_pred, soft_label=soft_label, batch=batch,
+                         reduction=reduction, smooth_nr=smooth_nr, smooth_dr=smooth_dr, ignore_index=ignore_index,
+                         validate=validate, implementation=implementation, distributed=distributed, gamma=gamma)
+        self._set_focal_options(softmax, sigmoid, gamma, alpha, use_softmax)
+        self._register_class_weight(weight, rescale_weight)
         _check_lambdas(lambda_dice=float(lambda_dice), lambda_focal=float(lambda_focal))
-        self.voxel_term = "softmax" if use_softmax else "sigmoid"
-        self.use_softmax = use_softmax
-        self.alpha = None if alpha is None else float(alpha)
         self.lambda_dice = float(lambda_dice)
         self.lambda_focal = float(lambda_focal)
 
@@ -477,14 +467,6 @@ class VNetDiceFocalLoss(VNetDiceBCELoss):
         stats, term = self._statistics(input, target, mask, self.class_weight)
         dice = self._vnet_dice(stats, self.class_weight, self.rescale_weight, input.ndim - 2)
         return self.lambda_dice * dice + self.lambda_focal * self._focal(term, self.class_weight, self.alpha)
-
-
-def _check_focal_terms(name: str, softmax: bool, sigmoid: bool, gamma: float, alpha: float | None,
-                       use_softmax: bool) -> None:
-    _check_activation(name, softmax, sigmoid)
-    _check_focal_options(float(gamma), alpha)
-    if use_softmax and not softmax:
-        raise LossInputError(f"{name}: use_softmax=True (softmax focal) needs softmax=True for the Dice part too.")
 
 
 class SudreGeneralizedDiceFocalLoss(_FocalTermMixin, _CompoundLoss):
@@ -527,17 +509,12 @@ class SudreGeneralizedDiceFocalLoss(_FocalTermMixin, _CompoundLoss):
                          softmax=softmax, squared_pred=squared_pred, soft_label=soft_label, batch=batch,
                          reduction=reduction, smooth_nr=smooth_nr, smooth_dr=smooth_dr, ignore_index=ignore_index,
                          validate=validate, implementation=implementation, distributed=distributed, gamma=gamma)
-        _check_focal_terms(type(self).__name__, softmax, sigmoid, gamma, alpha, use_softmax)
+        self._set_focal_options(softmax, sigmoid, gamma, alpha, use_softmax)
         self._set_gdl_options(w_type, absent_class, all_absent, normalize_weights)
-        weight = _term_weight(weight)
+        self._register_class_weight(weight)
         _check_lambdas(lambda_gdl=float(lambda_gdl), lambda_focal=float(lambda_focal))
-        self.voxel_term = "softmax" if use_softmax else "sigmoid"
-        self.use_softmax = use_softmax
-        self.alpha = None if alpha is None else float(alpha)
         self.lambda_gdl = float(lambda_gdl)
         self.lambda_focal = float(lambda_focal)
-        self.class_weight: torch.Tensor | None
-        self.register_buffer("class_weight", weight)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         n_scored = input.shape[1] - (0 if self.include_background else 1)

@@ -65,9 +65,10 @@ def loss_statistics(
     implementation: str = "auto",
     voxel_term: str = "none",
     gamma: float = 0.0,
-) -> tuple[DiceStatistics, VoxelTermSums, torch.Tensor]:
-    """:func:`dice_statistics` plus the voxel term's sums (zero for ``voxel_term="none"``) and the number
-    of counted voxels per sample (``B``; not ignored, not masked out), from one pass (no checks)."""
+) -> tuple[DiceStatistics, VoxelTermSums, torch.Tensor | None]:
+    """:func:`dice_statistics` plus the voxel term's sums and the number of counted voxels per sample
+    (``B``; not ignored, not masked out), from one pass (no checks). Without a voxel term the sums are
+    zero and the count is None (not computed)."""
     if implementation not in IMPLEMENTATIONS:
         raise LossInputError(f"implementation={implementation!r}; use one of {IMPLEMENTATIONS}.")
     if implementation == "fused" and other_act is not None:
@@ -88,13 +89,17 @@ def loss_statistics(
         else:
             sums = reference_voxel_term(input, target, label_map=to_onehot_y, voxel_term=voxel_term, gamma=gamma,
                                         mask=keep)
-    if to_onehot_y:
-        count = stats.target_volume.sum(dim=1)  # every counted voxel has exactly one class in range
-    elif keep is None:
-        count = stats.target_volume.new_full((input.shape[0],), float(input[0, 0].numel()))
-    else:
-        count = keep.reshape(keep.shape[0], -1).sum(dim=1).to(stats.target_volume.dtype)
-    return stats, sums, count
+    return stats, sums, _voxel_count(stats, input, keep, to_onehot_y) if voxel_term != "none" else None
+
+
+def _voxel_count(stats: DiceStatistics, input: torch.Tensor, keep: torch.Tensor | None, label_map: bool) -> torch.Tensor:
+    """Counted voxels per sample (``B``): for a label map the class volumes' sum (each counted voxel has one
+    class in range), else the mask's count or every voxel."""
+    if label_map:
+        return stats.target_volume.sum(dim=1)
+    if keep is None:
+        return stats.target_volume.new_full((input.shape[0],), float(input[0, 0].numel()))
+    return keep.reshape(keep.shape[0], -1).sum(dim=1).to(stats.target_volume.dtype)
 
 
 def dice_statistics(
@@ -164,24 +169,23 @@ def _all_reduce_sums(
     stats: DiceStatistics, sums: VoxelTermSums, count: torch.Tensor | None
 ) -> tuple[DiceStatistics, VoxelTermSums, torch.Tensor | None]:
     """Every per-(sample, class) sum and the voxel counts summed over processes, in one all-reduce
-    (differentiable in ``I, P, F, Q``; ``G, V`` and the counts carry no gradient)."""
-    stacked = torch.stack([stats.intersection, stats.prediction, stats.target.detach(),
-                           stats.target_volume.detach(), sums.on_target, sums.off_target])
-    summed = _AllReduceSum.apply(stacked)
+    (differentiable in ``I, P, F, Q``; ``G, V`` and the counts, a seventh row, carry no gradient)."""
+    rows = [stats.intersection, stats.prediction, stats.target.detach(), stats.target_volume.detach(),
+            sums.on_target, sums.off_target]
     if count is not None:
-        count = count.detach().clone()
-        torch.distributed.all_reduce(count)
+        rows.append(count.detach()[:, None].expand_as(stats.target).to(stats.target.dtype))
+    summed = _AllReduceSum.apply(torch.stack(rows))
     return (DiceStatistics(summed[0], summed[1], summed[2].detach(), summed[3].detach()),
-            VoxelTermSums(summed[4], summed[5]), count)
+            VoxelTermSums(summed[4], summed[5]), None if count is None else summed[6, :, 0].detach())
 
 
 class VoxelTermStatistics(NamedTuple):
     """What a compound loss's voxel term needs: its sums ``F, Q`` and the class volumes ``V`` of all
-    ``C`` classes (``B x C``, not pooled), and the counted voxels per sample (``B``)."""
+    ``C`` classes (``B x C``, not pooled), and the counted voxels per sample (``B``; None without a voxel term)."""
 
     sums: VoxelTermSums
     class_volume: torch.Tensor
-    voxel_count: torch.Tensor
+    voxel_count: torch.Tensor | None
 
 
 def scored_statistics(
