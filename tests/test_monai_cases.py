@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_gdl import SudreGeneralizedDiceLoss, VNetDiceLoss
+from monai_gdl import LossInputError, SudreGeneralizedDiceLoss, VNetDiceLoss
 
 X1 = torch.tensor([[[[1.0, -1.0], [-1.0, 1.0]]]])
 X2 = torch.tensor([[[[1.0, -1.0], [-1.0, 1.0]]], [[[1.0, -1.0], [-1.0, 1.0]]]])
@@ -95,17 +95,23 @@ def test_monai_generalized_dice_loss_cases(options, input, target, expected):
 
 
 def test_monai_ignore_index_equals_the_cropped_case():
-    """MONAI ``test_ignore_index_index_target``: ignoring the bottom row equals scoring the top row alone."""
+    """MONAI ``test_ignore_index_index_target``: ignoring the bottom row equals scoring the top row alone.
+
+    MONAI's case ignores label 2 while the network also scores a class 2; that is refused here (the ignored
+    class would stay in the mean with no target voxels), so the network scores classes 0 and 1 only."""
     x = torch.log(torch.tensor([[[[0.8, 0.1], [0.1, 0.1]], [[0.1, 0.8], [0.1, 0.1]], [[0.1, 0.1], [0.8, 0.8]]]]))
+    x = x[:, :2]
     labels = torch.tensor([[[[0, 1], [2, 2]]]])
     loss = VNetDiceLoss(squared_pred=False, to_onehot_y=True, softmax=True, ignore_index=2)(x, labels)
     cropped = VNetDiceLoss(squared_pred=False, to_onehot_y=True, softmax=True)(x[:, :, :1], labels[:, :, :1])
     torch.testing.assert_close(loss, cropped)
+    with pytest.raises(LossInputError, match="ignore_index=2 is one of the classes the loss scores"):
+        VNetDiceLoss(to_onehot_y=True, softmax=True, ignore_index=2)(torch.randn(1, 3, 2, 2), labels)
 
 
 def test_monai_ignored_voxels_get_exactly_zero_gradient():
-    """MONAI ``test_gradients_ignored``."""
-    x = torch.randn(1, 3, 4, 4, requires_grad=True)
+    """MONAI ``test_gradients_ignored`` (with the ignored label outside the scored classes, as above)."""
+    x = torch.randn(1, 2, 4, 4, requires_grad=True)
     labels = torch.tensor([[[[0, 1, 0, 1], [1, 0, 1, 0], [2, 2, 2, 2], [2, 2, 2, 2]]]])
     VNetDiceLoss(squared_pred=False, to_onehot_y=True, softmax=True, ignore_index=2)(x, labels).backward()
     assert torch.all(x.grad[:, :, 2:] == 0.0)

@@ -6,13 +6,15 @@ in tiles whose ``C x T`` probabilities stay in cache. Passes are split by voxel 
 ``torch.get_num_threads()`` Python threads (the C calls run without the GIL).
 
 Build (why not ``torch.utils.cpp_extension``: see the README's design note): on first use, with
-the machine's C compiler (``$CC``, else ``cc``/``gcc``/``clang``; ``-O3 -march=native``, about a
-second), into a cache folder. The file name is a hash of everything the binary depends on
-(source, compiler path and version, flags, CPU features), the build goes to a private temporary
-file renamed into place (atomic: concurrent DDP ranks or test workers never see half a file), and
-a cache folder is only used if it belongs to this user and nobody else can write to it (else the
-build goes to a private folder of this process). The loaded library is then checked against the
-reference on a small case. Any failure leaves :func:`available` False with
+the machine's C compiler (``$CC``, else ``cc``/``gcc``/``clang``; ``-O3 -march=native``, about 7 s
+on 2 cores, stopped after ``$MONAI_GDL_BUILD_TIMEOUT_S``), into a cache folder. The file name is a
+hash of everything the binary depends on (source, compiler path and version, flags, CPU features)
+plus the checksum of the built file, verified before every load (a truncated or corrupt copy is
+removed and rebuilt, with a warning); the build goes to a private temporary file, synced and
+renamed into place (atomic: concurrent DDP ranks or test workers never see half a file; a killed
+build's leftovers are removed later), and a cache folder is only used if it belongs to this user
+and nobody else can write to it (else the build goes to a private folder of this process). The
+loaded library is then checked against the reference on a small case. Any failure leaves :func:`available` False with
 :func:`unavailable_reason` saying why, and the other backends in charge.
 
 The gradient buffer is the one large allocation of the backward; page-faulting 4 KiB pages into
@@ -22,6 +24,7 @@ where the system allows. ``MONAI_GDL_HUGE_PAGES=0`` turns that off.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -32,12 +35,13 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from monai_gdl._env import env_choice
+from monai_gdl._env import env_choice, env_int
 from monai_gdl.kernels.contract import NUM_STATISTICS
 from monai_gdl.kernels.reference import backward_chunk, forward_chunk
 
@@ -57,8 +61,10 @@ _TERM_OPTIONS = {"none": 0, "softmax": 4, "sigmoid": 8}
 PARALLEL_MIN_ELEMENTS = 1 << 20
 #: Gradient buffers at least this large are advised onto huge pages.
 HUGE_PAGE_MIN_BYTES = 8 << 20
-#: Seconds a compiler may take before the build is abandoned (and the other backends used).
-BUILD_TIMEOUT_S = 120
+#: Default seconds a compiler may take before the build is abandoned (and the other backends used);
+#: the build takes about 7 s on 2 cores.
+BUILD_TIMEOUT_S = 45
+_BUILD_TIMEOUT_S = env_int("MONAI_GDL_BUILD_TIMEOUT_S", BUILD_TIMEOUT_S, minimum=1)
 
 
 def _private(info: os.stat_result) -> bool:
@@ -126,25 +132,71 @@ def _compiler() -> str | None:
     return None
 
 
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _verified(folder: Path, key: str) -> Path | None:
+    """A cached library for ``key`` whose content still has the checksum its name records (written at build
+    time); a truncated or corrupt one (disk full, a killed copy, a shared cache) is removed, with a warning."""
+    for candidate in sorted(folder.glob(f"native-{key}-*.so")):
+        recorded = candidate.name[len(f"native-{key}-"):-len(".so")]
+        try:
+            ok = _private(candidate.stat()) and _digest(candidate) == recorded
+        except OSError:
+            ok = False
+        if ok:
+            return candidate
+        logger.warning("monai_gdl: the cached native kernel %s does not match the checksum recorded when it was "
+                       "built (truncated or corrupt); removing it and building again.", candidate)
+        with contextlib.suppress(OSError):
+            candidate.unlink()
+    return None
+
+
+def _remove_stale_builds(folder: Path) -> None:
+    """Temporary files of builds that were killed: no live build is older than the build timeout."""
+    limit = time.time() - 2 * build_timeout_s()
+    for leftover in folder.glob(".build-*"):
+        with contextlib.suppress(OSError):
+            if leftover.stat().st_mtime < limit:
+                leftover.unlink()
+
+
+def build_timeout_s() -> int:
+    """Seconds a compiler may take before the build is abandoned, with a warning, and the other backends
+    used (``$MONAI_GDL_BUILD_TIMEOUT_S``, read at import, default 45): a hanging compiler never stalls
+    the first loss call long."""
+    return _BUILD_TIMEOUT_S
+
+
 def library_path() -> Path | None:
-    """The compiled library, built into the cache folder if it is not there yet; None if no compiler."""
+    """The compiled library, built into the cache folder if no verified copy is there yet; None if no compiler.
+
+    The file is ``native-<key>-<checksum>.so``: ``key`` hashes what the binary depends on, ``checksum``
+    its own content, checked before every load."""
     cc = _compiler()
     if cc is None:
         return None
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=build_timeout_s(),
+                             check=False).stdout
     key = hashlib.sha256(
         "\0".join([_SOURCE.read_text(), cc, version, " ".join(_FLAGS), _cpu_signature()]).encode()
     ).hexdigest()[:16]
     folder = _cache_dir()
-    target = folder / f"native-{key}.so"
-    if target.exists() and _private(target.stat()):
-        return target
+    found = _verified(folder, key)
+    if found is not None:
+        return found
+    _remove_stale_builds(folder)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".build-{key}-", suffix=".so")
     os.close(fd)
     try:
         subprocess.run([cc, *_FLAGS, "-o", tmp, str(_SOURCE)], check=True, capture_output=True, text=True,
-                       timeout=BUILD_TIMEOUT_S)
+                       timeout=build_timeout_s())
         os.chmod(tmp, 0o700)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        target = folder / f"native-{key}-{_digest(Path(tmp))}.so"
         os.replace(tmp, target)  # atomic: concurrent builders (test workers, DDP ranks) never see half a file
     finally:
         if os.path.exists(tmp):
@@ -175,7 +227,8 @@ def _library() -> ctypes.CDLL | None:
         tail = " ".join((err.stderr or "").strip().splitlines()[-3:])
         _reason.append(f"the C compiler failed on the kernel source ({tail}); set CC to another compiler")
     except subprocess.TimeoutExpired:
-        _reason.append(f"the C compiler took over {BUILD_TIMEOUT_S} s and was stopped; set CC to another compiler")
+        _reason.append(f"the C compiler took over {build_timeout_s()} s and was stopped; set CC to another compiler "
+                       "or raise MONAI_GDL_BUILD_TIMEOUT_S")
     except Exception as err:  # no compiler, a failed load or check: the other backends are always correct
         _reason.append(f"{err}")
     return None

@@ -23,6 +23,7 @@ import torch
 from monai_gdl.kernels import chunked, native, triton_backend
 from monai_gdl.kernels.contract import NUM_STATISTICS, DiceStatistics, VoxelTermSums, statistics_dtype
 from monai_gdl.kernels.dispatch import get_backend, resolve_backend
+from monai_gdl.kernels.reference import forward_chunk
 
 __all__ = ["streaming_statistics"]
 
@@ -98,8 +99,36 @@ def _backward(ctx, grad_stats):
     x, target, mask = ctx.saved_tensors
     rows = grad_stats[[0, 1, 4, 5]]  # I, P, F, Q: G and V do not depend on x
     grad = rows.to(statistics_dtype(x.dtype)).contiguous()
-    grad_x = torch.ops.monai_gdl.dice_statistics_backward(grad, x, target, mask, *ctx.options)
-    return (grad_x,) + (None,) * (2 + len(ctx.options))
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.ops.monai_gdl.dice_statistics_backward(grad, x, target, mask, *ctx.options)
+    grad_target = None
+    if ctx.needs_input_grad[1]:
+        grad_target = _target_gradient(grad_stats, x, target, mask, *ctx.options[:-1])
+    return (grad_x, grad_target) + (None,) * (1 + len(ctx.options))
+
+
+#: Voxels per chunk of the target-gradient pass (a few MiB of temporaries whatever the volume).
+TARGET_GRADIENT_CHUNK_ELEMENTS = 1 << 20
+
+
+def _target_gradient(grad_stats, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma):
+    """``dL/dtarget`` of a soft target that requires grad (through ``I, G, V, F, Q``, as the reference path's
+    autograd gives it): autograd of the chunk formulas, chunk by chunk, so memory stays chunk-sized. Only
+    a target that requires grad pays for it."""
+    weights = grad_stats.to(statistics_dtype(x.dtype))
+    grad_target = torch.empty_like(target)
+    step = max(1, TARGET_GRADIENT_CHUNK_ELEMENTS // max(1, x.shape[0] * x.shape[1]))
+    with torch.enable_grad():
+        for start in range(0, x.shape[2], step):
+            part = slice(start, start + step)
+            t = target[..., part].detach().requires_grad_(True)
+            m = None if mask is None else mask[..., part]
+            sums = torch.stack(forward_chunk(x[..., part].detach(), t, m, activation, label_map, squared, soft,
+                                             voxel_term, gamma))
+            (grad_part,) = torch.autograd.grad((sums * weights).sum(), t, allow_unused=True)
+            grad_target[..., part] = 0 if grad_part is None else grad_part
+    return grad_target
 
 
 torch.library.register_autograd("monai_gdl::dice_statistics", _backward, setup_context=_setup_context)

@@ -103,10 +103,9 @@ def reference_statistics(
     g = target.reshape(b, c, -1).to(p.dtype)
     overlap = torch.minimum(p, g) if soft else p * g
     intersection = (overlap if mf is None else overlap * mf).sum(-1)
-    with torch.no_grad():
-        g_masked = g if mf is None else g * mf
-        volume = g_masked.sum(-1)
-        target_sum = (g_masked * g).sum(-1) if squared else volume
+    g_masked = g if mf is None else g * mf  # differentiable for a soft target that requires grad
+    volume = g_masked.sum(-1)
+    target_sum = (g_masked * g).sum(-1) if squared else volume
     return DiceStatistics(intersection, prediction, target_sum, volume)
 
 

@@ -24,6 +24,7 @@ from monai_gdl.losses.validation import (
     LossInputError,
     check_gdl_options,
     check_loss_inputs,
+    check_loss_values,
     check_loss_options,
     class_weight_tensor,
     validated_statistics,
@@ -73,6 +74,14 @@ def loss_statistics(
         raise LossInputError(f"implementation={implementation!r}; use one of {IMPLEMENTATIONS}.")
     if implementation == "fused" and other_act is not None:
         raise LossInputError("implementation='fused' does not support other_act; use implementation='reference'.")
+    if implementation != "reference" and _functorch_active():
+        if implementation == "fused":
+            raise LossInputError(
+                "implementation='fused' cannot run inside torch.func transforms (grad, vmap, jacrev, ...): the fused "
+                "operator's closed-form backward is not a functorch rule. Pass implementation='reference' (or 'auto', "
+                "which switches to it there)."
+            )
+        implementation = "reference"
     input, target, mask = _plain(input), _plain(target), _plain(mask)
     keep = voxel_mask(target, label_map=to_onehot_y, ignore_index=ignore_index, mask=mask)
     soft = soft_label and not squared and not to_onehot_y
@@ -90,6 +99,30 @@ def loss_statistics(
             sums = reference_voxel_term(input, target, label_map=to_onehot_y, voxel_term=voxel_term, gamma=gamma,
                                         mask=keep)
     return stats, sums, _voxel_count(stats, input, keep, to_onehot_y) if voxel_term != "none" else None
+
+
+def _functorch_active() -> bool:
+    """Inside ``torch.func.grad``/``vmap``/...: ``"auto"`` then takes the reference path, which functorch can
+    differentiate and batch (the fused operator's autograd cannot)."""
+    if torch.compiler.is_compiling():  # tracing runs the operators as they are
+        return False
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def _check_values_under_functorch(input, target, **options) -> None:
+    """The value scans of ``validate=True`` inside ``torch.func`` transforms, on the plain values (the
+    checking operator has no functorch rule; the scans do not need gradients)."""
+    functorch = torch._C._functorch
+    plain = []
+    for t in (_plain(input).detach(), _plain(target).detach()):
+        while functorch.is_functorch_wrapped_tensor(t):
+            if functorch.is_batchedtensor(t):  # vmap: its samples become more batch entries
+                bdim = functorch.maybe_get_bdim(t)
+                t = functorch.get_unwrapped(t).movedim(bdim, 0).flatten(0, 1)
+            else:
+                t = functorch.get_unwrapped(t)
+        plain.append(t)
+    check_loss_values(plain[0], plain[1], **options)
 
 
 def _voxel_count(stats: DiceStatistics, input: torch.Tensor, keep: torch.Tensor | None, label_map: bool) -> torch.Tensor:
@@ -120,8 +153,9 @@ def dice_statistics(
 
     ``soft_label``: the intersection of a dense target is ``sum(min(p, g))`` (equal to ``sum(p*g)`` on
     hard targets; label maps always use ``p*g``). ``implementation``: ``"auto"`` runs the fused
-    operator wherever it applies (softmax, sigmoid or no activation), else the reference; ``"fused"``
-    requires it; ``"reference"`` forces plain PyTorch autograd.
+    operator wherever it applies (softmax, sigmoid or no activation; not inside ``torch.func``
+    transforms), else the reference; ``"fused"`` requires it; ``"reference"`` forces plain PyTorch
+    autograd. A soft target that requires grad gets its gradient on every path.
     """
     stats, _, _ = loss_statistics(input, target, to_onehot_y=to_onehot_y, softmax=softmax, sigmoid=sigmoid,
                                   other_act=other_act, squared=squared, soft_label=soft_label,
@@ -219,7 +253,11 @@ def scored_statistics(
         squared=squared_pred, soft_label=soft_label, ignore_index=ignore_index, mask=mask,
         implementation=implementation, voxel_term=voxel_term, gamma=gamma,
     )
-    if validate:
+    if validate and _functorch_active():
+        _check_values_under_functorch(input, target, to_onehot_y=to_onehot_y, softmax=softmax,
+                                      has_activation=softmax or sigmoid or other_act is not None,
+                                      ignore_index=ignore_index)
+    elif validate:
         has_activation = softmax or sigmoid or other_act is not None
         checked = validated_statistics(torch.stack([*stats, *sums]), _plain(input), _plain(target), to_onehot_y,
                                        softmax, has_activation, ignore_index)

@@ -141,6 +141,12 @@ def _check_input(input: torch.Tensor, *, softmax: bool) -> None:
             f"input has shape {_shape_str(input)}; expected B x C x spatial... (at least one spatial axis). "
             "Add the batch/channel axes, e.g. input[None, None]."
         )
+    if input.numel() == 0:
+        raise LossInputError(
+            f"input has shape {_shape_str(input)}: no voxels to score (an empty batch or a zero-size volume), so "
+            "the loss has no value. Skip the loss for such a batch (e.g. `if input.numel(): ...`) or check the "
+            "data loader and crop sizes."
+        )
     if softmax and input.shape[1] == 1:
         raise LossInputError(
             f"softmax=True with input of shape {_shape_str(input)} (1 channel): softmax over one channel is "
@@ -212,6 +218,22 @@ def _check_label_map_values(num_classes: int, target: torch.Tensor, ignore_index
         )
 
 
+def _check_ignore_index(ignore_index: int | None, num_classes: int, include_background: bool) -> None:
+    """An ignored label that is also a scored class would drop its voxels but keep the class in the mean, as a
+    class with no target voxels: a meaningless term that dilutes the mean. Refused, naming the fixes."""
+    if ignore_index is None or not 0 <= ignore_index < num_classes:
+        return
+    if ignore_index == 0 and not include_background:
+        return  # class 0 is not scored: ignoring its voxels only removes them from the sums
+    raise LossInputError(
+        f"ignore_index={ignore_index} is one of the classes the loss scores (input has {num_classes} channels, "
+        f"classes 0..{num_classes - 1}, include_background={include_background}): its voxels would be skipped but "
+        "the class would still count in the mean, as a class with no target voxels. Use an ignore label outside "
+        f"0..{num_classes - 1} (e.g. 255) and give the network one channel fewer"
+        + (", or pass include_background=False to ignore the background voxels." if ignore_index == 0 else ".")
+    )
+
+
 def _check_dense_target_shape(input: torch.Tensor, target: torch.Tensor) -> None:
     if tuple(target.shape) != tuple(input.shape):
         hint = ""
@@ -274,6 +296,7 @@ def check_loss_inputs(
         )
     if to_onehot_y:
         _check_label_map_shape(input, target)
+        _check_ignore_index(ignore_index, input.shape[1], include_background)
     else:
         if ignore_index is not None:
             raise LossInputError(
