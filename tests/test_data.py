@@ -129,7 +129,7 @@ def test_data_command_line(tmp_path, capsys):
     assert main(["synth", "--out", out, "--cases", "4", "--shape", "16", "16", "8"]) == 0
     assert main(["check", out, "--val_fraction", "0.25"]) == 0
     assert "training: 3 cases" in capsys.readouterr().out
-    assert main(["check", str(tmp_path / "missing")]) == 2
+    assert main(["check", str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
 
 

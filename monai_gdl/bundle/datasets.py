@@ -18,10 +18,12 @@ import numpy as np
 
 __all__ = [
     "DatasetError",
+    "audit_dataset",
     "case_id",
     "class_names",
     "image_files",
     "msd_datalist",
+    "pair_mismatch",
     "resolve_dataset_dir",
     "write_synthetic_dataset",
 ]
@@ -58,6 +60,48 @@ def _check_header(path: str) -> None:
         raise
     except Exception as err:
         raise DatasetError(f"{path} is not a readable NIfTI file ({type(err).__name__}: {err}); re-export or remove it.") from err
+
+
+#: How far an image and its label may differ in voxel size and origin (mm) and in direction cosines.
+SPACING_TOLERANCE_MM = 1e-3
+ORIGIN_TOLERANCE_MM = 1e-2
+DIRECTION_TOLERANCE = 1e-4
+
+
+def _geometry(img) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """Spatial shape, voxel size (mm), origin (mm) and direction cosines (columns) of a NIfTI image."""
+    affine = np.asarray(img.affine, dtype=np.float64)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    direction = affine[:3, :3] / np.where(spacing > 0, spacing, 1.0)
+    return tuple(int(n) for n in img.shape[:3]), spacing, affine[:3, 3], direction
+
+
+def pair_mismatch(image, label) -> str | None:
+    """What differs between an image and its label (shape, spacing, origin, direction), or None when they
+    share one voxel grid within the tolerances; ``image``/``label`` are loaded nibabel images."""
+    (s1, sp1, o1, d1), (s2, sp2, o2, d2) = _geometry(image), _geometry(label)
+    fmt = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
+    if s1 != s2:
+        return f"shape {s1} vs {s2}"
+    if np.abs(sp1 - sp2).max() > SPACING_TOLERANCE_MM:
+        return f"spacing {fmt(sp1)} vs {fmt(sp2)} mm"
+    if np.abs(o1 - o2).max() > ORIGIN_TOLERANCE_MM:
+        return f"origin {fmt(o1)} vs {fmt(o2)} mm (shifted by {np.linalg.norm(o1 - o2):.3g} mm)"
+    if np.abs(d1 - d2).max() > DIRECTION_TOLERANCE:
+        return f"direction {np.round(d1, 4).tolist()} vs {np.round(d2, 4).tolist()}"
+    return None
+
+
+def _check_pair(image_path: str, label_path: str) -> None:
+    import nibabel as nib
+
+    diff = pair_mismatch(nib.load(image_path), nib.load(label_path))
+    if diff is not None:
+        raise DatasetError(
+            f"image {image_path} and label {label_path} are not on the same voxel grid ({diff}); the label would be "
+            "misaligned with the image. Re-export the label on the image's grid (same shape and affine) or remove "
+            "the case."
+        )
 
 
 def _load_dataset_json(dataset_dir: str) -> dict | None:
@@ -118,6 +162,8 @@ def msd_datalist(
     Cases come from ``dataset.json``'s ``training`` list when present, else from pairing
     ``imagesTr`` with ``labelsTr`` by file name. A ``validation`` list in ``dataset.json`` fixes the
     split; otherwise a seeded shuffle holds out ``val_fraction`` of the cases (at least one).
+    ``check_files`` reads every header: 3-D, readable, and each label on its image's voxel grid
+    (:func:`pair_mismatch`).
     """
     if split not in ("training", "validation"):
         raise DatasetError(f"split={split!r}; use 'training' or 'validation'.")
@@ -147,7 +193,87 @@ def msd_datalist(
         for case in chosen:
             _check_header(case["image"])
             _check_header(case["label"])
+            _check_pair(case["image"], case["label"])
     return chosen
+
+
+def _read_volume(path: str, problems: list[str]):
+    """The loaded image and its voxels, or None after noting why it cannot be used."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:
+        problems.append(f"{path}: cannot be read, truncated or corrupt ({type(err).__name__}: {err})")
+        return None, None
+    if data.ndim != 3:
+        problems.append(f"{path}: a {data.ndim}-D image of shape {tuple(data.shape)}; the workflow expects 3-D volumes")
+        return None, None
+    return img, data
+
+
+def _label_problems(path: str, data: np.ndarray, num_classes: int | None) -> list[str]:
+    problems = []
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.isfinite(data).all():
+            return [f"{path}: label holds NaN or inf values"]
+        if not np.array_equal(data, np.round(data)):
+            return [f"{path}: label holds non-integer values (resampled with linear interpolation?)"]
+    lo, hi = int(data.min()), int(data.max())
+    if lo < 0:
+        problems.append(f"{path}: label holds negative values (min {lo})")
+    if num_classes is not None and hi >= num_classes:
+        problems.append(f"{path}: label holds class {hi} but num_classes={num_classes} (classes 0..{num_classes - 1})")
+    return problems
+
+
+def audit_dataset(dataset_dir: str, num_classes: int | None = None) -> tuple[list[dict], list[str]]:
+    """Every case of ``dataset_dir`` and every problem training would choke on or silently mis-learn.
+
+    Reads each file whole: unreadable or truncated files, images that are not 3-D, NaN/inf voxels,
+    labels that are non-integer, negative or ``>= num_classes`` (default: the number of
+    ``dataset.json`` ``labels``), images and labels not on one voxel grid, entries of
+    ``dataset.json`` whose files are missing, images without a label. One line per problem.
+    """
+    if not dataset_dir or not os.path.isdir(dataset_dir):
+        return [], [f"dataset_dir={dataset_dir!r} does not exist"]
+    problems: list[str] = []
+    try:
+        meta = _load_dataset_json(dataset_dir)
+    except DatasetError as err:
+        return [], [str(err)]
+    if num_classes is None and meta and isinstance(meta.get("labels"), dict) and meta["labels"]:
+        num_classes = len(meta["labels"])
+    if meta and meta.get("training"):
+        cases = []
+        for i, entry in enumerate(meta["training"]):
+            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+                problems.append(f"dataset.json 'training'[{i}] = {entry!r}: needs 'image' and 'label' paths")
+                continue
+            case = {k: os.path.normpath(os.path.join(dataset_dir, entry[k])) for k in ("image", "label")}
+            missing = [case[k] for k in ("image", "label") if not os.path.isfile(case[k])]
+            problems += [f"{path}: listed in dataset.json 'training'[{i}] but missing" for path in missing]
+            if not missing:
+                cases.append(case)
+    else:
+        try:
+            cases = _pairs_from_folders(dataset_dir)
+        except DatasetError as err:
+            return [], [str(err)]
+    for case in cases:
+        image, image_data = _read_volume(case["image"], problems)
+        label, label_data = _read_volume(case["label"], problems)
+        if image_data is not None and not np.isfinite(image_data).all():
+            bad = int((~np.isfinite(image_data)).sum())
+            problems.append(f"{case['image']}: {bad} NaN or inf voxel(s)")
+        if label_data is not None:
+            problems += _label_problems(case["label"], label_data, num_classes)
+        if image is not None and label is not None:
+            diff = pair_mismatch(image, label)
+            if diff is not None:
+                problems.append(f"{case['image']} and {case['label']}: not on the same voxel grid ({diff})")
+    return cases, problems
 
 
 def class_names(dataset_dir: str, num_classes: int) -> list[str]:

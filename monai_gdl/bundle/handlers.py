@@ -1,27 +1,37 @@
 """Ignite handlers and helpers the bundle configs use: checkpoints with resume, epoch summaries, evaluation.
 
-Checkpoints are written atomically (temporary file, then rename), so an interrupted run always
-leaves the last complete ``last.pt`` and ``model.pt`` (best validation Dice) behind; a new run
-with the same ``output_dir`` resumes from ``last.pt``. In multi-process training only rank 0
-writes files and prints.
+Checkpoints and ``history.csv`` are written atomically (temporary file, fsync, rename), so an
+interrupted run always leaves the last complete ``last.pt``, ``model.pt`` (best validation Dice)
+and ``history.csv`` behind, and the next run removes the temporary files a killed one left. A new
+run with the same ``output_dir`` resumes from ``last.pt`` and reproduces the uninterrupted run:
+every epoch's random streams (torch, NumPy, Python, the transforms' and the sampler's) are seeded
+from ``(seed, epoch)`` by :class:`EpochSeeds`, and the learning-rate schedule is replayed to the
+resumed epoch. In multi-process training only rank 0 writes files and prints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import glob
 import json
 import logging
 import math
 import os
+import random
+import warnings
 from collections.abc import Sequence
 
 import torch
 
 __all__ = [
     "CheckpointError",
+    "EpochSeeds",
     "EpochSummary",
     "EvaluationReport",
+    "OutputDirError",
     "TrainingCheckpoints",
+    "check_output_dir",
     "load_network_checkpoint",
 ]
 
@@ -44,10 +54,82 @@ def _unwrap(network: torch.nn.Module) -> torch.nn.Module:
     return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
 
 
-def _atomic_save(obj: dict, path: str) -> None:
+class OutputDirError(OSError):
+    """An ``output_dir`` the run cannot write to."""
+
+
+def check_output_dir(output_dir: str) -> str:
+    """Create ``output_dir`` and prove it writable (a file is written, synced and removed) before any data
+    is loaded, so a read-only or mistyped folder fails at once, naming the path; then remove the temporary
+    files a killed run left there. Returns ``output_dir``."""
+    probe = os.path.join(output_dir, f".write-test-{os.getpid()}")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+            os.fsync(f.fileno())
+        os.remove(probe)
+    except OSError as err:
+        raise OutputDirError(
+            f"output_dir={output_dir!r} is not writable ({type(err).__name__}: {err.strerror or err}); pass "
+            "--output_dir with a folder you can write to."
+        ) from err
+    _remove_leftovers(output_dir)
+    return output_dir
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _remove_leftovers(output_dir: str) -> None:
+    """Temporary files (``<name>.tmp-<pid>``) of writers that no longer run: what a kill leaves."""
+    import shutil
+
+    for path in glob.glob(os.path.join(glob.escape(output_dir), "*.tmp-*")):
+        pid = path.rsplit(".tmp-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+
+
+def _sync_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _atomic_write(path: str, write) -> None:
+    """``write(file)`` into ``path.tmp-<pid>``, fsync, rename over ``path``: a kill at any point leaves the
+    previous complete ``path``."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _sync_dir(path)
+
+
+def _atomic_save(obj: dict, path: str) -> None:
+    _atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_network_checkpoint(path: str, network: torch.nn.Module) -> torch.nn.Module:
@@ -123,15 +205,48 @@ class TrainingCheckpoints:
         if self.evaluator is not None:
             self.evaluator.add_event_handler(Events.COMPLETED, self._save_best)
 
+    def _read_last(self, path: str) -> dict:
+        try:
+            state = _read_checkpoint(path)
+            missing = {"network", "optimizer", "epoch", "iteration"} - set(state)
+            if missing:
+                raise CheckpointError(f"it lacks {sorted(missing)}")
+            return state
+        except CheckpointError as err:
+            best = os.path.join(self.output_dir, BEST_CHECKPOINT)
+            raise CheckpointError(
+                f"cannot resume: {path} is truncated or corrupt ({err}). Start over with --resume false (or delete "
+                f"{path})" + (f"; the best weights so far are in {best}, which evaluate.json and inference.json use "
+                              "(copy it first: a new run overwrites it)." if os.path.isfile(best) else ".")
+            ) from err
+
+    def _replay_schedule(self, epochs: int) -> None:
+        """Put the configured schedule at ``epochs`` by stepping it from its start, so a resumed run trains at
+        the rate the uninterrupted one did (and with a raised ``--epochs``, the rate of the new, longer
+        schedule at that epoch). Schedules that cannot be replayed (no ``last_epoch``) load their saved state."""
+        scheduler = self.lr_scheduler
+        for group in self.optimizer.param_groups:
+            group["lr"] = group.get("initial_lr", group["lr"])
+        scheduler.last_epoch = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "scheduler.step() before optimizer.step()"
+            for _ in range(epochs):
+                scheduler.step()
+
     def _resume(self, trainer) -> None:
         path = os.path.join(self.output_dir, LAST_CHECKPOINT)
         if not (self.resume and os.path.isfile(path)):
             return
-        state = _read_checkpoint(path)
+        state = self._read_last(path)
         _apply_network_state(state["network"], self.network, path)
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
+        if self.lr_scheduler is not None and hasattr(self.lr_scheduler, "last_epoch"):
+            self._replay_schedule(int(state["epoch"]))
+        elif self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        scaler = getattr(trainer, "scaler", None)
+        if scaler is not None and state.get("grad_scaler") is not None:
+            scaler.load_state_dict(state["grad_scaler"])
         max_epochs = trainer.state.max_epochs
         trainer.state.epoch = int(state["epoch"])
         trainer.state.iteration = int(state["iteration"])
@@ -164,7 +279,40 @@ class TrainingCheckpoints:
             "iteration": trainer.state.iteration,
             "best_metric": self.best,
         }
+        scaler = getattr(trainer, "scaler", None)
+        if scaler is not None:
+            state["grad_scaler"] = scaler.state_dict()
         _atomic_save(state, os.path.join(self.output_dir, LAST_CHECKPOINT))
+
+
+class EpochSeeds:
+    """Seed every random stream at the start of each epoch from ``(seed, epoch)``: torch (CPU and CUDA),
+    NumPy, Python's ``random`` and the random transforms of ``dataloader``'s dataset (the sampler's
+    shuffle and the workers' seeds come from torch's). Each epoch's randomness then depends on nothing
+    that happened before it, so a run resumed at epoch ``k`` trains epoch ``k + 1`` exactly as the
+    uninterrupted run did."""
+
+    def __init__(self, seed: int, dataloader) -> None:
+        self.seed = int(seed)
+        self.dataloader = dataloader
+
+    def attach(self, trainer) -> None:
+        from ignite.engine import Events
+
+        trainer.add_event_handler(Events.EPOCH_STARTED, self._seed)
+
+    def epoch_seed(self, epoch: int) -> int:
+        return (self.seed * 1_000_003 + epoch) % (2**31 - 1)
+
+    def _seed(self, trainer) -> None:
+        import numpy as np
+        from monai.data.utils import set_rnd
+
+        seed = self.epoch_seed(trainer.state.epoch)
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        set_rnd(self.dataloader.dataset, seed)
 
 
 class EpochSummary:
@@ -229,16 +377,7 @@ class EpochSummary:
             text += f" val_mean_dice {mean_dice:.4f} [{classes}]"
         logger.info(text)
         os.makedirs(self.output_dir, exist_ok=True)
-        path = os.path.join(self.output_dir, HISTORY_FILE)
-        rows = []
-        if os.path.isfile(path):
-            with open(path) as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]  # a resumed run overwrites its future
-        rows.append(row)
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_history(os.path.join(self.output_dir, HISTORY_FILE), row)
         self._tensorboard(epoch, loss, lr, mean_dice, per_class)
 
     def _tensorboard(self, epoch, loss, lr, mean_dice, per_class) -> None:
@@ -258,6 +397,23 @@ class EpochSummary:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def write_history(path: str, row: dict) -> None:
+    """Add ``row`` to the CSV at ``path``, dropping rows of its epoch and later (a resumed run rewrites its
+    future), atomically: a kill during the write leaves the previous complete file."""
+    import io
+
+    rows = []
+    if os.path.isfile(path):
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if str(r.get("epoch", "")).isdigit() and int(r["epoch"]) < row["epoch"]]
+    rows.append(row)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(row), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
 class EvaluationReport:

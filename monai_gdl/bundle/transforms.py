@@ -17,7 +17,7 @@ from monai.transforms import (
     Spacingd,
 )
 
-__all__ = ["CheckLabelsd", "LoadNamedImaged", "intensity_normalization", "load_transforms"]
+__all__ = ["CheckFiniteImaged", "CheckLabelsd", "LoadNamedImaged", "intensity_normalization", "load_transforms"]
 
 
 class LoadNamedImaged(LoadImaged):
@@ -78,6 +78,23 @@ class CheckLabelsd(MapTransform):
         return d
 
 
+class CheckFiniteImaged(MapTransform):
+    """Reject images with NaN or inf voxels right after loading, naming the file: otherwise the network
+    output turns NaN and the loss error would blame the learning rate."""
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = torch.as_tensor(d[key])
+            if image.is_floating_point() and not bool(torch.isfinite(image).all()):
+                bad = int((~torch.isfinite(image)).sum())
+                raise ValueError(
+                    f"image file {_source_file(d, key)} holds {bad} NaN or inf voxel(s); fix or remove the case "
+                    "(python -m monai_gdl.data check DIR lists every problem of a dataset)."
+                )
+        return d
+
+
 def intensity_normalization(
     modality: str, keys: KeysCollection = "image", ct_window: Sequence[float] = (-175.0, 250.0)
 ) -> MapTransform:
@@ -97,13 +114,14 @@ def load_transforms(
     intensity: str = "mr",
     ct_window: Sequence[float] = (-175.0, 250.0),
 ) -> list:
-    """Load NIfTI, check labels (naming the file), reorient to RAS, resample to ``spacing``, normalise.
+    """Load NIfTI, check voxels and labels (naming the file), reorient to RAS, resample to ``spacing``, normalise.
 
     ``keys`` is ``["image", "label"]`` for training/evaluation and ``["image"]`` for inference.
     """
     keys = list(keys)
     modes = ["bilinear" if k == "image" else "nearest" for k in keys]
-    transforms = [LoadNamedImaged(keys=keys, image_only=True, ensure_channel_first=True)]
+    transforms = [LoadNamedImaged(keys=keys, image_only=True, ensure_channel_first=True),
+                  CheckFiniteImaged(keys="image")]
     if "label" in keys:
         transforms.append(CheckLabelsd(keys="label", num_classes=num_classes))
     transforms += [
