@@ -110,7 +110,7 @@ def test_a_killed_builds_leftovers_are_removed(tmp_path):
 
 def test_a_hanging_compiler_is_stopped_and_the_loss_still_runs(tmp_path):
     compiler = tmp_path / "cc-hangs"
-    compiler.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'hanging cc 1.0'; exit 0; }\nsleep 600\n")
+    compiler.write_text("#!/bin/sh\n[ \"$1\" = --version ] && { echo 'hanging cc 1.0'; exit 0; }\nexec sleep 600\n")
     compiler.chmod(0o755)
     env = {"CC": str(compiler), "MONAI_GDL_CACHE_DIR": str(tmp_path / "cache"), "MONAI_GDL_BUILD_TIMEOUT_S": "3"}
     start = time.monotonic()

@@ -302,7 +302,8 @@ class EpochSeeds:
         trainer.add_event_handler(Events.EPOCH_STARTED, self._seed)
 
     def epoch_seed(self, epoch: int) -> int:
-        return (self.seed * 1_000_003 + epoch) % (2**31 - 1)
+        """One seed per (seed, epoch) and process: ranks of a multi-process run augment differently."""
+        return ((self.seed * 1_000_003 + epoch) * 1_009 + _rank()) % (2**31 - 1)
 
     def _seed(self, trainer) -> None:
         import numpy as np
