@@ -32,7 +32,7 @@ from monai_gdl.losses import (
     vnet_dice_loss,
 )
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"
 
 __all__ = [
     "BACKENDS",

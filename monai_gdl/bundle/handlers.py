@@ -5,7 +5,7 @@ interrupted run always leaves the last complete ``last.pt``, ``model.pt`` (best 
 and ``history.csv`` behind, and the next run removes the temporary files a killed one left. A new
 run with the same ``output_dir`` resumes from ``last.pt`` and reproduces the uninterrupted run:
 every epoch's random streams (torch, NumPy, Python, the transforms' and the sampler's) are seeded
-from ``(seed, epoch)`` by :class:`EpochSeeds`, and the learning-rate schedule is replayed to the
+from ``(seed, epoch, rank)`` by :class:`EpochSeeds`, and the learning-rate schedule is replayed to the
 resumed epoch. In multi-process training only rank 0 writes files and prints.
 """
 
@@ -33,6 +33,7 @@ __all__ = [
     "TrainingCheckpoints",
     "check_output_dir",
     "load_network_checkpoint",
+    "write_history",
 ]
 
 logger = logging.getLogger("monai_gdl.bundle")
@@ -60,9 +61,9 @@ class OutputDirError(OSError):
 
 def check_output_dir(output_dir: str) -> str:
     """Create ``output_dir`` and prove it writable (a file is written, synced and removed) before any data
-    is loaded, so a read-only or mistyped folder fails at once, naming the path; then remove the temporary
-    files a killed run left there. Returns ``output_dir``."""
-    probe = os.path.join(output_dir, f".write-test-{os.getpid()}")
+    is loaded, so a read-only or mistyped folder fails at once, naming the path; then (rank 0) remove the
+    temporary files a killed run left there. Returns ``output_dir``."""
+    probe = os.path.join(output_dir, f".write-test.tmp-{os.getpid()}")
     try:
         os.makedirs(output_dir, exist_ok=True)
         with open(probe, "wb") as f:
@@ -74,7 +75,8 @@ def check_output_dir(output_dir: str) -> str:
             f"output_dir={output_dir!r} is not writable ({type(err).__name__}: {err.strerror or err}); pass "
             "--output_dir with a folder you can write to."
         ) from err
-    _remove_leftovers(output_dir)
+    if _rank() == 0:  # other ranks' (or nodes') writers are not ours to judge
+        _remove_leftovers(output_dir)
     return output_dir
 
 
@@ -223,7 +225,7 @@ class TrainingCheckpoints:
     def _replay_schedule(self, epochs: int) -> None:
         """Put the configured schedule at ``epochs`` by stepping it from its start, so a resumed run trains at
         the rate the uninterrupted one did (and with a raised ``--epochs``, the rate of the new, longer
-        schedule at that epoch). Schedules that cannot be replayed (no ``last_epoch``) load their saved state."""
+        schedule at that epoch). Schedules that depend on metrics (``ReduceLROnPlateau``) load their saved state."""
         scheduler = self.lr_scheduler
         for group in self.optimizer.param_groups:
             group["lr"] = group.get("initial_lr", group["lr"])
@@ -240,7 +242,7 @@ class TrainingCheckpoints:
         state = self._read_last(path)
         _apply_network_state(state["network"], self.network, path)
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.lr_scheduler is not None and hasattr(self.lr_scheduler, "last_epoch"):
+        if _replayable(self.lr_scheduler):
             self._replay_schedule(int(state["epoch"]))
         elif self.lr_scheduler is not None and state.get("lr_scheduler") is not None:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -285,8 +287,13 @@ class TrainingCheckpoints:
         _atomic_save(state, os.path.join(self.output_dir, LAST_CHECKPOINT))
 
 
+def _replayable(scheduler) -> bool:
+    schedulers = torch.optim.lr_scheduler
+    return isinstance(scheduler, schedulers.LRScheduler) and not isinstance(scheduler, schedulers.ReduceLROnPlateau)
+
+
 class EpochSeeds:
-    """Seed every random stream at the start of each epoch from ``(seed, epoch)``: torch (CPU and CUDA),
+    """Seed every random stream at the start of each epoch from ``(seed, epoch, rank)``: torch (CPU and CUDA),
     NumPy, Python's ``random`` and the random transforms of ``dataloader``'s dataset (the sampler's
     shuffle and the workers' seeds come from torch's). Each epoch's randomness then depends on nothing
     that happened before it, so a run resumed at epoch ``k`` trains epoch ``k + 1`` exactly as the
