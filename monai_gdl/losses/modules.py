@@ -147,8 +147,10 @@ class SudreGeneralizedDiceLoss(_Loss):
     finite weight of its row, so predicting a class that is not there costs as much as missing the
     rarest present one; ``"zero"`` ignores the class (its false positives then cost nothing). A row
     with *every* class absent uses uniform weights (``all_absent="uniform"``), so false positives
-    still get a gradient; ``all_absent="zero"`` is MONAI's constant ``1 - smooth_nr/smooth_dr``
-    there. Weights never become inf or NaN.
+    still count (the loss is near 1), though with the default smoothing their gradient is tiny
+    (about 1e-11 in ``notebooks/01_dice_vs_gdl_explained.ipynb``: a CE term is what trains them
+    away); ``all_absent="zero"`` is MONAI's constant ``1 - smooth_nr/smooth_dr`` there. Weights
+    never become inf or NaN.
 
     **Weight scale.** ``normalize_weights=True`` (default) divides the weights of each row by their
     sum. The ratio does not change, but ``smooth_nr``/``smooth_dr`` then act in voxel units: with raw
