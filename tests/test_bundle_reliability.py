@@ -266,3 +266,15 @@ def test_nan_voxels_met_in_training_name_the_file(tmp_path, dataset):
     assert f"image file {path} holds 1 NaN or inf voxel(s)" in run.stderr
     assert "learning rate" not in run.stderr
 
+
+
+def test_the_training_lists_refuse_a_4d_image_and_accept_a_trailing_unit_axis(dataset):
+    from monai_gdl.bundle.datasets import DatasetError, msd_datalist
+
+    path = os.path.join(dataset, "imagesTr", "synth_001.nii.gz")
+    volume = np.asarray(nib.load(path).dataobj)
+    _rewrite(path, volume[..., None])  # X x Y x Z x 1: one channel, accepted
+    assert len(msd_datalist(dataset, "training")) + len(msd_datalist(dataset, "validation")) == 5
+    _rewrite(path, volume[..., None].repeat(2, -1))
+    with pytest.raises(DatasetError, match=r"synth_001.nii.gz: a 4-D image of shape \(24, 24, 16, 2\)"):
+        msd_datalist(dataset, "training") + msd_datalist(dataset, "validation")

@@ -49,13 +49,19 @@ def case_id(path: str) -> str:
     return name
 
 
+def _is_volume(shape: Sequence[int]) -> bool:
+    """3-D, allowing trailing axes of length 1 (some exporters write ``X x Y x Z x 1``)."""
+    return len(shape) >= 3 and all(int(n) == 1 for n in shape[3:])
+
+
 def _check_header(path: str) -> None:
     import nibabel as nib
 
     try:
         img = nib.load(path)
-        if len(img.shape) < 3:
-            raise DatasetError(f"{path}: a {len(img.shape)}-D image; the workflow expects 3-D volumes.")
+        if not _is_volume(img.shape):
+            raise DatasetError(f"{path}: a {len(img.shape)}-D image of shape {tuple(img.shape)}; the workflow expects "
+                               "3-D volumes (one channel).")
     except DatasetError:
         raise
     except Exception as err:
@@ -207,10 +213,10 @@ def _read_volume(path: str, problems: list[str]):
     except Exception as err:
         problems.append(f"{path}: cannot be read, truncated or corrupt ({type(err).__name__}: {err})")
         return None, None
-    if data.ndim != 3:
+    if not _is_volume(data.shape):
         problems.append(f"{path}: a {data.ndim}-D image of shape {tuple(data.shape)}; the workflow expects 3-D volumes")
         return None, None
-    return img, data
+    return img, data.reshape(data.shape[:3])
 
 
 def _label_problems(path: str, data: np.ndarray, num_classes: int | None) -> list[str]:
