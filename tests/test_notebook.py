@@ -32,7 +32,7 @@ def _execute(name: str) -> tuple[str, list[str], int]:
 def test_stored_notebook_has_its_outputs(name):
     nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.outputs for c in code), "re-run the notebook and store it with its outputs"
+    assert all(c.execution_count for c in code), "re-run the notebook and store it with its outputs"
     assert any(o.output_type == "display_data" for c in code for o in c.outputs)
     assert os.path.getsize(os.path.join(NOTEBOOKS, name)) < 400_000
 
@@ -57,7 +57,7 @@ def test_training_notebook_trains_and_runs_the_bundle():
     text, stderr, images = _execute("02_training_with_monai_gdl.ipynb")
     assert stderr == []
     final = text.split("final validation Dice: large ")[1].split()
-    assert float(final[0]) > 0.5  # the large structure is learnt in a few CPU epochs
+    assert float(final[0].rstrip(",")) > 0.5  # the large structure is learnt in a few CPU epochs
     assert "['history.csv', 'last.pt', 'model.pt', 'tensorboard']" in text
     assert "epoch 3 loss" in text and "at epoch 3" in text
     assert images == 2
