@@ -13,9 +13,10 @@ plus the checksum of the built file, verified before every load (a truncated or 
 removed and rebuilt, with a warning); the build goes to a private temporary file, synced and
 renamed into place (atomic: concurrent DDP ranks or test workers never see half a file; a killed
 build's leftovers are removed later), and a cache folder is only used if it belongs to this user
-and nobody else can write to it (else the build goes to a private folder of this process). The
-loaded library is then checked against the reference on a small case. Any failure leaves :func:`available` False with
-:func:`unavailable_reason` saying why, and the other backends in charge.
+and nobody else can write to it (else the build goes to a private folder of this process); a cached
+file others can write is rebuilt. The loaded library is then checked against the reference on a
+small case. Any failure leaves :func:`available` False with :func:`unavailable_reason` saying why,
+and the other backends in charge.
 
 The gradient buffer is the one large allocation of the backward; page-faulting 4 KiB pages into
 it costs as much as the kernel itself, so on Linux it is advised onto transparent huge pages
@@ -142,13 +143,15 @@ def _verified(folder: Path, key: str) -> Path | None:
     for candidate in sorted(folder.glob(f"native-{key}-*.so")):
         recorded = candidate.name[len(f"native-{key}-"):-len(".so")]
         try:
-            ok = _private(candidate.stat()) and _digest(candidate) == recorded
+            private = _private(candidate.stat())
+            ok = private and _digest(candidate) == recorded
         except OSError:
-            ok = False
+            private, ok = True, False
         if ok:
             return candidate
-        logger.warning("monai_gdl: the cached native kernel %s does not match the checksum recorded when it was "
-                       "built (truncated or corrupt); removing it and building again.", candidate)
+        if private:
+            logger.warning("monai_gdl: the cached native kernel %s does not match the checksum recorded when it was "
+                           "built (truncated or corrupt); removing it and building again.", candidate)
         with contextlib.suppress(OSError):
             candidate.unlink()
     return None
