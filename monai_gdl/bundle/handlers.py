@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import glob
+import io
 import json
 import logging
 import math
 import os
 import random
+import shutil
 import warnings
 from collections.abc import Sequence
 
@@ -92,8 +94,6 @@ def _pid_alive(pid: int) -> bool:
 
 def _remove_leftovers(output_dir: str) -> None:
     """Temporary files (``<name>.tmp-<pid>``) of writers that no longer run: what a kill leaves."""
-    import shutil
-
     for path in glob.glob(os.path.join(glob.escape(output_dir), "*.tmp-*")):
         pid = path.rsplit(".tmp-", 1)[1]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
@@ -410,8 +410,6 @@ class EpochSummary:
 def write_history(path: str, row: dict) -> None:
     """Add ``row`` to the CSV at ``path``, dropping rows of its epoch and later (a resumed run rewrites its
     future), atomically: a kill during the write leaves the previous complete file."""
-    import io
-
     rows = []
     if os.path.isfile(path):
         with open(path, newline="") as f:
