@@ -54,7 +54,8 @@ def _is_volume(shape: Sequence[int]) -> bool:
     return len(shape) >= 3 and all(int(n) == 1 for n in shape[3:])
 
 
-def _check_header(path: str) -> None:
+def _check_header(path: str):
+    """The loaded (header-only) nibabel image of ``path``, once it is readable and 3-D."""
     import nibabel as nib
 
     try:
@@ -62,6 +63,7 @@ def _check_header(path: str) -> None:
         if not _is_volume(img.shape):
             raise DatasetError(f"{path}: a {len(img.shape)}-D image of shape {tuple(img.shape)}; the workflow expects "
                                "3-D volumes (one channel).")
+        return img
     except DatasetError:
         raise
     except Exception as err:
@@ -99,9 +101,7 @@ def pair_mismatch(image, label) -> str | None:
 
 
 def _check_pair(image_path: str, label_path: str) -> None:
-    import nibabel as nib
-
-    diff = pair_mismatch(nib.load(image_path), nib.load(label_path))
+    diff = pair_mismatch(_check_header(image_path), _check_header(label_path))
     if diff is not None:
         raise DatasetError(
             f"image {image_path} and label {label_path} are not on the same voxel grid ({diff}); the label would be "
@@ -121,16 +121,30 @@ def _load_dataset_json(dataset_dir: str) -> dict | None:
         raise DatasetError(f"{path} is not valid JSON ({err}); fix it or delete it to pair imagesTr/labelsTr by name.") from err
 
 
-def _pairs_from_json(dataset_dir: str, entries: Sequence[dict], key: str) -> list[dict]:
-    pairs = []
+def _json_pairs(dataset_dir: str, entries: Sequence[dict], key: str) -> tuple[list[dict], list[str], list[str]]:
+    """The cases of a ``dataset.json`` list whose files exist, the malformed entries and the missing files
+    (each a line naming the entry)."""
+    pairs, malformed, missing = [], [], []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            raise DatasetError(f"dataset.json '{key}'[{i}] = {entry!r}: each entry needs 'image' and 'label' paths.")
-        pairs.append({k: os.path.normpath(os.path.join(dataset_dir, entry[k])) for k in ("image", "label")})
-    missing = [p[k] for p in pairs for k in ("image", "label") if not os.path.isfile(p[k])]
+            malformed.append(f"dataset.json '{key}'[{i}] = {entry!r}: each entry needs 'image' and 'label' paths")
+            continue
+        case = {k: os.path.normpath(os.path.join(dataset_dir, entry[k])) for k in ("image", "label")}
+        gone = [case[k] for k in ("image", "label") if not os.path.isfile(case[k])]
+        missing += [f"{path}: listed in dataset.json '{key}'[{i}] but missing" for path in gone]
+        if not gone:
+            pairs.append(case)
+    return pairs, malformed, missing
+
+
+def _pairs_from_json(dataset_dir: str, entries: Sequence[dict], key: str) -> list[dict]:
+    pairs, malformed, missing = _json_pairs(dataset_dir, entries, key)
+    if malformed:
+        raise DatasetError(f"{malformed[0]}.")
     if missing:
+        paths = [line.split(": listed in", 1)[0] for line in missing]
         raise DatasetError(
-            f"dataset.json in {dataset_dir} lists {len(missing)} file(s) that do not exist, e.g. {missing[:3]}; "
+            f"dataset.json in {dataset_dir} lists {len(missing)} file(s) that do not exist, e.g. {paths[:3]}; "
             "fix the paths or remove the entries."
         )
     return pairs
@@ -197,8 +211,6 @@ def msd_datalist(
         chosen = [c for i, c in enumerate(cases) if (i in val_idx) == (split == "validation")]
     if check_files:
         for case in chosen:
-            _check_header(case["image"])
-            _check_header(case["label"])
             _check_pair(case["image"], case["label"])
     return chosen
 
@@ -252,16 +264,8 @@ def audit_dataset(dataset_dir: str, num_classes: int | None = None) -> tuple[lis
     if num_classes is None and meta and isinstance(meta.get("labels"), dict) and meta["labels"]:
         num_classes = len(meta["labels"])
     if meta and meta.get("training"):
-        cases = []
-        for i, entry in enumerate(meta["training"]):
-            if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-                problems.append(f"dataset.json 'training'[{i}] = {entry!r}: needs 'image' and 'label' paths")
-                continue
-            case = {k: os.path.normpath(os.path.join(dataset_dir, entry[k])) for k in ("image", "label")}
-            missing = [case[k] for k in ("image", "label") if not os.path.isfile(case[k])]
-            problems += [f"{path}: listed in dataset.json 'training'[{i}] but missing" for path in missing]
-            if not missing:
-                cases.append(case)
+        cases, malformed, missing = _json_pairs(dataset_dir, meta["training"], "training")
+        problems += malformed + missing
     else:
         try:
             cases = _pairs_from_folders(dataset_dir)
