@@ -26,10 +26,16 @@ __all__ = [
 def vnet_dice_from_statistics(
     stats: DiceStatistics, *, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5
 ) -> torch.Tensor:
-    """``1 - (2*I + smooth_nr) / (P + G + smooth_dr)`` elementwise: an ``N x C`` loss in [0, 1]."""
+    """``1 - (2*I + smooth_nr) / (P + G + smooth_dr)`` elementwise: an ``N x C`` loss in [0, 1].
+
+    With ``smooth_dr = 0`` a class neither present nor predicted (``P = G = 0``, e.g. probabilities that
+    underflow to 0) would be ``0/0``; it scores 0, the limit of ``smooth_nr = smooth_dr -> 0`` (two empty
+    sets match), with a zero gradient instead of NaN."""
     numerator = 2.0 * stats.intersection + smooth_nr
     denominator = stats.prediction + stats.target + smooth_dr
-    return 1.0 - numerator / denominator
+    empty = denominator == 0
+    ratio = numerator / torch.where(empty, torch.ones_like(denominator), denominator)
+    return torch.where(empty, torch.zeros_like(ratio), 1.0 - ratio)
 
 
 def generalized_dice_weights(
