@@ -1,14 +1,15 @@
 """``python -m monai_gdl.report OUTPUT_DIR``: training curves of a run, and its evaluation summary.
 
-Draws ``OUTPUT_DIR/training_curves.png`` from ``history.csv`` (see :mod:`monai_gdl.bundle.report`)
-and lists the evaluation summary and overlays written by ``configs/evaluate.json``.
+Redraws ``OUTPUT_DIR/logs/training_curves.png`` from ``logs/history.csv`` (see
+:mod:`monai_gdl.bundle.report`) and lists the evaluation summary and overlays that
+``configs/evaluate.json`` wrote to ``OUTPUT_DIR/eval/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import glob
-import json
 import os
 import sys
 
@@ -22,15 +23,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output_dir")
     args = parser.parse_args(argv)
     try:
-        print(f"training curves: {plot_training_curves(args.output_dir)}")
+        print(f"training curves: {plot_training_curves(os.path.join(args.output_dir, 'logs'))}")
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    summary = os.path.join(args.output_dir, "evaluation", "summary.json")
+        return 1
+    summary = os.path.join(args.output_dir, "eval", "metrics.csv")
     if os.path.isfile(summary):
-        with open(summary) as f:
-            print("evaluation summary:", json.dumps(json.load(f), indent=1))
-        for png in sorted(glob.glob(os.path.join(args.output_dir, "evaluation", "overlay_*.png"))):
+        with open(summary, newline="") as f:
+            for row in csv.reader(f, delimiter="\t" if "\t" in open(summary).readline() else ","):
+                print("evaluation:", " ".join(row))
+        for png in sorted(glob.glob(os.path.join(args.output_dir, "eval", "overlay_*.png"))):
             print(f"overlay: {png}")
     else:
         print("no evaluation yet: run configs/evaluate.json merged after configs/train.json for overlays and metrics.")

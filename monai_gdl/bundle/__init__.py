@@ -1,7 +1,13 @@
-"""Everything the bundle configs (``configs/*.json``) import: the network (:mod:`.network`), the
-loading transforms (:mod:`.transforms`), datasets in MSD layout (:mod:`.datasets`), the ignite
-handlers for checkpoints, epoch summaries and evaluation (:mod:`.handlers`) and the training-curve
-plot (:mod:`.report`). The configs are run on their own by MONAI's CLI, and MONAI resolves
-``%file`` macros relative to the working directory, so pieces both the training and the inference
-configs build live here.
+"""The MONAI bundle's Python side: what ``configs/*.json`` reference and MONAI has no equivalent for.
+
+:mod:`.files` (where the bundle's files are; ``python -m monai_gdl.bundle path|init``), :mod:`.cli`
+(one line per epoch, readable errors, typo'd keys), :mod:`.checks` (arguments checked before data
+loading), :mod:`.datasets` (MSD-layout datasets: find, split, check, synthesise), :mod:`.transforms`
+(loading that names the bad file), :mod:`.handlers` (kill-safe checkpoints and resume, the epoch
+line and ``history.csv``, overlays) and :mod:`.report` (``training_curves.png``). The network,
+transforms and metrics themselves are written in the JSON configs.
 """
+
+from monai_gdl.bundle import checks, cli, datasets, files, handlers, report, transforms
+
+__all__ = ["checks", "cli", "datasets", "files", "handlers", "report", "transforms"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 import random
 import shutil
@@ -20,6 +21,7 @@ __all__ = [
     "DatasetError",
     "audit_dataset",
     "case_id",
+    "check_labels",
     "class_names",
     "image_files",
     "msd_datalist",
@@ -284,6 +286,56 @@ def audit_dataset(dataset_dir: str, num_classes: int | None = None) -> tuple[lis
             if diff is not None:
                 problems.append(f"{case['image']} and {case['label']}: not on the same voxel grid ({diff})")
     return cases, problems
+
+
+def check_labels(dataset_dir: str, num_classes: int, cases: Sequence[dict]) -> list[int]:
+    """Read every label of ``cases`` before training loads any data; return the classes found.
+
+    A label holding values outside ``0 .. num_classes - 1`` (or non-integer values), or a
+    ``dataset.json`` whose ``labels`` name more classes than ``num_classes``, is a
+    :class:`DatasetError` naming the files and the fix. Classes that no label holds are a warning
+    naming them: they would be trained as always absent and score Dice 0.
+    """
+    names = class_names(dataset_dir, num_classes)
+    meta = _load_dataset_json(dataset_dir) if dataset_dir and os.path.isdir(dataset_dir) else None
+    listed = (meta or {}).get("labels")
+    if isinstance(listed, dict) and len(listed) > num_classes:
+        raise DatasetError(
+            f"num_classes={num_classes} but {os.path.join(dataset_dir, 'dataset.json')} names {len(listed)} classes "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(listed.items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() else 0))}); "
+            f"pass --num_classes {len(listed)}."
+        )
+    found: set[int] = set()
+    problems: list[str] = []
+    highest = -1
+    for case in cases:
+        _, data = _read_volume(case["label"], problems)
+        if data is None:
+            continue
+        bad = _label_problems(case["label"], data, num_classes)
+        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+            problems += bad
+            continue
+        values = np.unique(data).astype(np.int64)
+        highest = max(highest, int(values.max()))
+        found.update(int(v) for v in values)
+        problems += bad
+    if problems:
+        fix = f"Pass --num_classes {highest + 1} or fix those labels" if highest >= num_classes else "Fix those labels"
+        raise DatasetError(
+            f"{len(problems)} label file(s) cannot be used with num_classes={num_classes} (classes "
+            f"0..{num_classes - 1}): " + "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+            + f". {fix} (python -m monai_gdl.data check DIR lists every problem)."
+        )
+    never = [c for c in range(num_classes) if c not in found]
+    if never:
+        logging.getLogger("monai_gdl.bundle").warning(
+            "warning: num_classes=%d but class(es) %s never appear in the %d label files: the network will learn them "
+            "as absent and they score Dice 0; pass --num_classes %d if the data has %d classes.",
+            num_classes, ", ".join(f"{c} ({names[c]})" for c in never), len(cases), max(found) + 1 if found else 1,
+            max(found) + 1 if found else 1,
+        )
+    return sorted(found)
 
 
 def class_names(dataset_dir: str, num_classes: int) -> list[str]:

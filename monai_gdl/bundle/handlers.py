@@ -1,4 +1,5 @@
-"""Ignite handlers and helpers the bundle configs use: checkpoints with resume, epoch summaries, evaluation.
+"""Ignite handlers the bundle configs use where MONAI's own do not give what we promise: kill-safe
+checkpoints with an exact resume, one line per epoch with ``history.csv``, evaluation overlays.
 
 Checkpoints and ``history.csv`` are written atomically (temporary file, fsync, rename), so an
 interrupted run always leaves the last complete ``last.pt``, ``model.pt`` (best validation Dice)
@@ -30,11 +31,12 @@ __all__ = [
     "CheckpointError",
     "EpochSeeds",
     "EpochSummary",
-    "EvaluationReport",
+    "EvaluationOverlays",
     "OutputDirError",
     "TrainingCheckpoints",
+    "check_checkpoint",
     "check_output_dir",
-    "load_network_checkpoint",
+    "report_predictions",
     "write_history",
 ]
 
@@ -93,8 +95,10 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _remove_leftovers(output_dir: str) -> None:
-    """Temporary files (``<name>.tmp-<pid>``) of writers that no longer run: what a kill leaves."""
-    for path in glob.glob(os.path.join(glob.escape(output_dir), "*.tmp-*")):
+    """Temporary files (``<name>.tmp-<pid>``) of writers that no longer run, in ``output_dir`` and its
+    folders (``models/``, ``logs/``): what a kill leaves."""
+    root = glob.escape(output_dir)
+    for path in glob.glob(os.path.join(root, "*.tmp-*")) + glob.glob(os.path.join(root, "*", "*.tmp-*")):
         pid = path.rsplit(".tmp-", 1)[1]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             if os.path.isdir(path):
@@ -134,16 +138,16 @@ def _atomic_save(obj: dict, path: str) -> None:
     _atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load_network_checkpoint(path: str, network: torch.nn.Module) -> torch.nn.Module:
-    """Load network weights from ``path`` (``model.pt`` or ``last.pt``), explaining a missing or mismatched file."""
+def check_checkpoint(path: str, network: torch.nn.Module) -> None:
+    """Before any data is loaded: ``path`` exists, can be read and fits ``network`` (MONAI's
+    ``CheckpointLoader`` then loads it), else a :class:`CheckpointError` saying what to do."""
     if not os.path.isfile(path):
         raise CheckpointError(
-            f"no checkpoint at {path}; train first (configs/train.json with the same --output_dir) or point "
-            "--output_dir at the folder that holds model.pt."
+            f"no checkpoint at {path}; train first (configs/train.json with the same --output_dir or --bundle_root), "
+            "or pass --ckpt_dir with the folder that holds model.pt."
         )
     checkpoint = _read_checkpoint(path)
-    _apply_network_state(checkpoint.get("network", checkpoint), network, path)
-    return network
+    _network_mismatch(checkpoint.get("model", checkpoint.get("network", checkpoint)), network, path)
 
 
 def _read_checkpoint(path: str) -> dict:
@@ -153,9 +157,8 @@ def _read_checkpoint(path: str) -> dict:
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}).") from err
 
 
-def _apply_network_state(state: dict, network: torch.nn.Module, path: str) -> None:
-    target = _unwrap(network)
-    own = target.state_dict()
+def _network_mismatch(state: dict, network: torch.nn.Module, path: str) -> None:
+    own = _unwrap(network).state_dict()
     mismatched = [
         f"{k}: checkpoint {tuple(v.shape)} vs network {tuple(own[k].shape)}"
         for k, v in state.items()
@@ -165,14 +168,22 @@ def _apply_network_state(state: dict, network: torch.nn.Module, path: str) -> No
     if mismatched or missing:
         detail = "; ".join(mismatched[:3]) or f"missing keys {missing[:3]}"
         raise CheckpointError(
-            f"checkpoint {path} was saved from a different network ({detail}). Use the num_classes/channels it "
-            "was trained with, or a fresh --output_dir to train this network."
+            f"checkpoint {path} was saved from a different network ({detail}). Use the num_classes and "
+            "network_def#channels it was trained with, or a fresh --output_dir to train this network."
         )
-    target.load_state_dict(state)
+
+
+def _apply_network_state(state: dict, network: torch.nn.Module, path: str) -> None:
+    _network_mismatch(state, network, path)
+    _unwrap(network).load_state_dict(state)
 
 
 class TrainingCheckpoints:
     """Save ``last.pt`` every epoch and ``model.pt`` on a new best validation metric; resume from ``last.pt``.
+
+    Kept instead of MONAI's ``CheckpointSaver``/``CheckpointLoader``: they neither fsync (a power loss
+    can leave a torn file), nor replay the LR schedule to a raised ``--epochs``, nor carry the best
+    metric over a resume.
 
     ``last.pt`` holds network, optimizer, scheduler, trainer state (epoch, iteration) and the best
     metric so far. Attach to the trainer *after* the ValidationHandler, so the epoch's validation has
@@ -181,7 +192,7 @@ class TrainingCheckpoints:
 
     def __init__(
         self,
-        output_dir: str,
+        ckpt_dir: str,
         network: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         evaluator=None,
@@ -189,7 +200,7 @@ class TrainingCheckpoints:
         key_metric: str = "val_mean_dice",
         resume: bool | str = True,
     ) -> None:
-        self.output_dir = output_dir
+        self.ckpt_dir = ckpt_dir
         self.network = network
         self.optimizer = optimizer
         self.evaluator = evaluator
@@ -215,7 +226,7 @@ class TrainingCheckpoints:
                 raise CheckpointError(f"it lacks {sorted(missing)}")
             return state
         except CheckpointError as err:
-            best = os.path.join(self.output_dir, BEST_CHECKPOINT)
+            best = os.path.join(self.ckpt_dir, BEST_CHECKPOINT)
             raise CheckpointError(
                 f"cannot resume: {path} is truncated or corrupt ({err}). Start over with --resume false (or delete "
                 f"{path})" + (f"; the best weights so far are in {best}, which evaluate.json and inference.json use "
@@ -236,7 +247,7 @@ class TrainingCheckpoints:
                 scheduler.step()
 
     def _resume(self, trainer) -> None:
-        path = os.path.join(self.output_dir, LAST_CHECKPOINT)
+        path = os.path.join(self.ckpt_dir, LAST_CHECKPOINT)
         if not (self.resume and os.path.isfile(path)):
             return
         state = self._read_last(path)
@@ -266,13 +277,13 @@ class TrainingCheckpoints:
             return
         self.best = float(value)
         if _rank() == 0:
-            os.makedirs(self.output_dir, exist_ok=True)
-            _atomic_save(_unwrap(self.network).state_dict(), os.path.join(self.output_dir, BEST_CHECKPOINT))
+            os.makedirs(self.ckpt_dir, exist_ok=True)
+            _atomic_save(_unwrap(self.network).state_dict(), os.path.join(self.ckpt_dir, BEST_CHECKPOINT))
 
     def _save_last(self, trainer) -> None:
         if _rank() != 0:
             return
-        os.makedirs(self.output_dir, exist_ok=True)
+        os.makedirs(self.ckpt_dir, exist_ok=True)
         state = {
             "network": _unwrap(self.network).state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -284,7 +295,7 @@ class TrainingCheckpoints:
         scaler = getattr(trainer, "scaler", None)
         if scaler is not None:
             state["grad_scaler"] = scaler.state_dict()
-        _atomic_save(state, os.path.join(self.output_dir, LAST_CHECKPOINT))
+        _atomic_save(state, os.path.join(self.ckpt_dir, LAST_CHECKPOINT))
 
 
 def _replayable(scheduler) -> bool:
@@ -324,11 +335,14 @@ class EpochSeeds:
 
 
 class EpochSummary:
-    """One line per epoch (loss, lr, validation mean and per-class Dice) to the log, ``history.csv`` and TensorBoard."""
+    """One line per epoch on the console (loss, lr, validation mean and per-class Dice), the same row in
+    ``history.csv`` (atomic; a resumed run rewrites its future rows) and ``training_curves.png`` after each
+    validation and at the end. MONAI's ``StatsHandler`` logs per iteration and per engine, so it cannot
+    give this one line."""
 
     def __init__(
         self,
-        output_dir: str,
+        log_dir: str,
         optimizer: torch.optim.Optimizer,
         class_names: Sequence[str],
         evaluator=None,
@@ -336,7 +350,7 @@ class EpochSummary:
         mean_metric: str = "val_mean_dice",
         class_metric: str = "val_class_dice",
     ) -> None:
-        self.output_dir = output_dir
+        self.log_dir = log_dir
         self.optimizer = optimizer
         self.evaluator = evaluator
         self.names = list(class_names)[0 if include_background else 1 :]
@@ -344,7 +358,6 @@ class EpochSummary:
         self.class_metric = class_metric
         self._losses: list[float] = []
         self._lr = 0.0
-        self._writer = None
 
     def attach(self, trainer) -> None:
         from ignite.engine import Events
@@ -352,7 +365,7 @@ class EpochSummary:
         trainer.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
         trainer.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self._summarise)
-        trainer.add_event_handler(Events.COMPLETED, self._close)
+        trainer.add_event_handler(Events.COMPLETED, self._finish)
 
     def _start_epoch(self, _trainer) -> None:
         self._losses.clear()
@@ -384,27 +397,20 @@ class EpochSummary:
             classes = " ".join(f"{n} {v:.4f}" for n, v in zip(self.names, per_class))
             text += f" val_mean_dice {mean_dice:.4f} [{classes}]"
         logger.info(text)
-        os.makedirs(self.output_dir, exist_ok=True)
-        write_history(os.path.join(self.output_dir, HISTORY_FILE), row)
-        self._tensorboard(epoch, loss, lr, mean_dice, per_class)
-
-    def _tensorboard(self, epoch, loss, lr, mean_dice, per_class) -> None:
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writer = SummaryWriter(os.path.join(self.output_dir, "tensorboard"))
-        self._writer.add_scalar("train/loss", loss, epoch)
-        self._writer.add_scalar("train/lr", lr, epoch)
+        os.makedirs(self.log_dir, exist_ok=True)
+        write_history(os.path.join(self.log_dir, HISTORY_FILE), row)
         if mean_dice is not None:
-            self._writer.add_scalar("val/mean_dice", mean_dice, epoch)
-            for name, value in zip(self.names, per_class):
-                self._writer.add_scalar(f"val/dice_{name}", value, epoch)
-        self._writer.flush()
+            self._plot()
 
-    def _close(self, _trainer) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+    def _plot(self) -> str:
+        from monai_gdl.bundle.report import plot_training_curves
+
+        return plot_training_curves(self.log_dir)
+
+    def _finish(self, trainer) -> None:
+        if _rank() == 0 and os.path.isfile(os.path.join(self.log_dir, HISTORY_FILE)):
+            logger.info("trained %d epochs: curves in %s, history in %s", trainer.state.epoch, self._plot(),
+                        os.path.join(self.log_dir, HISTORY_FILE))
 
 
 def write_history(path: str, row: dict) -> None:
@@ -422,83 +428,96 @@ def write_history(path: str, row: dict) -> None:
     _atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
-class EvaluationReport:
-    """Per-case, per-class Dice and GDL score of an evaluator run, written as CSV, JSON, a table and overlays.
+class EvaluationOverlays:
+    """Mid-slice overlays (image, label, prediction, a legend of the classes, the case's per-class Dice) of
+    the first ``num_overlays`` cases of an evaluator run, and a closing summary line. The metrics
+    themselves are MONAI's (``MeanDice``, ``GeneralizedDiceScore``), written per case by ``MetricsSaver``.
 
-    Expects decollated evaluator outputs with one-hot ``pred`` and ``label`` (C x spatial) and the
-    ``image``. The GDL score is ``1 - SudreGeneralizedDiceLoss`` of the hard prediction, over the
-    foreground classes. Overlays: the mid axial slice of the first ``num_overlays`` cases.
+    Expects decollated outputs with one-hot ``pred`` and ``label_key`` (C x spatial, the same grid) and
+    the ``image`` on that grid.
     """
 
-    def __init__(self, output_dir: str, class_names: Sequence[str], num_overlays: int = 3) -> None:
-        self.output_dir = os.path.join(output_dir, "evaluation")
+    def __init__(self, eval_dir: str, class_names: Sequence[str], num_overlays: int = 3,
+                 label_key: str = "label", metric: str = "val_mean_dice") -> None:
+        self.eval_dir = eval_dir
         self.names = list(class_names)
-        self.num_overlays = num_overlays
-        self.rows: list[dict] = []
+        self.num_overlays = int(num_overlays)
+        self.label_key = label_key
+        self.metric = metric
+        self.written: list[str] = []
 
     def attach(self, evaluator) -> None:
         from ignite.engine import Events
 
-        evaluator.add_event_handler(Events.STARTED, lambda _: self.rows.clear())
+        evaluator.add_event_handler(Events.STARTED, lambda _: self.written.clear())
         evaluator.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        evaluator.add_event_handler(Events.COMPLETED, self._write)
+        evaluator.add_event_handler(Events.COMPLETED, self._summary)
 
     def _collect(self, evaluator) -> None:
         from monai.metrics import compute_dice
 
         from monai_gdl.bundle.datasets import case_id
-        from monai_gdl.losses import generalized_dice_loss
 
+        if _rank() != 0:
+            return
         for item in evaluator.state.output:
-            pred, label = item["pred"].float()[None], item["label"].float()[None]
-            dice = compute_dice(pred, label, include_background=False, ignore_empty=False)[0]
-            gdl = generalized_dice_loss(pred, label, include_background=False, validate=False)
+            if len(self.written) >= self.num_overlays:
+                return
+            pred, label = torch.as_tensor(item["pred"]).float(), torch.as_tensor(item[self.label_key]).float()
+            dice = compute_dice(pred[None], label[None], include_background=False, ignore_empty=False)[0].tolist()
             meta = getattr(item["image"], "meta", {}) or {}
-            case = case_id(str(meta.get("filename_or_obj", f"case_{len(self.rows)}")))
-            row = {"case": case}
-            row.update({f"dice_{n}": float(v) for n, v in zip(self.names[1:], dice)})
-            row.update({"mean_dice": float(dice.mean()), "gdl_score": 1.0 - float(gdl)})
-            self.rows.append(row)
-            if len(self.rows) <= self.num_overlays and _rank() == 0:
-                self._overlay(case, item["image"], item["label"], item["pred"])
+            case = case_id(str(meta.get("filename_or_obj", f"case_{len(self.written)}")))
+            self.written.append(self._overlay(case, item["image"], label, pred, dice))
 
-    def _overlay(self, case: str, image, label, pred) -> None:
+    def _overlay(self, case: str, image, label, pred, dice: list[float]) -> str:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.colors import ListedColormap
+        from matplotlib.patches import Patch
 
         img = torch.as_tensor(image)[0].float().cpu()
-        z = img.shape[-1] // 2
-        lab = torch.as_tensor(label).argmax(0).cpu()[..., z]
-        prd = torch.as_tensor(pred).argmax(0).cpu()[..., z]
-        fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+        lab, prd = label.argmax(0).cpu(), pred.argmax(0).cpu()
+        if img.shape != lab.shape:  # image on the network's grid, label and prediction on the original one
+            img = torch.nn.functional.interpolate(img[None, None], size=tuple(lab.shape), mode="trilinear")[0, 0]
+        z = int(lab.sum(dim=(0, 1)).argmax()) if bool(lab.any()) else lab.shape[-1] // 2  # the slice with most label
+        colours = plt.get_cmap("tab10")(range(max(1, len(self.names) - 1)))
+        cmap = ListedColormap(colours)
+        fig, axes = plt.subplots(1, 3, figsize=(10, 3.8))
         for ax, overlay, title in zip(axes, (None, lab, prd), ("image", "label", "prediction")):
             ax.imshow(img[..., z].T, cmap="gray", origin="lower")
             if overlay is not None:
-                ax.imshow(overlay.T.float().masked_fill(overlay.T == 0, float("nan")), cmap="autumn", alpha=0.5,
-                          origin="lower", vmin=0, vmax=max(1, len(self.names) - 1))
-            ax.set_title(f"{case}: {title}", fontsize=8)
+                shown = overlay[..., z].T.float()
+                ax.imshow((shown - 1).masked_fill(shown == 0, float("nan")), cmap=cmap, alpha=0.55, origin="lower",
+                          vmin=-0.5, vmax=len(colours) - 0.5, interpolation="nearest")
+            ax.set_title(title, fontsize=9)
             ax.axis("off")
-        fig.tight_layout()
-        os.makedirs(self.output_dir, exist_ok=True)
-        fig.savefig(os.path.join(self.output_dir, f"overlay_{case}.png"), dpi=80)
+        scores = ", ".join(f"{n} {d:.3f}" for n, d in zip(self.names[1:], dice))
+        fig.suptitle(f"{case} (slice {z}): Dice {scores}", fontsize=9)
+        fig.legend(handles=[Patch(color=colours[i], label=n) for i, n in enumerate(self.names[1:])],
+                   loc="lower center", ncol=max(1, len(self.names) - 1), fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.07, 1, 0.95))
+        os.makedirs(self.eval_dir, exist_ok=True)
+        path = os.path.join(self.eval_dir, f"overlay_{case}.png")
+        fig.savefig(path, dpi=80)
         plt.close(fig)
+        return path
 
-    def _write(self, _evaluator) -> None:
-        if _rank() != 0 or not self.rows:
+    def _summary(self, evaluator) -> None:
+        if _rank() != 0:
             return
-        os.makedirs(self.output_dir, exist_ok=True)
-        keys = list(self.rows[0])
-        with open(os.path.join(self.output_dir, "per_case.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        summary = {k: sum(r[k] for r in self.rows) / len(self.rows) for k in keys if k != "case"}
-        summary["num_cases"] = len(self.rows)
-        with open(os.path.join(self.output_dir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
-        lines = ["| metric | mean over cases |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in summary.items() if k != "num_cases"]
-        lines.append(f"| cases | {len(self.rows)} |")
-        print(f"evaluation of {len(self.rows)} cases, written to {self.output_dir}:\n" + "\n".join(lines), flush=True)
+        value = evaluator.state.metrics.get(self.metric)
+        cases = len(evaluator.data_loader.dataset) if hasattr(evaluator.data_loader, "dataset") else "all"
+        mean = "" if value is None else f", {self.metric} {float(value):.4f}"
+        logger.info("evaluated %s cases%s: per-case metrics (CSV) in %s, %d overlays", cases, mean, self.eval_dir,
+                    len(self.written))
+
+
+def report_predictions(datalist: Sequence[dict], prediction_dir: str) -> int:
+    """The inference summary line: how many segmentations were written, and where. Returns the count."""
+    from monai_gdl.bundle.datasets import case_id
+
+    written = [d for d in datalist if glob.glob(os.path.join(glob.escape(prediction_dir), f"{case_id(d['image'])}_seg.nii*"))]
+    logger.info("wrote %d segmentation(s) of %d image(s) to %s", len(written), len(datalist), prediction_dir)
+    return len(written)

@@ -1,10 +1,7 @@
-"""Plots of a training run (the command line is ``python -m monai_gdl.report OUTPUT_DIR``).
+"""The training-curve plot: ``LOG_DIR/training_curves.png`` from ``LOG_DIR/history.csv``.
 
-Reads ``history.csv`` (written every epoch by :class:`monai_gdl.bundle.handlers.EpochSummary`) and draws
-the training loss and the validation mean and per-class Dice against the epoch into
-``OUTPUT_DIR/training_curves.png``. Mid-slice overlays of image, label and prediction are written
-by the evaluate step (``configs/evaluate.json``) into ``OUTPUT_DIR/evaluation/``; this command
-lists them with the evaluation summary when they exist.
+Training writes it after each validation and at the end (:class:`monai_gdl.bundle.handlers.EpochSummary`);
+``python -m monai_gdl.report OUTPUT_DIR`` redraws it for a run.
 """
 
 from __future__ import annotations
@@ -20,16 +17,17 @@ def _floats(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def plot_training_curves(output_dir: str) -> str:
-    """Draw ``training_curves.png`` from ``history.csv`` in ``output_dir`` and return its path."""
+def plot_training_curves(log_dir: str) -> str:
+    """Draw ``training_curves.png`` from ``history.csv`` in ``log_dir`` and return its path (written atomically:
+    a viewer or a kill never sees half a PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    history = os.path.join(output_dir, "history.csv")
+    history = os.path.join(log_dir, "history.csv")
     if not os.path.isfile(history):
-        raise FileNotFoundError(f"{history} not found: train with configs/train.json and --output_dir {output_dir} first.")
+        raise FileNotFoundError(f"{history} not found: train with configs/train.json (it writes OUTPUT_DIR/logs/) first.")
     with open(history) as f:
         rows = list(csv.DictReader(f))
     if not rows:
@@ -51,7 +49,9 @@ def plot_training_curves(output_dir: str) -> str:
     for ax in (ax_loss, ax_dice):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    out = os.path.join(output_dir, "training_curves.png")
-    fig.savefig(out, dpi=90)
+    out = os.path.join(log_dir, "training_curves.png")
+    tmp = f"{out}.tmp-{os.getpid()}"
+    fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
+    os.replace(tmp, out)
     return out

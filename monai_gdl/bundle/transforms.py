@@ -1,23 +1,17 @@
-"""The bundle's loading transforms (shared by training, evaluation and inference) and the dictionary
-transforms it adds to MONAI's: label checks that name the file, intensity presets."""
+"""The dictionary transforms the bundle adds to MONAI's (its loading pipeline is written in the configs):
+loading, voxel and label checks whose errors name the file."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import (
-    EnsureTyped,
-    LoadImaged,
-    MapTransform,
-    NormalizeIntensityd,
-    Orientationd,
-    ScaleIntensityRanged,
-    Spacingd,
-)
+from monai.transforms import LoadImaged, MapTransform
 
-__all__ = ["CheckFiniteImaged", "CheckLabelsd", "LoadNamedImaged", "intensity_normalization", "load_transforms"]
+from monai_gdl.bundle.datasets import DatasetError
+
+__all__ = ["CheckFiniteImaged", "CheckLabelsd", "LoadNamedImaged"]
 
 
 class LoadNamedImaged(LoadImaged):
@@ -36,7 +30,7 @@ class LoadNamedImaged(LoadImaged):
                     nib.load(path).get_fdata()
                 except Exception:
                     bad.append(path)
-            raise ValueError(
+            raise DatasetError(
                 f"cannot read {', '.join(bad or paths)} ({type(err).__name__}: {err}); the file is corrupt or "
                 "truncated: re-export it or remove the case."
             ) from err
@@ -65,13 +59,13 @@ class CheckLabelsd(MapTransform):
         for key in self.key_iterator(d):
             label = torch.as_tensor(d[key])
             if label.is_floating_point() and not bool(torch.equal(label, torch.round(label))):
-                raise ValueError(
+                raise DatasetError(
                     f"label file {_source_file(d, key)} holds non-integer values; labels must be class indices "
                     "(was it resampled with linear interpolation?)."
                 )
             lo, hi = int(label.min()), int(label.max())
             if lo < 0 or hi >= self.num_classes:
-                raise ValueError(
+                raise DatasetError(
                     f"label file {_source_file(d, key)} holds labels {lo}..{hi} but num_classes={self.num_classes} "
                     f"(classes 0..{self.num_classes - 1}); pass --num_classes {hi + 1} or fix the labels."
                 )
@@ -88,46 +82,8 @@ class CheckFiniteImaged(MapTransform):
             image = torch.as_tensor(d[key])
             if image.is_floating_point() and not bool(torch.isfinite(image).all()):
                 bad = int((~torch.isfinite(image)).sum())
-                raise ValueError(
+                raise DatasetError(
                     f"image file {_source_file(d, key)} holds {bad} NaN or inf voxel(s); fix or remove the case "
                     "(python -m monai_gdl.data check DIR lists every problem of a dataset)."
                 )
         return d
-
-
-def intensity_normalization(
-    modality: str, keys: KeysCollection = "image", ct_window: Sequence[float] = (-175.0, 250.0)
-) -> MapTransform:
-    """``"mr"``: z-score over nonzero voxels per channel; ``"ct"``: clip ``ct_window`` (HU) to [0, 1]."""
-    if modality == "mr":
-        return NormalizeIntensityd(keys=keys, nonzero=True, channel_wise=True)
-    if modality == "ct":
-        lo, hi = ct_window
-        return ScaleIntensityRanged(keys=keys, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
-    raise ValueError(f"intensity={modality!r}; use 'mr' (z-score) or 'ct' (HU window, see ct_window).")
-
-
-def load_transforms(
-    keys: Sequence[str],
-    num_classes: int,
-    spacing: Sequence[float],
-    intensity: str = "mr",
-    ct_window: Sequence[float] = (-175.0, 250.0),
-) -> list:
-    """Load NIfTI, check voxels and labels (naming the file), reorient to RAS, resample to ``spacing``, normalise.
-
-    ``keys`` is ``["image", "label"]`` for training/evaluation and ``["image"]`` for inference.
-    """
-    keys = list(keys)
-    modes = ["bilinear" if k == "image" else "nearest" for k in keys]
-    transforms = [LoadNamedImaged(keys=keys, image_only=True, ensure_channel_first=True),
-                  CheckFiniteImaged(keys="image")]
-    if "label" in keys:
-        transforms.append(CheckLabelsd(keys="label", num_classes=num_classes))
-    transforms += [
-        Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        Spacingd(keys=keys, pixdim=spacing, mode=modes),
-        intensity_normalization(intensity, keys="image", ct_window=ct_window),
-        EnsureTyped(keys=keys, dtype=torch.float32),
-    ]
-    return transforms
