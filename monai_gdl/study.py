@@ -125,9 +125,10 @@ def _cached(files: list, keys: Sequence[str], spatial: Sequence[int]) -> list:
     """Loaded, normalised, padded/cropped volumes (the bundle's loading transforms), kept in memory."""
     from monai.transforms import Compose, ResizeWithPadOrCropd
 
-    from monai_gdl.bundle.transforms import load_transforms
+    from monai_gdl.bundle.files import load_config
 
-    transform = Compose(load_transforms(list(keys), 3, (1.0, 1.0, 1.0)) +
+    bundle = load_config("train", num_classes=3, spacing=[1.0, 1.0, 1.0])
+    transform = Compose(bundle.get_parsed_content("load") + bundle.get_parsed_content("resample") +
                         [ResizeWithPadOrCropd(keys=list(keys), spatial_size=list(spatial))])
     items = [transform(f) for f in files]
     return [{k: torch.as_tensor(item[k]).as_subclass(torch.Tensor).float() for k in keys} for item in items]

@@ -22,7 +22,8 @@ from monai_gdl.bundle.datasets import write_synthetic_dataset
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CONFIGS = os.path.join(REPO, "configs")
-TINY = ["--patch_size", "[16,16,16]", "--channels", "[4,8,16,32]", "--spacing", "[2.0,2.0,2.0]"]
+TINY = ["--patch_size", "[16,16,16]", "--network_def#channels", "[4,8,16,32]", "--spacing", "[2.0,2.0,2.0]",
+        "--progress", "false"]
 
 
 def _train(*args: str, cwd: str) -> subprocess.CompletedProcess:
@@ -32,7 +33,7 @@ def _train(*args: str, cwd: str) -> subprocess.CompletedProcess:
 
 
 def _history(out: str) -> list[dict]:
-    with open(os.path.join(out, "history.csv"), newline="") as f:
+    with open(os.path.join(out, "logs", "history.csv"), newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -71,7 +72,8 @@ def test_a_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path, dataset
     assert whole.returncode == 0, whole.stderr[-3000:]
     killed_out = str(tmp_path / "killed")
     overrides = {"bundle_root": REPO, "dataset_dir": dataset, "output_dir": killed_out, "epochs": 4,
-                 "patch_size": [16, 16, 16], "channels": [4, 8, 16, 32], "spacing": [2.0, 2.0, 2.0]}
+                 "patch_size": [16, 16, 16], "network_def#channels": [4, 8, 16, 32], "spacing": [2.0, 2.0, 2.0],
+                 "progress": False}
     killer = subprocess.run([sys.executable, "-c", textwrap.dedent(KILL_DURING_EPOCH_3),
                              os.path.join(CONFIGS, "train.json"), json.dumps(overrides)], capture_output=True,
                             text=True, timeout=600)
@@ -85,7 +87,7 @@ def test_a_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path, dataset
     for a, b in zip(want, got):
         for key in a:
             assert math.isclose(float(a[key]), float(b[key]), rel_tol=1e-4, abs_tol=1e-4), (a["epoch"], key, a, b)
-    assert not [f for f in os.listdir(killed_out) if ".tmp-" in f]
+    assert not [f for _, _, files in os.walk(killed_out) for f in files if ".tmp-" in f]
 
 
 @pytest.mark.slow
@@ -123,15 +125,18 @@ def test_leftovers_of_a_killed_writer_are_removed_and_live_ones_kept(tmp_path):
     for name in (f"last.pt.tmp-{dead.pid}", f"history.csv.tmp-{dead.pid}", f"model.pt.tmp-{os.getppid()}"):
         (tmp_path / name).write_bytes(b"partial")
     (tmp_path / f"synthetic_data.tmp-{dead.pid}").mkdir()
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / f"last.pt.tmp-{dead.pid}").write_bytes(b"partial")
     handlers.check_output_dir(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == [f"model.pt.tmp-{os.getppid()}"]  # its writer (our parent) still runs
+    assert sorted(os.listdir(tmp_path)) == [f"model.pt.tmp-{os.getppid()}", "models"]  # its writer (our parent) runs
+    assert os.listdir(tmp_path / "models") == []
 
 
 @pytest.mark.slow
 def test_a_truncated_last_checkpoint_says_how_to_go_on(tmp_path, dataset):
     out = str(tmp_path / "out")
     assert _train("--dataset_dir", dataset, "--output_dir", out, "--epochs", "1", cwd=str(tmp_path)).returncode == 0
-    last = os.path.join(out, "last.pt")
+    last = os.path.join(out, "models", "last.pt")
     with open(last, "r+b") as f:
         f.truncate(os.path.getsize(last) // 2)
     again = _train("--dataset_dir", dataset, "--output_dir", out, "--epochs", "2", cwd=str(tmp_path))
@@ -207,7 +212,7 @@ def test_training_refuses_a_label_shifted_by_10_mm_before_any_step(tmp_path, dat
     run = _train("--dataset_dir", dataset, "--output_dir", str(tmp_path / "out"), "--epochs", "1", cwd=str(tmp_path))
     assert run.returncode != 0
     assert "synth_003.nii.gz are not on the same voxel grid (origin" in run.stderr and "shifted by 10 mm" in run.stderr
-    assert not os.path.exists(tmp_path / "out" / "last.pt")
+    assert not os.path.exists(tmp_path / "out" / "models" / "last.pt")
 
 
 def test_data_check_reports_every_problem_one_line_each(dataset, tmp_path):

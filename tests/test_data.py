@@ -106,14 +106,13 @@ def test_image_files_for_inference(synth, tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir(HIPPOCAMPUS), reason="shared real data not present")
 def test_real_hippocampus_dataset_lists_and_loads_with_its_quirks():
-    from monai_gdl.bundle.transforms import load_transforms
-    from monai.transforms import Compose
+    from monai_gdl.bundle.files import load_config
 
     train = msd_datalist(HIPPOCAMPUS, "training", 0.2, seed=0, check_files=False)
     val = msd_datalist(HIPPOCAMPUS, "validation", 0.2, seed=0, check_files=False)
     assert len(train) == 160 and len(val) == 40
     assert class_names(HIPPOCAMPUS, 3) == ["background", "Anterior", "Posterior"]
-    load = Compose(load_transforms(["image", "label"], 3, (1.0, 1.0, 1.0)))
+    load = load_config("train", num_classes=3).get_parsed_content("validate#preprocessing")  # the bundle's own
     for case in ("hippocampus_003", "hippocampus_001"):  # float32-stored label, uint8 image
         item = {k: os.path.join(HIPPOCAMPUS, d, f"{case}.nii.gz") for k, d in (("image", "imagesTr"), ("label", "labelsTr"))}
         out = load(item)
@@ -143,9 +142,7 @@ def test_resume_flag_from_the_command_line_string():
 
 
 def test_truncated_nifti_is_named_when_loaded(synth):
-    from monai.transforms import Compose
-
-    from monai_gdl.bundle.transforms import load_transforms
+    from monai_gdl.bundle.files import load_config
 
     path = os.path.join(synth, "imagesTr", "synth_001.nii.gz")
     data = open(path, "rb").read()
@@ -153,7 +150,7 @@ def test_truncated_nifti_is_named_when_loaded(synth):
         f.write(data[: len(data) // 2])  # the header still reads: only loading the voxels fails
     item = {"image": path, "label": os.path.join(synth, "labelsTr", "synth_001.nii.gz")}
     with pytest.raises(Exception) as info:
-        Compose(load_transforms(["image", "label"], 3, (1.0, 1.0, 1.0)))(item)
+        load_config("train", num_classes=3).get_parsed_content("validate#preprocessing")(item)
     chain, err = [], info.value
     while err is not None:
         chain.append(str(err))

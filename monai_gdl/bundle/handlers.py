@@ -348,14 +348,12 @@ class EpochSummary:
         evaluator=None,
         include_background: bool = False,
         mean_metric: str = "val_mean_dice",
-        class_metric: str = "val_class_dice",
     ) -> None:
         self.log_dir = log_dir
         self.optimizer = optimizer
         self.evaluator = evaluator
         self.names = list(class_names)[0 if include_background else 1 :]
         self.mean_metric = mean_metric
-        self.class_metric = class_metric
         self._losses: list[float] = []
         self._lr = 0.0
 
@@ -380,7 +378,9 @@ class EpochSummary:
         ev = self.evaluator
         if ev is None or ev.state.epoch != epoch or self.mean_metric not in ev.state.metrics:
             return None, []
-        per_class = torch.as_tensor(ev.state.metrics.get(self.class_metric, [])).flatten().tolist()
+        # per case and class (NaN where a case lacks the class), as MONAI's MeanDice keeps them
+        details = getattr(ev.state, "metric_details", {}).get(self.mean_metric)
+        per_class = [] if details is None else torch.nanmean(torch.as_tensor(details).float(), dim=0).tolist()
         return float(ev.state.metrics[self.mean_metric]), per_class
 
     def _summarise(self, trainer) -> None:

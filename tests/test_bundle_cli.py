@@ -1,0 +1,128 @@
+"""Every bad argument to the bundle ends, through MONAI's CLI, with one short error block naming the argument
+and the fix as the last thing printed, exit code 1 (never MONAI's wrapper as the last word, never an abort)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from monai_gdl.bundle.datasets import write_synthetic_dataset
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+CONFIGS = os.path.join(REPO, "configs")
+TINY = ["--patch_size", "[16,16,16]", "--network_def#channels", "[4,8,16,32]", "--spacing", "[2.0,2.0,2.0]",
+        "--progress", "false"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    with_json = write_synthetic_dataset(str(root / "named"), num_cases=4, shape=(24, 24, 16), seed=3)
+    bare = write_synthetic_dataset(str(root / "bare"), num_cases=4, shape=(24, 24, 16), seed=3)
+    os.remove(os.path.join(bare, "dataset.json"))  # labels found only by reading them
+    return {"named": with_json, "bare": bare, "root": str(root)}
+
+
+def _run(files: list[str], *args: str, cwd: str) -> subprocess.CompletedProcess:
+    config = "[" + ",".join(f"'{os.path.join(CONFIGS, f)}'" for f in files) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *TINY, *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def _error_block(run: subprocess.CompletedProcess) -> str:
+    """The error, checked to be the last thing printed, one block, after no traceback, with exit code 1."""
+    assert run.returncode == 1, (run.returncode, run.stderr[-3000:])
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), lines[-5:]
+    assert "Traceback" not in run.stderr and "Failed to evaluate" not in run.stderr, run.stderr[-3000:]
+    assert "terminate called" not in run.stderr
+    return lines[-1]
+
+
+CASES = [
+    ("typo", ["--epoch", "2"], "named", "unknown key(s) on the command line: --epoch (did you mean --epochs?)"),
+    ("epochs", ["--epochs", "0"], "named", "epochs=0; it must be a whole number >= 1"),
+    ("val_interval", ["--val_interval", "0"], "named", "val_interval=0"),
+    ("learning_rate", ["--learning_rate", "-1"], "named", "learning_rate=-1; it must be a positive number"),
+    ("patch", ["--patch_size", "[20,20,20]"], "named", "patch_size=[20, 20, 20] does not fit the network"),
+    ("patch_rank", ["--patch_size", "[16,16]"], "named", "patch_size=[16, 16]; give three whole numbers"),
+    ("dataset", ["--dataset_dir", "/nowhere/at/all"], None, "dataset_dir='/nowhere/at/all' does not exist"),
+    ("classes_json", ["--num_classes", "2"], "named", "num_classes=2 but"),
+    ("classes_found", ["--num_classes", "2"], "bare", "label file(s) cannot be used with num_classes=2"),
+    ("device", ["--device", "cuda:7"], "named", "device='cuda:7'"),
+    ("output", ["--output_dir", "/proc/version/out"], "named", "output_dir='/proc/version/out' is not writable"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,args,dataset,message", CASES, ids=[c[0] for c in CASES])
+def test_bad_training_argument_ends_with_one_error_block(name, args, dataset, message, data, tmp_path):
+    extra = ["--dataset_dir", data[dataset]] if dataset else []
+    out = ["--output_dir", str(tmp_path / "out")] if name != "output" else []
+    run = _run(["train.json"], "--bundle_root", str(tmp_path), *extra, *out, *args, cwd=str(tmp_path))
+    last = _error_block(run)
+    assert message in last, last
+    if name == "classes_found":
+        assert "holds class 2 but num_classes=2" in last and "Pass --num_classes 3" in last
+        assert os.path.join(data["bare"], "labelsTr", "synth_00") in last  # names the files
+    assert not os.path.exists(tmp_path / "out" / "models")  # nothing trained
+
+
+@pytest.mark.slow
+def test_classes_never_seen_are_a_warning_naming_them(data, tmp_path):
+    run = _run(["train.json"], "--bundle_root", str(tmp_path), "--dataset_dir", data["bare"], "--num_classes", "4",
+               "--epochs", "1", cwd=str(tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    first = run.stdout.splitlines()[0]
+    assert first.startswith("warning: num_classes=4 but class(es) 3 (class_3) never appear in the 4 label files")
+    assert "pass --num_classes 3" in first
+
+
+@pytest.mark.slow
+def test_a_bad_label_met_while_caching_exits_1_without_an_abort(data, tmp_path):
+    """A NaN voxel is only seen when the cache reads the image (in CacheDataset's worker thread): the error
+    still ends the run with exit code 1 naming the file, not with 'terminate called' (exit 134)."""
+    dataset = write_synthetic_dataset(str(tmp_path / "ds"), num_cases=4, shape=(24, 24, 16), seed=3)
+    path = os.path.join(dataset, "imagesTr", "synth_001.nii.gz")
+    img = nib.load(path)
+    voxels = np.asarray(img.dataobj).copy()
+    voxels[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(voxels, img.affine), path)
+    run = _run(["train.json"], "--bundle_root", str(tmp_path), "--dataset_dir", dataset, "--epochs", "1",
+               "--output_dir", str(tmp_path / "out"), cwd=str(tmp_path))
+    assert f"image file {path} holds 1 NaN or inf voxel(s)" in _error_block(run)
+
+
+@pytest.mark.slow
+def test_evaluate_and_infer_without_a_checkpoint(data, tmp_path):
+    evaluate = _run(["train.json", "evaluate.json"], "--bundle_root", str(tmp_path), "--dataset_dir", data["named"],
+                    cwd=str(tmp_path))
+    assert f"no checkpoint at {tmp_path}/models/model.pt; train first" in _error_block(evaluate)
+    infer = _run(["inference.json"], "--bundle_root", str(tmp_path), "--input_dir", str(tmp_path / "none"),
+                 cwd=str(tmp_path))
+    assert "no checkpoint at" in _error_block(infer)
+
+
+@pytest.mark.slow
+def test_verbose_shows_the_library_log_and_the_traceback(data, tmp_path):
+    run = _run(["train.json"], "--bundle_root", str(tmp_path), "--dataset_dir", data["named"], "--epochs", "0",
+               "--verbose", "true", cwd=str(tmp_path))
+    assert run.returncode == 1 and "Traceback" in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("error: epochs=0")
+
+
+def test_unknown_keys_lists_close_matches(tmp_path):
+    from monai_gdl.bundle.cli import unknown_keys
+
+    files = [os.path.join(CONFIGS, "train.json")]
+    assert unknown_keys(files, ["epochs", "network_def#channels", "+initialize", "tracking"]) == []
+    assert unknown_keys(files, ["lerning_rate"]) == ["--lerning_rate (did you mean --learning_rate?)"]
+    assert unknown_keys(files, ["tracking_uri"]) != [] and unknown_keys(files, ["tracking_uri"], tracking=True) == []
+    assert unknown_keys(files, ["zzz"]) == ["--zzz (no config key is close)"]
+    assert json.loads(json.dumps(unknown_keys(files, ["epoch"])))
