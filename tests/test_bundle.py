@@ -85,7 +85,7 @@ def test_network_and_transforms_are_json_and_override_from_the_command_line(tmp_
                      **{"network_def#channels": [4, 8, 16, 32], "network_def#num_res_units": 1,
                         "train#random_transforms#2#prob": 0.0})
     network = parser.get_parsed_content("network")
-    assert type(network).__name__ == "UNet" and network.channels == (4, 8, 16, 32) and network.num_res_units == 1
+    assert type(network).__name__ == "UNet" and tuple(network.channels) == (4, 8, 16, 32) and network.num_res_units == 1
     assert network(torch.zeros(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
     assert parser.get_parsed_content("train#random_transforms")[2].prob == 0.0
     assert len(parser.get_parsed_content("train#datalist")) == 3
@@ -161,9 +161,11 @@ def test_model_zoo_files_are_present():
     ("infer", ["inference.json"]),
 ])
 def test_check_properties_finds_nothing_missing(workflow_type, files, tmp_path):
-    workflow = ConfigWorkflow(config_file=[os.path.join(CONFIGS, f) for f in files], workflow_type=workflow_type,
-                              meta_file=os.path.join(CONFIGS, "metadata.json"),
+    ds = write_synthetic_dataset(str(tmp_path / "ds"), num_cases=3, shape=(16, 16, 8))
+    workflow = ConfigWorkflow(dataset_dir=ds, input_dir=os.path.join(ds, "imagesTr"),config_file=[os.path.join(CONFIGS, f) for f in files], workflow_type=workflow_type,
+                              meta_file=os.path.join(CONFIGS, "metadata.json"), init_id="parse_only",
                               logging_file=False, bundle_root=str(tmp_path))
+    workflow.initialize()  # parses; "parse_only" names no expressions, so the configs' checks do not run
     assert workflow.check_properties() == []
 
 
@@ -176,7 +178,7 @@ def test_checkpoint_from_another_network_is_explained(tmp_path):
     path = str(tmp_path / "model.pt")
     torch.save(unet(3).state_dict(), path)
     check_checkpoint(path, unet(3))
-    with pytest.raises(CheckpointError, match=r"saved from a different network .*checkpoint \(3, 4, 3, 3, 3\) vs network \(5, 4"):
+    with pytest.raises(CheckpointError, match=r"saved from a different network .*checkpoint \(8, 3, 3, 3, 3\) vs network \(8, 5"):
         check_checkpoint(path, unet(5))
     with pytest.raises(CheckpointError, match=r"no checkpoint at .*train first"):
         check_checkpoint(str(tmp_path / "none.pt"), unet(3))
@@ -283,7 +285,7 @@ def test_experiment_tracking_with_mlflow(tmp_path, tiny_dataset):
     run = _bundle(["train.json"], "--bundle_root", str(tmp_path), "--dataset_dir", tiny_dataset, "--output_dir", out,
                   "--epochs", "2", "--tracking", "mlflow", *TINY, cwd=str(tmp_path))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert os.path.isdir(os.path.join(out, "mlruns"))
+    assert os.path.isfile(os.path.join(out, "mlruns.db"))  # MONAI's default store: SQLite, artifacts in mlruns/
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out}/mlruns.db")
     (experiment,) = [e for e in client.search_experiments() if e.name == "monai_experiment"]
     (logged,) = client.search_runs([experiment.experiment_id])

@@ -43,6 +43,11 @@ def test_wheel_metadata_keeps_the_losses_lean(wheel):
     archive = zipfile.ZipFile(wheel)
     names = archive.namelist()
     assert "monai_gdl/kernels/native.c" in names and "monai_gdl/kernels/native.py" in names
+    for name in ("configs/train.json", "configs/evaluate.json", "configs/inference.json", "configs/metadata.json",
+                 "configs/logging.conf", "docs/README.md", "docs/data_license.txt", "models/README.md", "LICENSE"):
+        assert f"monai_gdl/bundle/{name}" in names, name
+    repo_configs = sorted(f for f in os.listdir(os.path.join(REPO, "configs")))
+    assert sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("monai_gdl/bundle/configs/")) == repo_configs
     metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     unconditional = sorted(r.split(">")[0].split("=")[0].split(";")[0].strip() for r in requires if "extra ==" not in r)
@@ -70,3 +75,63 @@ def test_installed_wheel_builds_and_runs_the_native_kernel(wheel, tmp_path):
     assert 0.0 < result["value"] < 1.0
     assert result["native"] and result["backend"] == "native"
     assert list((tmp_path / "cache").glob("native-*.so"))
+
+
+def _fresh_venv(path, wheel) -> str:
+    """A new virtual environment holding the wheel; its dependencies (torch, MONAI, ...) come from this test
+    environment's site-packages, added as a plain path so that its editable checkout of monai_gdl is not."""
+    import site
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120)
+    python = str(path / "bin" / "python")
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    deps = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
+    with open(os.path.join(purelib, "test_dependencies.pth"), "w") as f:
+        f.write("\n".join(dict.fromkeys(deps)) + "\n")
+    out = subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", str(wheel)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return python
+
+
+@pytest.mark.slow
+def test_the_wheel_in_a_fresh_venv_trains_and_infers_outside_any_checkout(wheel, tmp_path):
+    """What the README gives a pip user: the bundle ships in the wheel; `python -m monai_gdl.bundle init DIR`
+    copies it; MONAI's CLI trains one short epoch and infers from that copy; `path` points at the installed one."""
+    python = _fresh_venv(tmp_path / "venv", wheel)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(os.environ, MONAI_GDL_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("PYTHONPATH", None)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run([python, *args], capture_output=True, text=True, cwd=work, env=env, timeout=600)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        return result
+
+    where = run("-c", "import monai_gdl; print(monai_gdl.__file__)").stdout.strip()
+    assert where.startswith(str(tmp_path / "venv")), where
+    installed = run("-m", "monai_gdl.bundle", "path").stdout.strip()
+    assert installed.startswith(str(tmp_path / "venv")) and os.path.isfile(os.path.join(installed, "configs", "train.json"))
+    assert run("-m", "monai_gdl.bundle", "path", "train").stdout.strip() == os.path.join(installed, "configs", "train.json")
+    run("-m", "monai_gdl.bundle", "init", "my_bundle")
+    for name in ("configs/train.json", "configs/inference.json", "configs/metadata.json", "docs/README.md", "LICENSE",
+                 "models/README.md"):
+        assert (work / "my_bundle" / name).is_file(), name
+    tiny = ["--patch_size", "[16,16,16]", "--network_def#channels", "[4,8,16,32]", "--spacing", "[2.0,2.0,2.0]",
+            "--progress", "false"]
+    train = run("-m", "monai.bundle", "run", "--config_file", "my_bundle/configs/train.json", "--bundle_root",
+                "my_bundle", "--epochs", "1", *tiny)
+    assert "epoch 1/1 loss" in train.stdout
+    assert (work / "my_bundle" / "models" / "model.pt").is_file()
+    infer = run("-m", "monai.bundle", "run", "--config_file", "my_bundle/configs/inference.json", "--bundle_root",
+                "my_bundle", "--input_dir", "my_bundle/synthetic_data/imagesTr", *tiny)
+    assert "wrote 20 segmentation(s) of 20 image(s)" in infer.stdout
+    assert len(list((work / "my_bundle" / "predictions").glob("*_seg.nii.gz"))) == 20
+    # The installed configs directly, outputs elsewhere (the package folder is never written to).
+    again = run("-m", "monai.bundle", "run", "--config_file", os.path.join(installed, "configs", "train.json"),
+                "--bundle_root", "elsewhere", "--epochs", "1", *tiny)
+    assert "epoch 1/1 loss" in again.stdout and (work / "elsewhere" / "models" / "model.pt").is_file()
+    assert not os.path.exists(os.path.join(installed, "runs")) and not os.path.exists(os.path.join(installed, "logs"))
