@@ -32,7 +32,7 @@ from monai_gdl.losses import (
     vnet_dice_loss,
 )
 
-__version__ = "0.3.1"
+__version__ = "0.4.0"
 
 __all__ = [
     "BACKENDS",

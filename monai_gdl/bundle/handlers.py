@@ -16,7 +16,6 @@ import contextlib
 import csv
 import glob
 import io
-import json
 import logging
 import math
 import os
