@@ -24,6 +24,7 @@ import shutil
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -464,9 +465,10 @@ class EvaluationOverlays:
                 return
             pred, label = torch.as_tensor(item["pred"]).float(), torch.as_tensor(item[self.label_key]).float()
             dice = compute_dice(pred[None], label[None], include_background=False, ignore_empty=False)[0].tolist()
-            meta = getattr(item["image"], "meta", {}) or {}
-            case = case_id(str(meta.get("filename_or_obj", f"case_{len(self.written)}")))
-            self.written.append(self._overlay(case, item["image"], label, pred, dice))
+            source = str((getattr(item["image"], "meta", {}) or {}).get("filename_or_obj", ""))
+            image = _original_image(source, label.shape[1:])
+            case = case_id(source) if source else f"case_{len(self.written)}"
+            self.written.append(self._overlay(case, image, label, pred, dice))
 
     def _overlay(self, case: str, image, label, pred, dice: list[float]) -> str:
         import matplotlib
@@ -476,10 +478,8 @@ class EvaluationOverlays:
         from matplotlib.colors import ListedColormap
         from matplotlib.patches import Patch
 
-        img = torch.as_tensor(image)[0].float().cpu()
+        img = torch.as_tensor(image).float().cpu()
         lab, prd = label.argmax(0).cpu(), pred.argmax(0).cpu()
-        if img.shape != lab.shape:  # image on the network's grid, label and prediction on the original one
-            img = torch.nn.functional.interpolate(img[None, None], size=tuple(lab.shape), mode="trilinear")[0, 0]
         z = int(lab.sum(dim=(0, 1)).argmax()) if bool(lab.any()) else lab.shape[-1] // 2  # the slice with most label
         colours = plt.get_cmap("tab10")(range(max(1, len(self.names) - 1)))
         cmap = ListedColormap(colours)
@@ -511,6 +511,14 @@ class EvaluationOverlays:
         mean = "" if value is None else f", {self.metric} {float(value):.4f}"
         logger.info("evaluated %s cases%s: per-case metrics (CSV) in %s, %d overlays", cases, mean, self.eval_dir,
                     len(self.written))
+
+
+def _original_image(path: str, shape) -> torch.Tensor:
+    """The image as stored in ``path``: the grid the original-space label and prediction are on (the
+    network's input is resampled and reoriented)."""
+    import nibabel as nib
+
+    return torch.as_tensor(np.asanyarray(nib.load(path).dataobj), dtype=torch.float32).reshape(tuple(shape))
 
 
 def report_predictions(datalist: Sequence[dict], prediction_dir: str) -> int:
