@@ -53,7 +53,9 @@ def test_train_config_has_every_knob_at_top_level():
 @pytest.mark.parametrize(
     "files,overrides,expected",
     [
-        (["train.json"], {}, "VNetDiceLoss"),
+        (["train.json"], {}, "VNetDiceCELoss"),
+        (["train.json", "loss_vnet_dice.json"], {}, "VNetDiceLoss"),
+        (["train.json"], {"loss#_target_": "VNetDiceLoss"}, "VNetDiceLoss"),
         (["train.json", "loss_gdl.json"], {}, "SudreGeneralizedDiceLoss"),
         (["train.json", "loss_gdl.json", "loss_vnet_dice.json"], {}, "VNetDiceLoss"),
         (["train.json"], {"loss#_target_": "SudreGeneralizedDiceLoss"}, "SudreGeneralizedDiceLoss"),
