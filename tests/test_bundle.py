@@ -206,13 +206,13 @@ def test_verify_net_in_out_passes():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("loss_file", ["loss_vnet_dice.json", "loss_gdl.json", "loss_dice_ce.json"])
-def test_train_evaluate_infer_export_end_to_end(tmp_path, tiny_dataset, loss_file):
+@pytest.mark.parametrize("loss_files", [[], ["loss_gdl.json"]], ids=["default_dice_ce", "gdl"])
+def test_train_evaluate_infer_export_end_to_end(tmp_path, tiny_dataset, loss_files):
     out, pred = str(tmp_path / "out"), str(tmp_path / "pred")
     common = ["--bundle_root", str(tmp_path / "bundle"), "--dataset_dir", tiny_dataset, "--output_dir", out, *TINY]
     # The backend users get (native C kernel on CPU where a compiler exists), not the suite's eager default.
     users_default = dict(os.environ, MONAI_GDL_BACKEND="auto")
-    train = _bundle(["train.json", loss_file], "--epochs", "2", *common, cwd=str(tmp_path), env=users_default)
+    train = _bundle(["train.json", *loss_files], "--epochs", "2", *common, cwd=str(tmp_path), env=users_default)
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     lines = [line for line in train.stdout.splitlines() if line.strip()]
     assert [line.split(" loss ")[0] for line in lines[:2]] == ["epoch 1/2", "epoch 2/2"]  # one line per epoch
@@ -227,7 +227,7 @@ def test_train_evaluate_infer_export_end_to_end(tmp_path, tiny_dataset, loss_fil
     assert {"val_dice_large", "val_dice_small"} <= set(history[0])
     assert torch.load(os.path.join(out, "models", "last.pt"), weights_only=True)["epoch"] == 2
 
-    evaluate = _bundle(["train.json", loss_file, "evaluate.json"], *common, cwd=str(tmp_path))
+    evaluate = _bundle(["train.json", *loss_files, "evaluate.json"], *common, cwd=str(tmp_path))
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     eval_dir = os.path.join(out, "eval")
     with open(os.path.join(eval_dir, "val_mean_dice_raw.csv")) as f:
@@ -255,7 +255,7 @@ def test_train_evaluate_infer_export_end_to_end(tmp_path, tiny_dataset, loss_fil
         np.testing.assert_allclose(seg.affine, src.affine, atol=1e-5)
         assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
 
-    if loss_file != "loss_vnet_dice.json":
+    if loss_files:
         return
     # TorchScript export of the trained checkpoint (MONAI's ckpt_export), then the exported model in place of the
     # network: the same segmentation for every image.

@@ -48,10 +48,7 @@ def _error_block(run: subprocess.CompletedProcess) -> str:
 CASES = [
     ("typo", ["--epoch", "2"], "named", "unknown key(s) on the command line: --epoch (did you mean --epochs?)"),
     ("epochs", ["--epochs", "0"], "named", "epochs=0; it must be a whole number >= 1"),
-    ("val_interval", ["--val_interval", "0"], "named", "val_interval=0"),
-    ("learning_rate", ["--learning_rate", "-1"], "named", "learning_rate=-1; it must be a positive number"),
     ("patch", ["--patch_size", "[20,20,20]"], "named", "patch_size=[20, 20, 20] does not fit the network"),
-    ("patch_rank", ["--patch_size", "[16,16]"], "named", "patch_size=[16, 16]; give three whole numbers"),
     ("dataset", ["--dataset_dir", "/nowhere/at/all"], None, "dataset_dir='/nowhere/at/all' does not exist"),
     ("classes_json", ["--num_classes", "2"], "named", "num_classes=2 but"),
     ("classes_found", ["--num_classes", "2"], "bare", "label file(s) cannot be used with num_classes=2"),
@@ -126,3 +123,37 @@ def test_unknown_keys_lists_close_matches(tmp_path):
     assert unknown_keys(files, ["tracking_uri"]) != [] and unknown_keys(files, ["tracking_uri"], tracking=True) == []
     assert unknown_keys(files, ["zzz"]) == ["--zzz (no config key is close)"]
     assert json.loads(json.dumps(unknown_keys(files, ["epoch"])))
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda c: c.check_training("cpu", 2, 0, 2, 0.002), "val_interval=0; it must be a whole number >= 1"),
+    (lambda c: c.check_training("cpu", 2.5, 1, 2, 0.002), "epochs=2.5"),
+    (lambda c: c.check_training("cpu", 2, 1, 0, 0.002), "batch_size=0"),
+    (lambda c: c.check_training("cpu", 2, 1, 2, -1), "learning_rate=-1; it must be a positive number"),
+    (lambda c: c.check_training("cpu", 2, 1, 2, float("nan")), "learning_rate=nan"),
+    (lambda c: c.check_training("gpu", 2, 1, 2, 0.002), "device='gpu' is not a device"),
+    (lambda c: c.check_network(_unet(), [16, 16], 3), "patch_size=[16, 16]; give three whole numbers"),
+    (lambda c: c.check_network(_unet(), [16, 16, 16], 4), "network_def#out_channels=3 but num_classes=4"),
+    (lambda c: c.check_network(_unet(), [16, 16, 16], 1), "num_classes=1"),
+])
+def test_argument_checks_name_the_argument_and_the_fix(call, message):
+    """The same checks the CLI cases above run, for the values not worth a subprocess each."""
+    from monai_gdl.bundle import checks
+
+    with pytest.raises(checks.ArgumentError) as info:
+        call(checks)
+    assert message in str(info.value)
+
+
+def _unet():
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=(4, 8, 16, 32), strides=(2, 2, 2))
+
+
+def test_an_unwritable_output_dir_is_refused_naming_it(tmp_path):
+    from monai_gdl.bundle.handlers import OutputDirError, check_output_dir
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(OutputDirError, match=r"output_dir=.*a_file/out.* is not writable"):
+        check_output_dir(str(tmp_path / "a_file" / "out"))

@@ -122,14 +122,16 @@ def test_the_wheel_in_a_fresh_venv_trains_and_infers_outside_any_checkout(wheel,
         assert (work / "my_bundle" / name).is_file(), name
     tiny = ["--patch_size", "[16,16,16]", "--network_def#channels", "[4,8,16,32]", "--spacing", "[2.0,2.0,2.0]",
             "--progress", "false"]
+    run("-m", "monai_gdl.data", "synth", "--out", "data", "--cases", "3", "--shape", "24", "24", "16")
+    tiny += ["--dataset_dir", "data"]
     train = run("-m", "monai.bundle", "run", "--config_file", "my_bundle/configs/train.json", "--bundle_root",
                 "my_bundle", "--epochs", "1", *tiny)
     assert "epoch 1/1 loss" in train.stdout
     assert (work / "my_bundle" / "models" / "model.pt").is_file()
     infer = run("-m", "monai.bundle", "run", "--config_file", "my_bundle/configs/inference.json", "--bundle_root",
-                "my_bundle", "--input_dir", "my_bundle/synthetic_data/imagesTr", *tiny)
-    assert "wrote 20 segmentation(s) of 20 image(s)" in infer.stdout
-    assert len(list((work / "my_bundle" / "predictions").glob("*_seg.nii.gz"))) == 20
+                "my_bundle", "--input_dir", "data/imagesTr", *tiny)
+    assert "wrote 3 segmentation(s) of 3 image(s)" in infer.stdout
+    assert len(list((work / "my_bundle" / "predictions").glob("*_seg.nii.gz"))) == 3
     # The installed configs directly, outputs elsewhere (the package folder is never written to).
     again = run("-m", "monai.bundle", "run", "--config_file", os.path.join(installed, "configs", "train.json"),
                 "--bundle_root", "elsewhere", "--epochs", "1", *tiny)
