@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     summary = os.path.join(args.output_dir, "eval", "metrics.csv")
     if os.path.isfile(summary):
-        with open(summary, newline="") as f:
-            for row in csv.reader(f, delimiter="\t" if "\t" in open(summary).readline() else ","):
+        with open(summary, newline="") as f:  # MetricsSaver's default: comma-separated name, value
+            for row in csv.reader(f):
                 print("evaluation:", " ".join(row))
         for png in sorted(glob.glob(os.path.join(args.output_dir, "eval", "overlay_*.png"))):
             print(f"overlay: {png}")

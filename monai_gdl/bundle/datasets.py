@@ -296,7 +296,6 @@ def check_labels(dataset_dir: str, num_classes: int, cases: Sequence[dict]) -> l
     :class:`DatasetError` naming the files and the fix. Classes that no label holds are a warning
     naming them: they would be trained as always absent and score Dice 0.
     """
-    names = class_names(dataset_dir, num_classes)
     meta = _load_dataset_json(dataset_dir) if dataset_dir and os.path.isdir(dataset_dir) else None
     listed = (meta or {}).get("labels")
     if isinstance(listed, dict) and len(listed) > num_classes:
@@ -307,20 +306,15 @@ def check_labels(dataset_dir: str, num_classes: int, cases: Sequence[dict]) -> l
         )
     found: set[int] = set()
     problems: list[str] = []
-    highest = -1
     for case in cases:
         _, data = _read_volume(case["label"], problems)
         if data is None:
             continue
-        bad = _label_problems(case["label"], data, num_classes)
-        if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-            problems += bad
-            continue
-        values = np.unique(data).astype(np.int64)
-        highest = max(highest, int(values.max()))
-        found.update(int(v) for v in values)
-        problems += bad
+        problems += _label_problems(case["label"], data, num_classes)
+        if np.isfinite(data).all():
+            found.update(int(v) for v in np.unique(data))
     if problems:
+        highest = max(found, default=-1)
         fix = f"Pass --num_classes {highest + 1} or fix those labels" if highest >= num_classes else "Fix those labels"
         raise DatasetError(
             f"{len(problems)} label file(s) cannot be used with num_classes={num_classes} (classes "
@@ -329,11 +323,11 @@ def check_labels(dataset_dir: str, num_classes: int, cases: Sequence[dict]) -> l
         )
     never = [c for c in range(num_classes) if c not in found]
     if never:
+        names, seen = class_names(dataset_dir, num_classes), max(found, default=0) + 1
         logging.getLogger("monai_gdl.bundle").warning(
             "warning: num_classes=%d but class(es) %s never appear in the %d label files: the network will learn them "
             "as absent and they score Dice 0; pass --num_classes %d if the data has %d classes.",
-            num_classes, ", ".join(f"{c} ({names[c]})" for c in never), len(cases), max(found) + 1 if found else 1,
-            max(found) + 1 if found else 1,
+            num_classes, ", ".join(f"{c} ({names[c]})" for c in never), len(cases), seen, seen,
         )
     return sorted(found)
 
