@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monai_gdl import kernels, use_backend, vnet_dice_loss
-from monai_gdl.kernels import chunked, native, streaming_statistics
-from monai_gdl.kernels.reference import activate, reference_statistics, reference_voxel_term
+from monai_gdl.kernels import chunked, native, fused_sums
+from monai_gdl.kernels.reference import reference_statistics, reference_voxel_term
+from monai_gdl.losses.sums import activate
 
 needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler for the native CPU kernel")
 
@@ -66,7 +67,7 @@ def _stats_and_grad(fn, x, target, mask, activation, kind, squared, soft=False):
 
 
 def _fused(x, target, mask, activation, label_map, squared, soft=False):
-    stats, _ = streaming_statistics(x, target, activation=activation, label_map=label_map, squared=squared,
+    stats, _ = fused_sums(x, target, activation=activation, label_map=label_map, squared=squared,
                                     soft=soft, mask=mask)
     return stats
 
@@ -143,7 +144,7 @@ def test_voxel_term_matches_autograd_reference(monkeypatch, backend, case):
         xx = x.clone().requires_grad_(True)
         if fused:
             with use_backend(backend):
-                stats, sums = streaming_statistics(xx, target, activation=activation, label_map=label_map,
+                stats, sums = fused_sums(xx, target, activation=activation, label_map=label_map,
                                                    squared=False, mask=mask, voxel_term=voxel_term, gamma=gamma)
         else:
             stats = _reference(xx, target, mask, activation, label_map, False)

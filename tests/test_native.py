@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from monai_gdl import LossInputError, VNetDiceLoss, kernels, use_backend
-from monai_gdl.kernels import native
+from monai_gdl.kernels import native, native_build
 from monai_gdl.kernels.reference import backward_chunk, forward_chunk
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler for the native CPU kernel")
@@ -190,16 +190,16 @@ def test_loss_on_native_backend_matches_monai():
 def test_build_is_cached_and_keyed_by_source(monkeypatch, tmp_path):
     cache = tmp_path / "cache"
     monkeypatch.setenv("MONAI_GDL_CACHE_DIR", str(cache))
-    first = native.library_path()
+    first = native_build.library_path()
     assert first is not None and first.parent == cache and first.exists()
     stamp = first.stat().st_mtime_ns
-    assert native.library_path() == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    assert native_build.library_path() == first and first.stat().st_mtime_ns == stamp  # not rebuilt
     assert [p.name for p in cache.iterdir()] == [first.name]  # no temporary left behind
     assert cache.stat().st_mode & 0o077 == 0  # created private
     edited = tmp_path / "native.c"
-    edited.write_text(native._SOURCE.read_text() + "\n/* edited */\n")
-    monkeypatch.setattr(native, "_SOURCE", edited)
-    assert native.library_path() != first
+    edited.write_text(native_build.SOURCE.read_text() + "\n/* edited */\n")
+    monkeypatch.setattr(native_build, "SOURCE", edited)
+    assert native_build.library_path() != first
 
 
 def test_a_cache_folder_others_can_write_is_not_used(monkeypatch, tmp_path, caplog):
@@ -208,9 +208,9 @@ def test_a_cache_folder_others_can_write_is_not_used(monkeypatch, tmp_path, capl
     shared.mkdir()
     shared.chmod(0o777)
     monkeypatch.setenv("MONAI_GDL_CACHE_DIR", str(shared))
-    native._process_folder.cache_clear()
+    native_build._process_folder.cache_clear()
     with caplog.at_level("WARNING", logger="monai_gdl.kernels.native"):
-        path = native.library_path()
+        path = native_build.library_path()
     assert path.parent != shared and path.parent.stat().st_mode & 0o077 == 0
     assert "no private cache folder" in caplog.text
     assert not list(shared.iterdir())
@@ -219,19 +219,19 @@ def test_a_cache_folder_others_can_write_is_not_used(monkeypatch, tmp_path, capl
 def test_a_planted_binary_others_can_write_is_rebuilt(monkeypatch, tmp_path):
     cache = tmp_path / "cache"
     monkeypatch.setenv("MONAI_GDL_CACHE_DIR", str(cache))
-    path = native.library_path()
+    path = native_build.library_path()
     path.write_bytes(b"not a library")
     path.chmod(0o666)  # writable by others: not trusted, built again
-    assert native.library_path() == path
+    assert native_build.library_path() == path
     assert path.read_bytes() != b"not a library" and path.stat().st_mode & 0o022 == 0
 
 
 def test_no_compiler_warns_once_with_cost_and_fix_and_falls_back(monkeypatch, caplog):
-    from monai_gdl.kernels import dispatch
+    from monai_gdl.kernels import backends as dispatch
 
-    monkeypatch.setattr(native, "_compiler", lambda: None)
+    monkeypatch.setattr(native_build, "_compiler", lambda: None)
     monkeypatch.setattr(dispatch, "_warned", set())
-    native._library.cache_clear()
+    native.load.cache_clear()
     try:
         assert not native.available()
         with use_backend("auto"), caplog.at_level("WARNING", logger="monai_gdl.kernels"):
@@ -244,7 +244,7 @@ def test_no_compiler_warns_once_with_cost_and_fix_and_falls_back(monkeypatch, ca
         warnings = [r for r in caplog.records if r.levelname == "WARNING"]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
         text = warnings[0].getMessage()
-        assert "no C compiler found" in text and "887 ms eager" in text and "install a C compiler" in text
+        assert "no C compiler found" in text and "about 3-5x" in text and "python -m monai_gdl.benchmark" in text and "install a C compiler" in text
         assert "MONAI_GDL_BACKEND" in text
         caplog.clear()
         with use_backend("eager"), caplog.at_level("WARNING", logger="monai_gdl.kernels"):
@@ -252,7 +252,7 @@ def test_no_compiler_warns_once_with_cost_and_fix_and_falls_back(monkeypatch, ca
             VNetDiceLoss(softmax=True, to_onehot_y=True)(torch.randn(1, 2, 5), torch.randint(0, 2, (1, 1, 5)))
         assert not caplog.records  # an explicit choice is silent
     finally:
-        native._library.cache_clear()
+        native.load.cache_clear()
 
 
 def test_unwritable_cache_home_falls_back_to_a_temp_folder(monkeypatch, tmp_path):
@@ -260,20 +260,20 @@ def test_unwritable_cache_home_falls_back_to_a_temp_folder(monkeypatch, tmp_path
     blocker.write_text("")
     monkeypatch.delenv("MONAI_GDL_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # mkdir under a file fails
-    folder = native._cache_dir()
+    folder = native_build._cache_dir()
     assert folder.parent == Path(tempfile.gettempdir())
 
 
 def test_empty_volume_matches_eager():
     """No voxels (the losses refuse such input; the kernel itself stays safe): the same zero statistics as the
     eager path, and a zero-size gradient."""
-    from monai_gdl.kernels import streaming_statistics
+    from monai_gdl.kernels import fused_sums
 
     x = torch.randn(1, 2, 0, requires_grad=True)
     labels = torch.zeros(1, 1, 0, dtype=torch.long)
     values = []
     for backend in ("native", "eager"):
-        stats, _ = streaming_statistics(x, labels, activation="softmax", label_map=True, squared=True, backend=backend)
+        stats, _ = fused_sums(x, labels, activation="softmax", label_map=True, squared=True, backend=backend)
         (grad,) = torch.autograd.grad(stats.prediction.sum() + stats.intersection.sum(), x, allow_unused=True)
         values.append(torch.stack(list(stats)))
         assert grad is None or grad.shape == x.shape
@@ -334,12 +334,12 @@ def test_float16_goes_elsewhere_where_the_compiler_lacks_it(monkeypatch):
 def test_a_failing_build_is_reported_and_falls_back(monkeypatch, tmp_path):
     broken = tmp_path / "native.c"
     broken.write_text("this is not C\n")
-    monkeypatch.setattr(native, "_SOURCE", broken)
+    monkeypatch.setattr(native_build, "SOURCE", broken)
     monkeypatch.setenv("MONAI_GDL_CACHE_DIR", str(tmp_path / "cache"))
-    native._library.cache_clear()
+    native.load.cache_clear()
     try:
         assert not native.available()
         assert "the C compiler failed on the kernel source" in native.unavailable_reason()
         assert not list((tmp_path / "cache").glob("*"))  # no half-written library left behind
     finally:
-        native._library.cache_clear()
+        native.load.cache_clear()

@@ -35,7 +35,7 @@ def test_operator_registration_passes_opcheck(case):
     """PyTorch's own checker: schema, fake (meta) implementation, autograd registration, dispatch."""
     args = list(_sample_inputs()[case])
     args[0] = args[0].clone().requires_grad_(True)
-    torch.library.opcheck(torch.ops.monai_gdl.dice_statistics.default, tuple(args))
+    torch.library.opcheck(torch.ops.monai_gdl.fused_sums.default, tuple(args))
 
 
 def _network_and_loss(net, loss_fn, image, target):
@@ -108,7 +108,7 @@ def test_torch_export_of_a_module_calling_the_loss(loss):
     image, labels = torch.randn(2, 1, 8, 8, 8), torch.randint(0, 4, (2, 1, 8, 8, 8))
     exported = torch.export.export(model, (image, labels))
     ops = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
-    assert "monai_gdl.dice_statistics.default" in ops
+    assert "monai_gdl.fused_sums.default" in ops
     image2, labels2 = torch.randn(2, 1, 8, 8, 8), torch.randint(0, 4, (2, 1, 8, 8, 8))
     torch.testing.assert_close(exported.module()(image2, labels2), model(image2, labels2))
 

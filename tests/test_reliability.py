@@ -23,7 +23,7 @@ from monai_gdl import (
     VNetDiceLoss,
     use_backend,
 )
-from monai_gdl.kernels import native
+from monai_gdl.kernels import native, native_build
 
 needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler for the native CPU kernel")
 
@@ -71,14 +71,14 @@ def test_a_truncated_cached_library_is_rebuilt_with_a_warning(tmp_path):
     probe = """
         import logging, torch
         logging.basicConfig(level=logging.WARNING)
-        from monai_gdl.kernels import native
+        from monai_gdl.kernels import native_build
         from monai_gdl import VNetDiceLoss
         x, y = torch.randn(2, 3, 16, 16, 16), torch.randint(0, 3, (2, 1, 16, 16, 16))
         loss = VNetDiceLoss(softmax=True, to_onehot_y=True)(x, y)
         ref = VNetDiceLoss(softmax=True, to_onehot_y=True, implementation="reference")(x, y)
         assert native.available(), native.unavailable_reason()
         assert torch.allclose(loss, ref, atol=1e-6)
-        print("ok", native.library_path().name)
+        print("ok", native_build.library_path().name)
     """
     first = _run(probe, env)
     assert first.returncode == 0, first.stderr[-2000:]

@@ -1,28 +1,40 @@
-"""Fused streaming computation of the Dice statistics and their gradient.
+"""Fused streaming computation of the Dice statistics and their gradient: the kernels' one face.
 
 Layout (each module imports only those above it):
 
-- :mod:`~monai_gdl.kernels.contract`: what every backend computes (:class:`DiceStatistics`).
+- :mod:`~monai_gdl.kernels.contract`: what every backend computes (:class:`DiceStatistics`,
+  :class:`VoxelTermSums`, the rows).
 - :mod:`~monai_gdl.kernels.reference`: the same math in plain PyTorch (whole volume and per chunk).
-- :mod:`~monai_gdl.kernels.chunked`, :mod:`~monai_gdl.kernels.native`,
-  :mod:`~monai_gdl.kernels.triton_backend`: the backends.
-- :mod:`~monai_gdl.kernels.dispatch`: which backend runs (public choice and ``"auto"``).
-- :mod:`~monai_gdl.kernels.ops`: the ``torch.library`` operators the losses call.
+- :mod:`~monai_gdl.kernels.chunked`, :mod:`~monai_gdl.kernels.native` (built by
+  :mod:`~monai_gdl.kernels.native_build`), :mod:`~monai_gdl.kernels.triton_backend`: the backends.
+- :mod:`~monai_gdl.kernels.backends`: the registry of backends and which one runs.
+- :mod:`~monai_gdl.kernels.ops`: the ``torch.library`` operators the losses call (:func:`fused_sums`).
 """
 
-from monai_gdl.kernels.contract import VOXEL_TERMS, DiceStatistics, VoxelTermSums, statistics_dtype
-from monai_gdl.kernels.dispatch import BACKENDS, get_backend, resolve_backend, set_backend, use_backend
-from monai_gdl.kernels.ops import streaming_statistics
+from monai_gdl.kernels.backends import BACKENDS, REGISTRY, get_backend, resolve_backend, set_backend, use_backend
+from monai_gdl.kernels.contract import (
+    VOXEL_TERMS,
+    DiceStatistics,
+    Row,
+    VoxelTermSums,
+    accumulation_dtype,
+)
+from monai_gdl.kernels.ops import fused_sums
+from monai_gdl.kernels.reference import reference_statistics, reference_voxel_term
 
 __all__ = [
     "BACKENDS",
+    "REGISTRY",
     "VOXEL_TERMS",
     "DiceStatistics",
+    "Row",
     "VoxelTermSums",
+    "accumulation_dtype",
+    "fused_sums",
     "get_backend",
+    "reference_statistics",
+    "reference_voxel_term",
     "resolve_backend",
     "set_backend",
-    "statistics_dtype",
-    "streaming_statistics",
     "use_backend",
 ]

@@ -16,10 +16,10 @@ from collections.abc import Callable
 import torch
 
 from monai_gdl._env import env_int
-from monai_gdl.kernels.contract import NUM_STATISTICS, statistics_dtype
+from monai_gdl.kernels.contract import NUM_STATISTICS, accumulation_dtype
 from monai_gdl.kernels.reference import backward_chunk, forward_chunk
 
-__all__ = ["CHUNK_ELEMENTS", "backward", "compile_works", "forward"]
+__all__ = ["CHUNK_ELEMENTS", "backward", "compile_works", "compiled_backward", "compiled_forward", "forward"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def forward(x, target, mask, activation: str, label_map: bool, squared: bool, so
     """``6 x B x C`` statistics of ``x`` (``B x C x N``) against ``target``, chunk by chunk."""
     b, c, n = x.shape
     fwd, _ = _chunk_functions(compiled)
-    sums = torch.zeros(NUM_STATISTICS, b, c, dtype=statistics_dtype(x.dtype), device=x.device)
+    sums = torch.zeros(NUM_STATISTICS, b, c, dtype=accumulation_dtype(x.dtype), device=x.device)
     for s, e in _chunk_bounds(n, b * c):
         parts = fwd(x[:, :, s:e], target[:, :, s:e], _slice(mask, s, e), activation, label_map, squared, soft,
                     voxel_term, gamma)
@@ -108,9 +108,19 @@ def backward(grad, x, target, mask, activation: str, label_map: bool, squared: b
              gamma: float, compiled: bool = False):
     """``dL/dx`` from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ)`` (``4 x B x C``), chunk by chunk, into one buffer."""
     _, bwd = _chunk_functions(compiled)
-    upstream = grad.to(statistics_dtype(x.dtype)).unsqueeze(-1)
+    upstream = grad.to(accumulation_dtype(x.dtype)).unsqueeze(-1)
     grad_x = torch.empty_like(x)
     for s, e in _chunk_bounds(x.shape[2], x.shape[0] * x.shape[1]):
         bwd(grad_x[:, :, s:e], x[:, :, s:e], target[:, :, s:e], _slice(mask, s, e), upstream, activation, label_map,
             squared, soft, voxel_term, gamma)
     return grad_x
+
+
+def compiled_forward(*args):
+    """:func:`forward` through ``torch.compile`` (eager where compiling fails here)."""
+    return forward(*args, compiled=True)
+
+
+def compiled_backward(*args):
+    """:func:`backward` through ``torch.compile`` (eager where compiling fails here)."""
+    return backward(*args, compiled=True)

@@ -21,24 +21,58 @@ plain CE/BCE) and reduced to two more sums:
 the losses apply afterwards (class weights, focal ``alpha``, label smoothing, the mean's
 denominator) is a combination of ``F``, ``Q`` and ``V`` (:mod:`monai_gdl.losses.formulas`).
 
-Backends return them stacked as one ``6 x B x C`` tensor (:data:`NUM_STATISTICS` rows
-``I, P, G, V, F, Q``) in :func:`statistics_dtype` (``F = Q = 0`` without a voxel term); only
-``I, P, F, Q`` depend on the logits, so the backward takes :data:`NUM_GRADIENTS` rows
-``dL/dI, dL/dP, dL/dF, dL/dQ``.
+Backends return them stacked as one ``6 x B x C`` tensor (rows :class:`Row`: ``I, P, G, V, F, Q``)
+in :func:`accumulation_dtype` (``F = Q = 0`` without a voxel term); only ``I, P, F, Q`` depend on
+the logits (:data:`LOGIT_ROWS`), so the backward takes their gradients ``dL/dI, dL/dP, dL/dF, dL/dQ``
+as a ``4 x B x C`` tensor. :func:`check_pass_options` refuses an unknown activation or voxel term.
 """
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import NamedTuple
 
 import torch
 
-__all__ = ["NUM_GRADIENTS", "NUM_STATISTICS", "VOXEL_TERMS", "DiceStatistics", "VoxelTermSums", "statistics_dtype"]
+__all__ = [
+    "ACTIVATIONS",
+    "LOGIT_ROWS",
+    "NUM_STATISTICS",
+    "VOXEL_TERMS",
+    "DiceStatistics",
+    "Row",
+    "VoxelTermSums",
+    "accumulation_dtype",
+    "check_pass_options",
+]
 
-NUM_STATISTICS = 6
-NUM_GRADIENTS = 4
+
+class Row(IntEnum):
+    """The rows of a backend's ``6 x B x C`` result."""
+
+    INTERSECTION = 0
+    PREDICTION = 1
+    TARGET = 2
+    TARGET_VOLUME = 3
+    ON_TARGET = 4
+    OFF_TARGET = 5
+
+
+NUM_STATISTICS = len(Row)
+#: The rows that depend on the logits, in the order the backward takes their gradients.
+LOGIT_ROWS = (Row.INTERSECTION, Row.PREDICTION, Row.ON_TARGET, Row.OFF_TARGET)
+#: ``activation`` values of a fused pass.
+ACTIVATIONS = ("none", "softmax", "sigmoid")
 #: ``voxel_term`` values: no voxel-wise term, softmax CE/focal, sigmoid BCE/focal.
 VOXEL_TERMS = ("none", "softmax", "sigmoid")
+
+
+def check_pass_options(activation: str, voxel_term: str) -> None:
+    """Refuse an activation or voxel term no backend knows (never read as "none")."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation!r}; use one of {ACTIVATIONS}.")
+    if voxel_term not in VOXEL_TERMS:
+        raise ValueError(f"voxel_term={voxel_term!r}; use one of {VOXEL_TERMS}.")
 
 
 class DiceStatistics(NamedTuple):
@@ -55,11 +89,8 @@ class DiceStatistics(NamedTuple):
 
     @classmethod
     def from_stacked(cls, stacked: torch.Tensor) -> DiceStatistics:
-        """The first four rows of a backend's ``6 x B x C`` result (or of a ``4 x B x C`` stack)."""
-        return cls(stacked[0], stacked[1], stacked[2], stacked[3])
-
-    def stacked(self) -> torch.Tensor:
-        return torch.stack(tuple(self))
+        """The first four rows of a backend's ``6 x B x C`` result."""
+        return cls(stacked[Row.INTERSECTION], stacked[Row.PREDICTION], stacked[Row.TARGET], stacked[Row.TARGET_VOLUME])
 
     def select_classes(self, include_background: bool) -> DiceStatistics:
         """Drop class 0 (after the activation saw it) when ``include_background`` is False."""
@@ -82,13 +113,13 @@ class VoxelTermSums(NamedTuple):
 
     @classmethod
     def from_stacked(cls, stacked: torch.Tensor) -> VoxelTermSums:
-        """Rows 4 and 5 of a backend's ``6 x B x C`` result."""
-        return cls(stacked[4], stacked[5])
+        """The last two rows of a backend's ``6 x B x C`` result."""
+        return cls(stacked[Row.ON_TARGET], stacked[Row.OFF_TARGET])
 
     def select_classes(self, include_background: bool) -> VoxelTermSums:
         return self if include_background else VoxelTermSums(*(s[:, 1:] for s in self))
 
 
-def statistics_dtype(dtype: torch.dtype) -> torch.dtype:
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulate in float32 for half inputs (AMP), float64 for float64 inputs."""
     return torch.float64 if dtype == torch.float64 else torch.float32

@@ -5,18 +5,9 @@ in the tests), but each pass reads every logit from memory once: the C source wa
 in tiles whose ``C x T`` probabilities stay in cache. Passes are split by voxel range over
 ``torch.get_num_threads()`` Python threads (the C calls run without the GIL).
 
-Build (why not ``torch.utils.cpp_extension``: see the README's design note): on first use, with
-the machine's C compiler (``$CC``, else ``cc``/``gcc``/``clang``; ``-O3 -march=native``, about 7 s
-on 2 cores, stopped after ``$MONAI_GDL_BUILD_TIMEOUT_S``), into a cache folder. The file name is a
-hash of everything the binary depends on (source, compiler path and version, flags, CPU features)
-plus the checksum of the built file, verified before every load (a truncated or corrupt copy is
-removed and rebuilt, with a warning); the build goes to a private temporary file, synced and
-renamed into place (atomic: concurrent DDP ranks or test workers never see half a file; a killed
-build's leftovers are removed later), and a cache folder is only used if it belongs to this user
-and nobody else can write to it (else the build goes to a private folder of this process); a cached
-file others can write is rebuilt. The loaded library is then checked against the reference on a
-small case. Any failure leaves :func:`available` False with :func:`unavailable_reason` saying why,
-and the other backends in charge.
+The library comes from :mod:`~monai_gdl.kernels.native_build` (built once per machine, cached) and
+is checked against the reference on a small case when loaded; :func:`load` returns it with the
+reason it is missing, if it is.
 
 The gradient buffer is the one large allocation of the backward; page-faulting 4 KiB pages into
 it costs as much as the kernel itself, so on Linux it is advised onto transparent huge pages
@@ -25,33 +16,21 @@ where the system allows. ``MONAI_GDL_HUGE_PAGES=0`` turns that off.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
-import hashlib
-import logging
 import os
-import platform
-import shutil
-import stat
 import subprocess
-import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 
-from monai_gdl._env import env_choice, env_int
+from monai_gdl._env import env_choice
 from monai_gdl.kernels.contract import NUM_STATISTICS
+from monai_gdl.kernels.native_build import build_timeout_s, library_path
 from monai_gdl.kernels.reference import backward_chunk, forward_chunk
 
-__all__ = ["available", "backward", "forward", "library_path", "supports", "unavailable_reason"]
+__all__ = ["available", "backward", "forward", "load", "unavailable_reason", "why_not"]
 
-logger = logging.getLogger(__name__)
-
-_SOURCE = Path(__file__).with_name("native.c")
-_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-fPIC", "-shared")
 _ACTIVATION_CODES = {"none": 0, "softmax": 1, "sigmoid": 2}
 _X_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _DENSE_CODES = {torch.float32: 0}
@@ -62,161 +41,15 @@ _TERM_OPTIONS = {"none": 0, "softmax": 4, "sigmoid": 8}
 PARALLEL_MIN_ELEMENTS = 1 << 20
 #: Gradient buffers at least this large are advised onto huge pages.
 HUGE_PAGE_MIN_BYTES = 8 << 20
-#: Default seconds a compiler may take before the build is abandoned (and the other backends used);
-#: the build takes about 7 s on 2 cores.
-BUILD_TIMEOUT_S = 45
-_BUILD_TIMEOUT_S = env_int("MONAI_GDL_BUILD_TIMEOUT_S", BUILD_TIMEOUT_S, minimum=1)
-
-
-def _private(info: os.stat_result) -> bool:
-    """Owned by this user and writable by nobody else: what is found there was put there by us."""
-    owned = not hasattr(os, "getuid") or info.st_uid == os.getuid()
-    return owned and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-
-
-def _private_folder(folder: Path) -> bool:
-    try:
-        info = folder.stat()
-    except OSError:
-        return False
-    return stat.S_ISDIR(info.st_mode) and _private(info)
-
-
-def _usable_cache(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError:
-        return False
-    return _private_folder(folder) and os.access(folder, os.W_OK)
-
-
-def _cache_dir() -> Path:
-    """``$MONAI_GDL_CACHE_DIR``, else ``$XDG_CACHE_HOME/monai_gdl`` or ``~/.cache/monai_gdl``, else a
-    per-user folder in the temporary directory; the first that is private to this user. Where none
-    is (a shared or foreign folder), a new private folder of this process: built again, never trusted."""
-    explicit = os.environ.get("MONAI_GDL_CACHE_DIR")
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
-    candidates = [Path(explicit)] if explicit else [
-        (Path(xdg) if xdg else Path.home() / ".cache") / "monai_gdl",
-        Path(tempfile.gettempdir()) / f"monai_gdl-{user}",
-    ]
-    for folder in candidates:
-        if _usable_cache(folder):
-            return folder
-    logger.warning("monai_gdl: no private cache folder for the native kernel among %s (each must belong to you and "
-                   "be writable by nobody else); building into a temporary folder of this process.",
-                   [str(c) for c in candidates])
-    return _process_folder()
 
 
 @functools.cache
-def _process_folder() -> Path:
-    return Path(tempfile.mkdtemp(prefix="monai_gdl-build-"))
-
-
-def _cpu_signature() -> str:
-    """What ``-march=native`` depends on: the CPU's feature flags (Linux), else the platform."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor() + platform.machine()
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def _verified(folder: Path, key: str) -> Path | None:
-    """A cached library for ``key`` whose content still has the checksum its name records (written at build
-    time); a truncated or corrupt one (disk full, a killed copy, a shared cache) is removed, with a warning."""
-    for candidate in sorted(folder.glob(f"native-{key}-*.so")):
-        recorded = candidate.name[len(f"native-{key}-"):-len(".so")]
-        try:
-            private = _private(candidate.stat())
-            ok = private and _digest(candidate) == recorded
-        except OSError:
-            private, ok = True, False
-        if ok:
-            return candidate
-        if private:
-            logger.warning("monai_gdl: the cached native kernel %s does not match the checksum recorded when it was "
-                           "built (truncated or corrupt); removing it and building again.", candidate)
-        with contextlib.suppress(OSError):
-            candidate.unlink()
-    return None
-
-
-def _remove_stale_builds(folder: Path) -> None:
-    """Temporary files of builds that were killed: no live build is older than the build timeout."""
-    limit = time.time() - 2 * build_timeout_s()
-    for leftover in folder.glob(".build-*"):
-        with contextlib.suppress(OSError):
-            if leftover.stat().st_mtime < limit:
-                leftover.unlink()
-
-
-def build_timeout_s() -> int:
-    """Seconds a compiler may take before the build is abandoned, with a warning, and the other backends
-    used (``$MONAI_GDL_BUILD_TIMEOUT_S``, read at import, default 45): a hanging compiler never stalls
-    the first loss call long."""
-    return _BUILD_TIMEOUT_S
-
-
-def library_path() -> Path | None:
-    """The compiled library, built into the cache folder if no verified copy is there yet; None if no compiler.
-
-    The file is ``native-<key>-<checksum>.so``: ``key`` hashes what the binary depends on, ``checksum``
-    its own content, checked before every load."""
-    cc = _compiler()
-    if cc is None:
-        return None
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=build_timeout_s(),
-                             check=False).stdout
-    key = hashlib.sha256(
-        "\0".join([_SOURCE.read_text(), cc, version, " ".join(_FLAGS), _cpu_signature()]).encode()
-    ).hexdigest()[:16]
-    folder = _cache_dir()
-    found = _verified(folder, key)
-    if found is not None:
-        return found
-    _remove_stale_builds(folder)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".build-{key}-", suffix=".so")
-    os.close(fd)
-    try:
-        subprocess.run([cc, *_FLAGS, "-o", tmp, str(_SOURCE)], check=True, capture_output=True, text=True,
-                       timeout=build_timeout_s())
-        os.chmod(tmp, 0o700)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        target = folder / f"native-{key}-{_digest(Path(tmp))}.so"
-        os.replace(tmp, target)  # atomic: concurrent builders (test workers, DDP ranks) never see half a file
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return target
-
-
-_reason: list[str] = []
-
-
-@functools.cache
-def _library() -> ctypes.CDLL | None:
-    _reason.clear()
+def load() -> tuple[ctypes.CDLL | None, str | None]:
+    """The built and checked library, or None with the reason (no compiler, a failed build, load or check)."""
     try:
         path = library_path()
         if path is None:
-            raise RuntimeError("no C compiler found ($CC, cc, gcc or clang)")
+            return None, "no C compiler found ($CC, cc, gcc or clang)"
         lib = ctypes.CDLL(str(path))
         ptr, i32, i64, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
         common = [ptr, i32, ptr, i32, ptr, i64, i64, i64, i64, i64, i32, i32, f32, i32]
@@ -225,26 +58,30 @@ def _library() -> ctypes.CDLL | None:
         lib.mgdl_forward.restype = lib.mgdl_backward.restype = i32
         lib.mgdl_prefer_huge_pages.argtypes = [ptr, i64]
         _self_check(lib)
-        return lib
+        return lib, None
     except subprocess.CalledProcessError as err:
         tail = " ".join((err.stderr or "").strip().splitlines()[-3:])
-        _reason.append(f"the C compiler failed on the kernel source ({tail}); set CC to another compiler")
+        return None, f"the C compiler failed on the kernel source ({tail}); set CC to another compiler"
     except subprocess.TimeoutExpired:
-        _reason.append(f"the C compiler took over {build_timeout_s()} s and was stopped; set CC to another compiler "
-                       "or raise MONAI_GDL_BUILD_TIMEOUT_S")
-    except Exception as err:  # no compiler, a failed load or check: the other backends are always correct
-        _reason.append(f"{err}")
-    return None
+        return None, (f"the C compiler took over {build_timeout_s()} s and was stopped; set CC to another compiler "
+                      "or raise MONAI_GDL_BUILD_TIMEOUT_S")
+    except Exception as err:  # a failed load or check: the other backends are always correct
+        return None, f"{err}"
 
 
 def unavailable_reason() -> str | None:
     """Why the kernel cannot run here (None when it can): no compiler, a failed build or check."""
-    return None if _library() is not None else (_reason[0] if _reason else "unknown")
+    return load()[1]
+
+
+def available() -> bool:
+    """Whether the C kernel is built (or buildable) and checked on this machine."""
+    return load()[0] is not None
 
 
 def _float16_supported() -> bool:
     """float16 logits need a compiler with ``_Float16`` (GCC >= 12, recent Clang)."""
-    lib = _library()
+    lib = load()[0]
     return lib is not None and bool(lib.mgdl_has_float16())
 
 
@@ -271,38 +108,34 @@ def _self_check(lib: ctypes.CDLL) -> None:
             raise RuntimeError(f"the built kernel disagrees with the reference ({options})")
 
 
-def available() -> bool:
-    """Whether the C kernel is built (or buildable) and checked on this machine."""
-    return _library() is not None
-
-
 def _channels_last(t: torch.Tensor) -> bool:
     """``B x C x N`` stored as ``B x N x C`` (a channels-last network output, a permuted one-hot)."""
     return not t.is_contiguous() and t.transpose(1, 2).is_contiguous()
 
 
-def unsupported(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, label_map: bool) -> str | None:
-    """Why the C kernel does not take these tensors (None when it does): device, dtype or layout."""
+def why_not(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, label_map: bool) -> str | None:
+    """Why the C kernel cannot run these tensors (None when it can): device, dtype or layout, then the
+    library itself (not built here), then float16 without ``_Float16``. Each reason says the fix."""
     if x.device.type != "cpu":
-        return f"logits on {x.device.type}"
+        return f"it does not take logits on {x.device.type}"
     if x.dtype not in _X_CODES:
-        return f"logits of dtype {x.dtype} (it takes float32, bfloat16, float16)"
+        return f"it does not take logits of dtype {x.dtype} (it takes float32, bfloat16, float16)"
     if not (x.is_contiguous() or _channels_last(x)):
-        return "logits that are neither contiguous nor channels-last"
+        return "it does not take logits that are neither contiguous nor channels-last (pass x.contiguous())"
     codes = _LABEL_CODES if label_map else _DENSE_CODES
     if target.dtype not in codes:
         kind = "label map" if label_map else "one-hot/soft target"
-        return f"a {kind} of dtype {target.dtype} (it takes {', '.join(str(d) for d in codes)})"
+        return f"it does not take a {kind} of dtype {target.dtype} (it takes {', '.join(str(d) for d in codes)})"
     if not (target.is_contiguous() or (not label_map and _channels_last(target))):
-        return "a target that is neither contiguous nor (one-hot) channels-last"
+        return "it does not take a target that is neither contiguous nor (one-hot) channels-last"
     if mask is not None and not mask.is_contiguous():
-        return "a mask that is not contiguous"
+        return "it does not take a mask that is not contiguous"
+    reason = unavailable_reason()
+    if reason is not None:
+        return f"it could not be built here ({reason}; install a C compiler such as gcc, or set CC)"
+    if x.dtype == torch.float16 and not _float16_supported():
+        return "this C compiler has no _Float16 for float16 logits (use bfloat16 autocast or GCC >= 12)"
     return None
-
-
-def supports(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, label_map: bool) -> bool:
-    """Whether the C kernel takes these tensors (float16 also needs a compiler with ``_Float16``)."""
-    return unsupported(x, target, mask, label_map) is None and (x.dtype != torch.float16 or _float16_supported())
 
 
 @functools.cache
@@ -376,10 +209,10 @@ def _backward(lib, grad, x, target, mask, activation, label_map, squared, soft, 
 def forward(x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str,
             gamma: float) -> torch.Tensor:
     """``6 x B x C`` float32 statistics of ``x`` (``B x C x N``): one C pass."""
-    return _forward(_library(), x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
+    return _forward(load()[0], x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
 
 
 def backward(grad, x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str,
              gamma: float) -> torch.Tensor:
     """``dL/dx`` in ``x``'s dtype and layout from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ)``: one C pass."""
-    return _backward(_library(), grad, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
+    return _backward(load()[0], grad, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)

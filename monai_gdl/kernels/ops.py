@@ -1,44 +1,41 @@
-"""The fused statistics as PyTorch operators: ``torch.ops.monai_gdl.dice_statistics`` and its backward.
+"""The fused sums as PyTorch operators: ``torch.ops.monai_gdl.fused_sums`` and its backward.
 
 Registered with ``torch.library`` (fake implementations for shape propagation, autograd through
 :func:`torch.library.register_autograd`), so ``torch.compile`` (``fullgraph=True``),
 ``torch.export`` and DDP treat the fused pass like any built-in op: a compiled training step
 keeps it as one opaque node and calls its real implementation at run time.
 
-``dice_statistics(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma, backend)
+``fused_sums(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma, backend)
 -> 6 x B x C`` (``I, P, G, V, F, Q``, see :mod:`monai_gdl.kernels.contract`), ``x`` is ``B x C x N``;
-the backward op maps ``(dL/dI, dL/dP, dL/dF, dL/dQ)`` (``4 x B x C``) to ``dL/dx`` (``x``'s dtype
-and layout). The
-implementation resolves ``backend`` (``"auto"`` or a name) per call, so the same compiled graph
-runs the native kernel on CPU and Triton on CUDA.
+``fused_sums_backward`` maps ``(dL/dI, dL/dP, dL/dF, dL/dQ)`` (``4 x B x C``) to ``dL/dx`` (``x``'s
+dtype and layout). :func:`fused_sums` (the Python face) resolves ``"auto"`` to a backend once per
+forward outside a compiled graph, so the backward runs on the backend that ran the forward; inside
+a compiled or exported graph the operator resolves it at run time, so the same graph runs the
+native kernel on CPU and Triton on CUDA.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
 
-from monai_gdl.kernels import chunked, native, triton_backend
-from monai_gdl.kernels.contract import NUM_STATISTICS, DiceStatistics, VoxelTermSums, statistics_dtype
-from monai_gdl.kernels.dispatch import get_backend, resolve_backend
+from monai_gdl.kernels.backends import REGISTRY, get_backend, resolve_backend
+from monai_gdl.kernels.contract import (
+    LOGIT_ROWS,
+    NUM_STATISTICS,
+    DiceStatistics,
+    VoxelTermSums,
+    accumulation_dtype,
+    check_pass_options,
+)
 from monai_gdl.kernels.reference import forward_chunk
 
-__all__ = ["streaming_statistics"]
+__all__ = ["fused_sums"]
 
 
-#: ``backend -> (forward, backward)``; each applies ``soft`` to dense targets only.
-_IMPLEMENTATIONS = {
-    "native": (native.forward, native.backward),
-    "triton": (triton_backend.forward, triton_backend.backward),
-    "compile": (functools.partial(chunked.forward, compiled=True), functools.partial(chunked.backward, compiled=True)),
-    "eager": (chunked.forward, chunked.backward),
-}
-
-
-@torch.library.custom_op("monai_gdl::dice_statistics", mutates_args=())
-def dice_statistics_op(
+@torch.library.custom_op("monai_gdl::fused_sums", mutates_args=())
+def fused_sums_op(
     x: torch.Tensor,
     target: torch.Tensor,
     mask: Optional[torch.Tensor],
@@ -50,19 +47,19 @@ def dice_statistics_op(
     gamma: float,
     backend: str,
 ) -> torch.Tensor:
-    chosen = resolve_backend(x, target, mask, label_map, backend)
-    forward, _ = _IMPLEMENTATIONS[chosen]
-    stats = forward(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
-    return stats.to(statistics_dtype(x.dtype))
+    check_pass_options(activation, voxel_term)
+    chosen = REGISTRY[resolve_backend(x, target, mask, label_map, backend)]
+    sums = chosen.forward(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
+    return sums.to(accumulation_dtype(x.dtype))
 
 
-@dice_statistics_op.register_fake
-def _dice_statistics_fake(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma, backend):
-    return x.new_empty((NUM_STATISTICS, x.shape[0], x.shape[1]), dtype=statistics_dtype(x.dtype))
+@fused_sums_op.register_fake
+def _fused_sums_fake(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma, backend):
+    return x.new_empty((NUM_STATISTICS, x.shape[0], x.shape[1]), dtype=accumulation_dtype(x.dtype))
 
 
-@torch.library.custom_op("monai_gdl::dice_statistics_backward", mutates_args=())
-def dice_statistics_backward_op(
+@torch.library.custom_op("monai_gdl::fused_sums_backward", mutates_args=())
+def fused_sums_backward_op(
     grad: torch.Tensor,
     x: torch.Tensor,
     target: torch.Tensor,
@@ -75,17 +72,15 @@ def dice_statistics_backward_op(
     gamma: float,
     backend: str,
 ) -> torch.Tensor:
-    chosen = resolve_backend(x, target, mask, label_map, backend)
-    _, backward = _IMPLEMENTATIONS[chosen]
-    grad_x = backward(grad, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
+    chosen = REGISTRY[resolve_backend(x, target, mask, label_map, backend)]
+    grad_x = chosen.backward(grad, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
     if grad_x.stride() != x.stride():  # the fake below promises x's layout
         grad_x = torch.empty_like(x).copy_(grad_x)
     return grad_x
 
 
-@dice_statistics_backward_op.register_fake
-def _dice_statistics_backward_fake(grad, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma,
-                                   backend):
+@fused_sums_backward_op.register_fake
+def _fused_sums_backward_fake(grad, x, target, mask, *options):
     return torch.empty_like(x)
 
 
@@ -95,16 +90,15 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.options = tuple(options)
 
 
-def _backward(ctx, grad_stats):
+def _backward(ctx, grad_sums):
     x, target, mask = ctx.saved_tensors
-    rows = grad_stats[[0, 1, 4, 5]]  # I, P, F, Q: G and V do not depend on x
-    grad = rows.to(statistics_dtype(x.dtype)).contiguous()
+    grad = grad_sums[list(LOGIT_ROWS)].to(accumulation_dtype(x.dtype)).contiguous()  # G and V do not depend on x
     grad_x = None
     if ctx.needs_input_grad[0]:
-        grad_x = torch.ops.monai_gdl.dice_statistics_backward(grad, x, target, mask, *ctx.options)
+        grad_x = torch.ops.monai_gdl.fused_sums_backward(grad, x, target, mask, *ctx.options)
     grad_target = None
     if ctx.needs_input_grad[1]:
-        grad_target = _target_gradient(grad_stats, x, target, mask, *ctx.options[:-1])
+        grad_target = _target_gradient(grad_sums, x, target, mask, *ctx.options[:-1])
     return (grad_x, grad_target) + (None,) * (1 + len(ctx.options))
 
 
@@ -112,11 +106,11 @@ def _backward(ctx, grad_stats):
 TARGET_GRADIENT_CHUNK_ELEMENTS = 1 << 20
 
 
-def _target_gradient(grad_stats, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma):
+def _target_gradient(grad_sums, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma):
     """``dL/dtarget`` of a soft target that requires grad (through ``I, G, V, F, Q``, as the reference path's
     autograd gives it): autograd of the chunk formulas, chunk by chunk, so memory stays chunk-sized. Only
     a target that requires grad pays for it."""
-    weights = grad_stats.to(statistics_dtype(x.dtype))
+    weights = grad_sums.to(accumulation_dtype(x.dtype))
     grad_target = torch.empty_like(target)
     step = max(1, TARGET_GRADIENT_CHUNK_ELEMENTS // max(1, x.shape[0] * x.shape[1]))
     with torch.enable_grad():
@@ -131,7 +125,7 @@ def _target_gradient(grad_stats, x, target, mask, activation, label_map, squared
     return grad_target
 
 
-torch.library.register_autograd("monai_gdl::dice_statistics", _backward, setup_context=_setup_context)
+torch.library.register_autograd("monai_gdl::fused_sums", _backward, setup_context=_setup_context)
 
 
 def _no_double_backward(ctx, grad):
@@ -141,11 +135,11 @@ def _no_double_backward(ctx, grad):
     )
 
 
-torch.library.register_autograd("monai_gdl::dice_statistics_backward", _no_double_backward,
+torch.library.register_autograd("monai_gdl::fused_sums_backward", _no_double_backward,
                                 setup_context=lambda ctx, inputs, output: None)
 
 
-def streaming_statistics(
+def fused_sums(
     input: torch.Tensor,
     target: torch.Tensor,
     *,
@@ -159,16 +153,19 @@ def streaming_statistics(
     backend: str | None = None,
 ) -> tuple[DiceStatistics, VoxelTermSums]:
     """Dice statistics and voxel-term sums of ``input`` (``B x C x spatial``) by the fused operator, for
-    all C channels (the sums are zero when ``voxel_term`` is ``"none"``).
+    all C channels (the voxel-term sums are zero when ``voxel_term`` is ``"none"``).
 
     ``mask``: ``B x 1 x spatial`` bool (voxels to count) or None; ``backend``: a name from
     :data:`monai_gdl.kernels.BACKENDS`, default the process's choice.
     """
+    check_pass_options(activation, voxel_term)
     b, c = input.shape[:2]
     x = input.reshape(b, c, -1)
     t = target.reshape(b, target.shape[1], -1)
     m = None if mask is None else mask.reshape(b, 1, -1)
     chosen = get_backend() if backend is None else backend
-    stacked = torch.ops.monai_gdl.dice_statistics(x, t, m, activation, label_map, squared, soft, voxel_term,
-                                                  float(gamma), chosen)
+    if chosen == "auto" and not torch.compiler.is_compiling():
+        chosen = resolve_backend(x, t, m, label_map, chosen)
+    stacked = torch.ops.monai_gdl.fused_sums(x, t, m, activation, label_map, squared, soft, voxel_term,
+                                             float(gamma), chosen)
     return DiceStatistics.from_stacked(stacked), VoxelTermSums.from_stacked(stacked)

@@ -22,50 +22,18 @@ The voxel-wise term ``l`` of a compound loss (:mod:`monai_gdl.kernels.contract`)
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-
 import torch.nn.functional as F
 
-from monai_gdl.kernels.contract import DiceStatistics, VoxelTermSums, statistics_dtype
+from monai_gdl.kernels.contract import DiceStatistics, VoxelTermSums, accumulation_dtype
 
 __all__ = [
-    "activate",
     "backward_chunk",
     "forward_chunk",
     "reference_statistics",
     "reference_voxel_term",
-    "voxel_mask",
     "voxel_term_elements",
 ]
-
-
-def activate(
-    input: torch.Tensor, *, softmax: bool = False, sigmoid: bool = False, other_act: Callable | None = None
-) -> torch.Tensor:
-    """Probabilities from the network output, computed in at least float32."""
-    x = input.to(statistics_dtype(input.dtype))
-    if softmax:
-        return torch.softmax(x, dim=1)
-    if sigmoid:
-        return torch.sigmoid(x)
-    if other_act is not None:
-        return other_act(x)
-    return x
-
-
-def voxel_mask(
-    target: torch.Tensor, *, label_map: bool, ignore_index: int | None, mask: torch.Tensor | None
-) -> torch.Tensor | None:
-    """``B x 1 x N`` bool mask combining ``ignore_index`` and ``mask`` (None when every voxel counts)."""
-    keep = None
-    if label_map and ignore_index is not None:
-        keep = target.reshape(target.shape[0], 1, -1) != ignore_index
-    if mask is not None:
-        given = mask.reshape(mask.shape[0], 1, -1) != 0
-        keep = given if keep is None else keep & given
-    return keep
 
 
 def reference_statistics(
@@ -79,7 +47,7 @@ def reference_statistics(
 ) -> DiceStatistics:
     """Plain PyTorch sums, differentiable through autograd: the reference the fused kernels are tested against.
 
-    ``mask`` is the ``B x 1 x N`` bool of :func:`voxel_mask`. A label map (``B x 1 x spatial``) is
+    ``mask`` is a ``B x 1 x N`` bool (voxels to count) or None. A label map (``B x 1 x spatial``) is
     never expanded to a float one-hot: the intersection gathers ``p`` at the labelled class and
     scatters it into ``B x C`` sums (labels outside ``0..C-1`` match no class). ``soft`` uses
     ``min(p, g)`` as the intersection of a dense target.
@@ -116,6 +84,8 @@ def voxel_term_elements(x: torch.Tensor, g: torch.Tensor, voxel_term: str, gamma
         log_p = torch.log_softmax(x, dim=1)
         nll = -log_p
         return nll if gamma == 0 else (1.0 - log_p.exp()).pow(gamma) * nll
+    if voxel_term != "sigmoid":
+        raise ValueError(f"voxel_term={voxel_term!r}; use 'softmax' or 'sigmoid' (or no voxel term).")
     bce = F.softplus(x) - x * g
     return bce if gamma == 0 else torch.exp(gamma * F.logsigmoid(-x * (2.0 * g - 1.0))) * bce
 
@@ -132,7 +102,7 @@ def reference_voxel_term(
     """``F`` and ``Q`` in plain PyTorch (autograd), the reference for the fused kernels. A label map
     is expanded here to a one-hot by comparison: this path is for checking, not for speed."""
     b, c = input.shape[:2]
-    x = input.to(statistics_dtype(input.dtype)).reshape(b, c, -1)
+    x = input.to(accumulation_dtype(input.dtype)).reshape(b, c, -1)
     g = _target_chunk(target.reshape(b, target.shape[1], -1), c, label_map, x.dtype)
     elements = voxel_term_elements(x, g, voxel_term, gamma)
     if mask is not None:
@@ -145,6 +115,8 @@ def _activate_chunk(x: torch.Tensor, activation: str) -> torch.Tensor:
         return torch.softmax(x, dim=1)
     if activation == "sigmoid":
         return torch.sigmoid(x)
+    if activation != "none":
+        raise ValueError(f"activation={activation!r}; use 'softmax', 'sigmoid' or 'none'.")
     return x
 
 
@@ -169,7 +141,7 @@ def forward_chunk(
     gamma: float = 0.0,
 ) -> tuple[torch.Tensor, ...]:
     """Partial ``(I, P, G, V, F, Q)`` sums (``B x C``) of one chunk ``x`` (``B x C x L``)."""
-    acc = statistics_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     xa = x.to(acc)
     p = _activate_chunk(xa, activation)
     g = _target_chunk(target, x.shape[1], label_map, acc)
@@ -225,7 +197,7 @@ def backward_chunk(
     gamma: float = 0.0,
 ) -> torch.Tensor:
     """``dL/dx`` of one chunk from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ)`` (``4 x B x C x 1``)."""
-    acc = statistics_dtype(x.dtype)
+    acc = accumulation_dtype(x.dtype)
     grad_inter, grad_pred, grad_on, grad_off = grad.to(acc).unbind(0)
     xa = x.to(acc)
     p = _activate_chunk(xa, activation)

@@ -22,21 +22,22 @@ try:
 except ImportError:  # Triton is optional: the chunked PyTorch path covers every case
     triton = None
 
-__all__ = ["available", "backward", "forward", "usable"]
+__all__ = ["backward", "forward", "why_not"]
 
 _ACTIVATION_CODES = {"none": 0, "softmax": 1, "sigmoid": 2}
 _TERM_CODES = {"none": 0, "softmax": 1, "sigmoid": 2}
 
 
-def available() -> bool:
-    """Whether Triton is importable here."""
-    return triton is not None
-
-
-def usable(x: torch.Tensor) -> bool:
-    """Triton runs CUDA tensors (CPU ones under ``TRITON_INTERPRET=1``), not float64."""
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    return available() and (x.is_cuda or interpreted) and x.dtype != torch.float64
+def why_not(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, label_map: bool) -> str | None:
+    """Why the Triton kernels cannot run these tensors (None when they can): CUDA tensors (CPU ones under
+    ``TRITON_INTERPRET=1``), not float64, Triton installed."""
+    if triton is None:
+        return "Triton is not installed (pip install triton)"
+    if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        return f"it runs CUDA tensors (or CPU ones under TRITON_INTERPRET=1), not {x.device.type} ones"
+    if x.dtype == torch.float64:
+        return "it does not take float64 logits"
+    return None
 
 
 if triton is not None:

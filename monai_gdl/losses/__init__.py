@@ -1,6 +1,8 @@
-"""The losses: input checks (:mod:`.validation`), formulas on the statistics (:mod:`.formulas`),
-the functional losses (:mod:`.functional`), the ``nn.Module`` Dice losses (:mod:`.modules`), the
-fused compound losses (:mod:`.compound`) and the deep-supervision wrapper (:mod:`.deep_supervision`)."""
+"""The losses, one room per step: options checked once (:mod:`.options`), a loss as a Dice term plus a
+voxel term (:mod:`.terms`), tensor checks (:mod:`.validation`), the volume reduced to sums
+(:mod:`.sums`), formulas on the sums (:mod:`.formulas`), the one forward and the functional losses
+(:mod:`.functional`), the ``nn.Module`` Dice losses and their base (:mod:`.modules`), the fused
+compound losses (:mod:`.compound`) and the deep-supervision wrapper (:mod:`.deep_supervision`)."""
 
 from monai_gdl.losses.compound import (
     SudreGeneralizedDiceCELoss,
@@ -18,11 +20,21 @@ from monai_gdl.losses.formulas import (
     vnet_dice_from_statistics,
 )
 from monai_gdl.losses.functional import all_reduce_statistics, dice_statistics, generalized_dice_loss, vnet_dice_loss
-from monai_gdl.losses.modules import SudreGeneralizedDiceLoss, VNetDiceLoss
+from monai_gdl.losses.modules import DiceFamilyLoss, SudreGeneralizedDiceLoss, VNetDiceLoss
+from monai_gdl.losses.options import DiceOptions
+from monai_gdl.losses.terms import BinaryCrossEntropy, CrossEntropy, Focal, GeneralizedDice, LossKind, LossOptions, VNetDice
 from monai_gdl.losses.validation import LossInputError
 
 __all__ = [
+    "BinaryCrossEntropy",
+    "CrossEntropy",
     "DeepSupervisionWrapper",
+    "DiceFamilyLoss",
+    "DiceOptions",
+    "Focal",
+    "GeneralizedDice",
+    "LossKind",
+    "LossOptions",
     "LossInputError",
     "SudreGeneralizedDiceCELoss",
     "SudreGeneralizedDiceFocalLoss",
@@ -30,6 +42,7 @@ __all__ = [
     "VNetDiceBCELoss",
     "VNetDiceCELoss",
     "VNetDiceFocalLoss",
+    "VNetDice",
     "VNetDiceLoss",
     "all_reduce_statistics",
     "cross_entropy_from_sums",

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 
 from monai_gdl.kernels import DiceStatistics, VoxelTermSums
-from monai_gdl.losses.validation import check_gdl_options
+from typing import get_args
+
+from monai_gdl.losses.options import AbsentClass, AllAbsent, WType, check_choice
 
 __all__ = [
     "cross_entropy_from_sums",
@@ -59,7 +61,9 @@ def generalized_dice_weights(
     swamping the ratio (with ``1/V^2`` for a 10^5-voxel class, ``w*I ~ 1e-5``, the size of
     ``smooth_nr``).
     """
-    check_gdl_options(w_type=w_type, absent_class=absent_class, all_absent=all_absent)
+    check_choice("w_type", w_type, get_args(WType))
+    check_choice("absent_class", absent_class, get_args(AbsentClass))
+    check_choice("all_absent", all_absent, get_args(AllAbsent))
     with torch.no_grad():
         v = target_volume.detach()
         if w_type == "uniform":

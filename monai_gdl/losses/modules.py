@@ -1,23 +1,69 @@
-"""``torch.nn.Module`` losses with MONAI's argument names, wrapping :mod:`monai_gdl.losses.functional`.
+"""``torch.nn.Module`` losses with MONAI's argument names, on the one forward of :mod:`.functional`.
 
-Options are plain attributes, checked once in ``__init__``; ``class_weight`` is a registered buffer
-(as in MONAI's ``DiceLoss``: it follows ``.to(device)`` and is in ``state_dict()``).
+:class:`DiceFamilyLoss` is the base of every loss in the package: a subclass names its recipe
+(:class:`~monai_gdl.losses.terms.LossKind`: Dice term, voxel term, defaults), from which its
+constructor's signature is derived. The options are checked once, in ``__init__``, kept as one
+frozen object (``loss.options``) and mirrored as plain attributes with MONAI's names; setting an
+attribute checks it again. ``class_weight`` is a registered buffer (as in MONAI's ``DiceLoss``: it
+follows ``.to(device)`` and is in ``state_dict()``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
+from torch import nn
 from torch.nn.modules.loss import _Loss
 
-from monai_gdl.losses import functional
-from monai_gdl.losses.validation import check_gdl_options, check_loss_options, class_weight_tensor
+from monai_gdl.losses.functional import GENERALIZED_DICE, VNET_DICE, compute_loss
+from monai_gdl.losses.terms import LossKind, LossOptions
 
-__all__ = ["SudreGeneralizedDiceLoss", "VNetDiceLoss"]
+__all__ = ["DiceFamilyLoss", "SudreGeneralizedDiceLoss", "VNetDiceLoss"]
 
 
-class VNetDiceLoss(_Loss):
+class DiceFamilyLoss(_Loss):
+    """A Dice-family loss: options from :attr:`kind`'s signature, ``forward(input, target, mask=None)``."""
+
+    kind: ClassVar[LossKind]
+    options: LossOptions
+    class_weight: torch.Tensor | None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            cls.__signature__ = cls.kind.signature  # type: ignore[attr-defined]
+            cls._option_names = frozenset(cls.kind.signature.parameters) - {"weight"}
+
+    _option_names: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        options, weight = self.kind.build(*args, **kwargs)
+        nn.Module.__init__(self)  # not _Loss.__init__: ``reduction`` is an option like the others
+        self.register_buffer("class_weight", weight)
+        self._use(options)
+
+    def _use(self, options: LossOptions) -> None:
+        self.__dict__["options"] = options
+        self.__dict__.update({k: v for k, v in options.values().items() if k in self._option_names})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._option_names and "options" in self.__dict__:
+            self._use(self.options.replace(**{name: value}))
+        else:
+            super().__setattr__(name, value)
+
+    def extra_repr(self) -> str:
+        defaults = self.kind.signature.parameters
+        changed = {k: v for k, v in self.options.values().items()
+                   if k in self._option_names and defaults[k].default is not v and defaults[k].default != v}
+        return ", ".join(f"{k}={v!r}" for k, v in changed.items())
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return compute_loss(self.options, self.class_weight, input, target, mask)
+
+
+class VNetDiceLoss(DiceFamilyLoss):
     r"""Soft Dice loss of V-Net (Milletari et al. 2016), squared denominators by default.
 
     For every sample ``b`` and class ``c`` (sums over the spatial axes, masked voxels skipped)::
@@ -65,70 +111,36 @@ class VNetDiceLoss(_Loss):
         ignore_index: label value whose voxels are excluded from every sum (label-map targets).
         validate: scan the values on every call (labels in range, one-hot targets in [0, 1], NaN/inf;
             chunked, cheap); False skips only these scans, never the shape and dtype checks.
-        implementation: ``"auto"`` (fused operator where it applies), ``"fused"`` or ``"reference"``
-            (plain PyTorch autograd; for testing).
+        implementation: ``"auto"`` (the fused operator where it applies, on the process's backend,
+            :func:`monai_gdl.set_backend`), ``"fused"`` (require it), ``"reference"`` (plain PyTorch
+            autograd; for testing and double backward) or a backend name (``"native"``, ``"triton"``,
+            ``"compile"``, ``"eager"``: the fused operator on that backend, for this loss).
         distributed: with ``batch=True``, all-reduce the sums when ``torch.distributed`` is initialised.
 
     ``forward(input, target, mask=None)``: ``input`` ``B x C x spatial`` logits (or probabilities
     without activation), any float dtype (statistics accumulate in float32 under AMP); ``mask``
     ``B x 1 x spatial``, nonzero = voxel counts.
+
+    Boolean options take ``True``/``False`` only (a string such as ``"false"`` is refused: it is truthy).
+    Options are plain attributes; setting one (``loss.batch = True``) checks it again.
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl import VNetDiceLoss
+        >>> loss = VNetDiceLoss(softmax=True, to_onehot_y=True)
+        >>> logits = torch.zeros(1, 2, 4, 4, requires_grad=True)  # p = 0.5 everywhere
+        >>> labels = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+        >>> value = loss(logits, labels)  # class 0: 1 - 16 / (4 + 16), class 1: 1 - 0 / 4
+        >>> round(float(value), 4)
+        0.6
+        >>> value.backward(); logits.grad.shape
+        torch.Size([1, 2, 4, 4])
     """
 
-    def __init__(
-        self,
-        include_background: bool = True,
-        to_onehot_y: bool = False,
-        sigmoid: bool = False,
-        softmax: bool = False,
-        other_act: Callable | None = None,
-        squared_pred: bool = True,
-        soft_label: bool = True,
-        batch: bool = False,
-        reduction: str = "mean",
-        smooth_nr: float = 1e-5,
-        smooth_dr: float = 1e-5,
-        weight: Sequence[float] | float | torch.Tensor | None = None,
-        rescale_weight: bool = True,
-        ignore_index: int | None = None,
-        validate: bool = True,
-        implementation: str = "auto",
-        distributed: bool = True,
-    ) -> None:
-        super().__init__(reduction=reduction)
-        weight = class_weight_tensor(weight)
-        check_loss_options(softmax=softmax, sigmoid=sigmoid, other_act=other_act, reduction=reduction,
-                           smooth_nr=float(smooth_nr), smooth_dr=float(smooth_dr), weight=weight,
-                           rescale_weight=rescale_weight)
-        self.include_background = include_background
-        self.to_onehot_y = to_onehot_y
-        self.sigmoid = sigmoid
-        self.softmax = softmax
-        self.other_act = other_act
-        self.squared_pred = squared_pred
-        self.soft_label = soft_label
-        self.batch = batch
-        self.smooth_nr = float(smooth_nr)
-        self.smooth_dr = float(smooth_dr)
-        self.rescale_weight = rescale_weight
-        self.ignore_index = ignore_index
-        self.validate = validate
-        self.implementation = implementation
-        self.distributed = distributed
-        self.class_weight: torch.Tensor | None
-        self.register_buffer("class_weight", weight)
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return functional.checked_vnet_dice_loss(
-            input, target, mask, include_background=self.include_background, to_onehot_y=self.to_onehot_y,
-            sigmoid=self.sigmoid, softmax=self.softmax, other_act=self.other_act, squared_pred=self.squared_pred,
-            soft_label=self.soft_label, batch=self.batch, reduction=self.reduction, smooth_nr=self.smooth_nr,
-            smooth_dr=self.smooth_dr, weight=self.class_weight, rescale_weight=self.rescale_weight,
-            ignore_index=self.ignore_index, validate=self.validate, implementation=self.implementation,
-            distributed=self.distributed,
-        )
+    kind = VNET_DICE
 
 
-class SudreGeneralizedDiceLoss(_Loss):
+class SudreGeneralizedDiceLoss(DiceFamilyLoss):
     r"""Generalized Dice loss (Sudre et al. 2017): one overlap score over all classes, class-weighted.
 
     Per sample ``b`` (or once for the pooled batch with ``batch=True``), sums over the spatial axes::
@@ -167,59 +179,15 @@ class SudreGeneralizedDiceLoss(_Loss):
         all_absent: ``"uniform"`` or ``"zero"``, see above.
         normalize_weights: rescale each row's weights to sum 1, see above.
         squared_pred: square ``p`` and ``g`` in the denominator (off by default, as in the paper).
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl import SudreGeneralizedDiceLoss
+        >>> loss = SudreGeneralizedDiceLoss(softmax=True, to_onehot_y=True)
+        >>> logits = torch.zeros(1, 2, 4, 4)
+        >>> labels = torch.zeros(1, 1, 4, 4, dtype=torch.long)  # class 1 absent: weight of the rarest present
+        >>> round(float(loss(logits, labels)), 4)
+        0.3333
     """
 
-    def __init__(
-        self,
-        include_background: bool = True,
-        to_onehot_y: bool = False,
-        sigmoid: bool = False,
-        softmax: bool = False,
-        other_act: Callable | None = None,
-        w_type: str = "square",
-        absent_class: str = "max",
-        all_absent: str = "uniform",
-        normalize_weights: bool = True,
-        squared_pred: bool = False,
-        soft_label: bool = True,
-        batch: bool = False,
-        reduction: str = "mean",
-        smooth_nr: float = 1e-5,
-        smooth_dr: float = 1e-5,
-        ignore_index: int | None = None,
-        validate: bool = True,
-        implementation: str = "auto",
-        distributed: bool = True,
-    ) -> None:
-        super().__init__(reduction=reduction)
-        check_loss_options(softmax=softmax, sigmoid=sigmoid, other_act=other_act, reduction=reduction,
-                           smooth_nr=float(smooth_nr), smooth_dr=float(smooth_dr))
-        check_gdl_options(w_type=w_type, absent_class=absent_class, all_absent=all_absent)
-        self.include_background = include_background
-        self.to_onehot_y = to_onehot_y
-        self.sigmoid = sigmoid
-        self.softmax = softmax
-        self.other_act = other_act
-        self.w_type = w_type
-        self.absent_class = absent_class
-        self.all_absent = all_absent
-        self.normalize_weights = normalize_weights
-        self.squared_pred = squared_pred
-        self.soft_label = soft_label
-        self.batch = batch
-        self.smooth_nr = float(smooth_nr)
-        self.smooth_dr = float(smooth_dr)
-        self.ignore_index = ignore_index
-        self.validate = validate
-        self.implementation = implementation
-        self.distributed = distributed
-
-    def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return functional.checked_generalized_dice_loss(
-            input, target, mask, include_background=self.include_background, to_onehot_y=self.to_onehot_y,
-            sigmoid=self.sigmoid, softmax=self.softmax, other_act=self.other_act, w_type=self.w_type,
-            absent_class=self.absent_class, all_absent=self.all_absent, normalize_weights=self.normalize_weights,
-            squared_pred=self.squared_pred, soft_label=self.soft_label, batch=self.batch, reduction=self.reduction,
-            smooth_nr=self.smooth_nr, smooth_dr=self.smooth_dr, ignore_index=self.ignore_index,
-            validate=self.validate, implementation=self.implementation, distributed=self.distributed,
-        )
+    kind = GENERALIZED_DICE

@@ -1,4 +1,5 @@
-"""Input checks for the Dice-family losses: the one place where bad arguments are caught.
+"""Input checks for the Dice-family losses: the one place where bad tensors are caught (options are
+checked once, when built: :mod:`~monai_gdl.losses.options`).
 
 Every check streams over the flattened volume in chunks (views, no copies), so validating a
 ``B x C x 128^3`` input allocates only chunk-sized temporaries. Each error names the argument,
@@ -13,98 +14,22 @@ from typing import Optional
 import torch
 
 __all__ = [
-    "ABSENT_CLASS_POLICIES",
-    "ALL_ABSENT_POLICIES",
     "CHECK_CHUNK_ELEMENTS",
-    "W_TYPES",
     "LossInputError",
-    "check_gdl_options",
     "check_loss_inputs",
-    "check_loss_options",
     "check_loss_values",
     "check_statistics_finite",
-    "class_weight_tensor",
-    "validated_statistics",
+    "checked_sums",
 ]
 
 #: Elements per chunk read by the streaming checks (about 4 MiB of float32).
 CHECK_CHUNK_ELEMENTS = 1 << 20
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_REDUCTIONS = ("mean", "sum", "none")
-W_TYPES = ("square", "simple", "uniform")
-ABSENT_CLASS_POLICIES = ("max", "zero")
-ALL_ABSENT_POLICIES = ("uniform", "zero")
 
 
 class LossInputError(ValueError):
     """A loss argument (tensor or option) that would give a silently wrong loss."""
-
-
-def check_loss_options(
-    *,
-    softmax: bool,
-    sigmoid: bool,
-    other_act: object,
-    reduction: str,
-    smooth_nr: float,
-    smooth_dr: float,
-    weight: torch.Tensor | None = None,
-    rescale_weight: bool = True,
-) -> None:
-    """Check the options that do not depend on the tensors (called once, in ``__init__``)."""
-    if int(bool(softmax)) + int(bool(sigmoid)) + int(other_act is not None) > 1:
-        raise LossInputError(
-            f"softmax={softmax}, sigmoid={sigmoid}, other_act={other_act!r}: choose at most one activation "
-            "(softmax for mutually exclusive classes, sigmoid for multi-label targets)."
-        )
-    if other_act is not None and not callable(other_act):
-        raise LossInputError(f"other_act must be callable, got {type(other_act).__name__}.")
-    if reduction not in _REDUCTIONS:
-        raise LossInputError(f"reduction={reduction!r} is not supported; use one of {_REDUCTIONS}.")
-    if smooth_nr < 0 or smooth_dr < 0:
-        raise LossInputError(f"smooth_nr={smooth_nr}, smooth_dr={smooth_dr}: smoothing terms must be >= 0.")
-    if smooth_nr > smooth_dr:
-        raise LossInputError(
-            f"smooth_nr={smooth_nr} > smooth_dr={smooth_dr}: an empty class would score Dice "
-            f"{smooth_nr / max(smooth_dr, 1e-300):.3g} > 1 and the loss would leave [0, 1]; use smooth_nr <= smooth_dr."
-        )
-    if weight is not None:
-        _check_weight_values(weight, rescale_weight)
-
-
-def class_weight_tensor(weight: Sequence[float] | float | torch.Tensor | None) -> torch.Tensor | None:
-    """``weight`` as a float tensor (0-d for a scalar), or None."""
-    if weight is None:
-        return None
-    try:
-        return torch.as_tensor(weight, dtype=torch.float64).to(torch.get_default_dtype())
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise LossInputError(f"weight={weight!r} is not a number or a sequence of numbers ({err}).") from err
-
-
-def _check_weight_values(w: torch.Tensor, rescale_weight: bool) -> None:
-    if w.ndim > 1:
-        raise LossInputError(f"weight has shape {_shape_str(w)}; give a scalar or one weight per scored class.")
-    if w.ndim == 0 and rescale_weight:
-        raise LossInputError(
-            f"weight={float(w):g} is a single number. Class weights here are rescaled to average 1 (so the mean "
-            "stays a weighted average in [0, 1]), which would make a scalar do nothing. Give one weight per scored "
-            "class, scale the loss itself (e.g. 2.0 * loss), or pass rescale_weight=False for MONAI's meaning "
-            "(every class's loss multiplied by the number)."
-        )
-    if bool((w < 0).any()) or not bool(torch.isfinite(w).all()) or float(w.sum()) <= 0:
-        raise LossInputError(f"weight={w.tolist()}: weights must be finite, >= 0 and not all zero.")
-
-
-def check_gdl_options(*, w_type: str, absent_class: str, all_absent: str = "uniform") -> None:
-    """Check the Generalized Dice weighting options."""
-    if w_type not in W_TYPES:
-        raise LossInputError(f"w_type={w_type!r} is not supported; use one of {W_TYPES}.")
-    if absent_class not in ABSENT_CLASS_POLICIES:
-        raise LossInputError(f"absent_class={absent_class!r} is not supported; use one of {ABSENT_CLASS_POLICIES}.")
-    if all_absent not in ALL_ABSENT_POLICIES:
-        raise LossInputError(f"all_absent={all_absent!r} is not supported; use one of {ALL_ABSENT_POLICIES}.")
 
 
 def _chunks(flat: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -331,7 +256,6 @@ def check_loss_inputs(
 def check_loss_values(
     input: torch.Tensor,
     target: torch.Tensor,
-    *,
     to_onehot_y: bool,
     softmax: bool,
     has_activation: bool,
@@ -347,8 +271,8 @@ def check_loss_values(
         _check_dense_target_values(target, softmax=softmax)
 
 
-@torch.library.custom_op("monai_gdl::validated_statistics", mutates_args=())
-def validated_statistics(
+@torch.library.custom_op("monai_gdl::checked_sums", mutates_args=())
+def checked_sums(
     stats: torch.Tensor,
     input: torch.Tensor,
     target: torch.Tensor,
@@ -357,20 +281,19 @@ def validated_statistics(
     has_activation: bool,
     ignore_index: Optional[int],
 ) -> torch.Tensor:
-    """``stats`` (``4 x B x C``) once :func:`check_loss_values` and :func:`check_statistics_finite`
+    """``stats`` (the ``6 x B x C`` sums) once :func:`check_loss_values` and :func:`check_statistics_finite`
     pass. An operator, so the scans run at run time inside a compiled or exported graph too."""
-    check_loss_values(input, target, to_onehot_y=to_onehot_y, softmax=softmax, has_activation=has_activation,
-                      ignore_index=ignore_index)
+    check_loss_values(input, target, to_onehot_y, softmax, has_activation, ignore_index)
     check_statistics_finite(input, stats)
     return stats.clone()
 
 
-@validated_statistics.register_fake
-def _validated_statistics_fake(stats, input, target, to_onehot_y, softmax, has_activation, ignore_index):
+@checked_sums.register_fake
+def _checked_sums_fake(stats, input, target, to_onehot_y, softmax, has_activation, ignore_index):
     return torch.empty_like(stats)
 
 
 torch.library.register_autograd(
-    "monai_gdl::validated_statistics",
+    "monai_gdl::checked_sums",
     lambda ctx, grad: (grad, None, None, None, None, None, None),
 )

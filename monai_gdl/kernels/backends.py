@@ -1,0 +1,143 @@
+"""The backends that compute the fused statistics, in one registry, and which one runs.
+
+Each :class:`Backend` has a name, a ``why_not`` that says why it cannot run given tensors (None
+when it can), and its forward and backward passes. :data:`REGISTRY` lists them in the order
+``"auto"`` tries them: ``"triton"`` (CUDA), ``"native"`` (C kernel, CPU), ``"compile"``
+(``torch.compile`` of the chunk math; for ``"auto"`` only on CPU inputs of at least
+:data:`COMPILE_MIN_ELEMENTS` values), ``"eager"`` (the chunk math as plain PyTorch ops; runs anything).
+
+Choose with :func:`set_backend` (process-wide), :func:`use_backend` (a ``with`` block) or the
+``MONAI_GDL_BACKEND`` environment variable (read at import). A loss's ``implementation`` option
+speaks the same vocabulary for one loss: ``"auto"``/``"fused"`` use the process's choice,
+``"reference"`` plain PyTorch autograd, a backend name that backend. Where ``"auto"`` cannot use
+the native kernel for CPU tensors, it says why once per reason, at WARNING level, with the fix;
+choosing a backend explicitly silences it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from monai_gdl._env import env_choice
+from monai_gdl.kernels import chunked, native, triton_backend
+
+__all__ = ["BACKENDS", "REGISTRY", "Backend", "get_backend", "resolve_backend", "set_backend", "use_backend"]
+
+logger = logging.getLogger("monai_gdl.kernels")
+
+#: ``"auto"`` compiles only for inputs this large (4 Mi values, e.g. 2 x 4 x 80^3): below it the
+#: eager chunk loop is already fast and a compile (seconds) would not pay for itself.
+COMPILE_MIN_ELEMENTS = 1 << 22
+
+WhyNot = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", bool], "str | None"]
+
+
+def _runs_anything(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, label_map: bool) -> None:
+    return None
+
+
+def _cuda_for_auto(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, label_map: bool) -> str | None:
+    return None if x.is_cuda else "auto uses Triton for CUDA tensors only (the interpreter is for tests)"
+
+
+def _compile_for_auto(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, label_map: bool) -> str | None:
+    if x.device.type != "cpu":
+        return "auto compiles the chunk math for CPU tensors only"
+    if x.numel() < COMPILE_MIN_ELEMENTS:
+        return f"the input is smaller than {COMPILE_MIN_ELEMENTS} values (a compile would not pay for itself)"
+    if not chunked.compile_works():
+        return "torch.compile does not work here"
+    return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way to run the fused passes: ``forward(x, target, mask, activation, label_map, squared, soft,
+    voxel_term, gamma) -> 6 x B x C`` and ``backward(grad, x, ...) -> dL/dx``."""
+
+    name: str
+    why_not: WhyNot
+    forward: Callable[..., torch.Tensor]
+    backward: Callable[..., torch.Tensor]
+    #: what ``"auto"`` asks on top of ``why_not`` before picking it
+    why_not_auto: WhyNot = _runs_anything
+
+
+#: Every backend, in the order ``"auto"`` tries them.
+REGISTRY: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("triton", triton_backend.why_not, triton_backend.forward, triton_backend.backward, _cuda_for_auto),
+        Backend("native", native.why_not, native.forward, native.backward),
+        Backend("compile", _runs_anything, chunked.compiled_forward, chunked.compiled_backward, _compile_for_auto),
+        Backend("eager", _runs_anything, chunked.forward, chunked.backward),
+    )
+}
+#: The process-wide choices: ``"auto"`` or a backend's name.
+BACKENDS = ("auto", *REGISTRY)
+
+_backend = env_choice("MONAI_GDL_BACKEND", "auto", BACKENDS)
+_warned: set[str] = set()
+
+
+def get_backend() -> str:
+    """The backend chosen for this process (``"auto"`` unless set)."""
+    return _backend
+
+
+def set_backend(name: str) -> None:
+    """Choose the backend for this process: one of :data:`BACKENDS`."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"backend={name!r}; use one of {BACKENDS}.")
+    _backend = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """``with use_backend("eager"): ...``: the backend inside the block, the previous one after it."""
+    previous = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def _warn_once(reason: str) -> None:
+    if reason in _warned:
+        return
+    _warned.add(reason)
+    logger.warning(
+        "monai_gdl: the fast native CPU kernel is not used: %s. The loss runs on a slower path (about 3-5x the "
+        "native kernel's time; `python -m monai_gdl.benchmark` measures it on this machine). Choose a backend "
+        "explicitly (MONAI_GDL_BACKEND=eager|compile, or monai_gdl.set_backend) to silence this.", reason)
+
+
+def resolve_backend(
+    x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, label_map: bool, requested: str | None = None
+) -> str:
+    """The backend that runs for logits ``x`` (``B x C x N``), ``target`` and ``mask``: the requested (else
+    the process's) one, or for ``"auto"`` the first in :data:`REGISTRY` that can. An explicit choice that
+    cannot run these tensors is an error that names why."""
+    requested = get_backend() if requested is None else requested
+    if requested != "auto":
+        if requested not in REGISTRY:
+            raise ValueError(f"backend={requested!r}; use one of {BACKENDS}.")
+        reason = REGISTRY[requested].why_not(x, target, mask, label_map)
+        if reason is not None:
+            raise RuntimeError(f"backend {requested!r} cannot run these tensors ({x.dtype} logits on {x.device.type}):"
+                               f" {reason}. Use 'auto' to let monai_gdl choose.")
+        return requested
+    for backend in REGISTRY.values():
+        reason = backend.why_not(x, target, mask, label_map) or backend.why_not_auto(x, target, mask, label_map)
+        if reason is None:
+            return backend.name
+        if backend.name == "native" and x.device.type == "cpu" and x.numel() > 0:
+            _warn_once(reason)
+    raise AssertionError("unreachable: the eager backend runs anything")

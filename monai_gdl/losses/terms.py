@@ -1,0 +1,377 @@
+"""A loss as terms: one Dice term plus, for a compound loss, one voxel term, each with its options.
+
+Every loss here is ``lambda_<dice> * dice_term + lambda_<voxel> * voxel_term`` on the sums of one
+fused pass (:mod:`~monai_gdl.losses.sums`):
+
+- Dice terms: :class:`VNetDice` (per-class soft Dice, averaged) and :class:`GeneralizedDice`
+  (Sudre's one class-weighted ratio);
+- voxel terms: :class:`CrossEntropy` (softmax), :class:`BinaryCrossEntropy` (sigmoid) and
+  :class:`Focal` (sigmoid or softmax focal), whose per-voxel values the kernels reduce to ``F, Q``.
+
+Each term is a frozen dataclass of its own options (checked when built) with the formula that turns
+the sums into its value. :class:`LossOptions` combines the shared :class:`DiceOptions` with the
+terms and checks what concerns several of them; :class:`LossKind` is the recipe a public loss is
+made from (which terms, which defaults), from which its constructor's signature is derived, so each
+option is written once: in its dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Union, get_args
+
+import torch
+
+from monai_gdl.kernels import DiceStatistics
+from monai_gdl.losses.formulas import (
+    cross_entropy_from_sums,
+    focal_from_sums,
+    generalized_dice_from_statistics,
+    reduce_loss,
+    softmax_focal_from_sums,
+    vnet_dice_from_statistics,
+)
+from monai_gdl.losses.options import (
+    AbsentClass,
+    AllAbsent,
+    DiceOptions,
+    WType,
+    check_choice,
+    check_class_weight,
+    check_flag,
+    check_number,
+    class_weight_tensor,
+)
+from monai_gdl.losses.sums import VoxelTermInputs
+from monai_gdl.losses.validation import LossInputError
+
+__all__ = [
+    "BinaryCrossEntropy",
+    "CrossEntropy",
+    "DiceTerm",
+    "Focal",
+    "GeneralizedDice",
+    "LossKind",
+    "LossOptions",
+    "VNetDice",
+    "VoxelTerm",
+]
+
+def _check_fields(term: Any) -> None:
+    """Every field of a term by its declared type: flags, choices, numbers (the lambdas >= 0)."""
+    for f in fields(term):
+        value = getattr(term, f.name)
+        if f.type == "bool":
+            object.__setattr__(term, f.name, check_flag(f.name, value))
+        elif f.type in _CHOICES:
+            check_choice(f.name, value, get_args(_CHOICES[f.type]))
+        elif f.type == "float" and f.name.startswith("lambda_"):
+            object.__setattr__(term, f.name, check_number(f.name, value, what="a term's weight"))
+
+
+_CHOICES = {"WType": WType, "AbsentClass": AbsentClass, "AllAbsent": AllAbsent}
+
+
+def apply_class_weight(f: torch.Tensor, weight: torch.Tensor | None, rescale: bool) -> torch.Tensor:
+    """``f`` (``N x C``) times the class weights, rescaled to average 1 when ``rescale`` (so ``mean``
+    stays a weighted average in [0, 1]); a scalar (``rescale=False`` only) multiplies every class."""
+    if weight is None:
+        return f
+    w = weight.to(device=f.device, dtype=f.dtype)
+    if rescale:
+        w = w * (w.numel() / w.sum())
+    return f * w
+
+
+@dataclass(frozen=True)
+class VNetDice:
+    """V-Net soft Dice (Milletari et al. 2016): ``1 - (2 I + smooth_nr) / (P + G + smooth_dr)`` per class,
+    class-weighted, reduced as MONAI's ``DiceLoss``."""
+
+    rescale_weight: bool = True
+    lambda_dice: float = 1.0
+
+    uses_class_weight: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
+    @property
+    def scale(self) -> float:
+        return self.lambda_dice
+
+    def loss(self, stats: DiceStatistics, dice: DiceOptions, weight: torch.Tensor | None, spatial_dims: int):
+        f = vnet_dice_from_statistics(stats, smooth_nr=dice.smooth_nr, smooth_dr=dice.smooth_dr)
+        f = apply_class_weight(f, weight, self.rescale_weight)
+        return reduce_loss(f, dice.reduction, spatial_dims=spatial_dims, batch=dice.batch)
+
+
+@dataclass(frozen=True)
+class GeneralizedDice:
+    """Generalized Dice (Sudre et al. 2017): one ratio over classes weighted by ``w_type`` of their volume."""
+
+    w_type: WType = "square"
+    absent_class: AbsentClass = "max"
+    all_absent: AllAbsent = "uniform"
+    normalize_weights: bool = True
+    lambda_gdl: float = 1.0
+
+    uses_class_weight: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
+    @property
+    def scale(self) -> float:
+        return self.lambda_gdl
+
+    def loss(self, stats: DiceStatistics, dice: DiceOptions, weight: torch.Tensor | None, spatial_dims: int):
+        f = generalized_dice_from_statistics(
+            stats, w_type=self.w_type, absent_class=self.absent_class, all_absent=self.all_absent,
+            normalize_weights=self.normalize_weights, smooth_nr=dice.smooth_nr, smooth_dr=dice.smooth_dr,
+        )
+        return reduce_loss(f, dice.reduction, spatial_dims=spatial_dims, batch=dice.batch)
+
+
+def _needs_logits(loss_name: str, dice: DiceOptions) -> None:
+    if not (dice.softmax or dice.sigmoid):
+        raise LossInputError(
+            f"{loss_name} takes logits: pass softmax=True (one class per voxel) or sigmoid=True (multi-label); the "
+            "voxel-wise term is defined on logits, not on probabilities."
+        )
+
+
+@dataclass(frozen=True)
+class CrossEntropy:
+    """PyTorch's ``cross_entropy`` over all C classes (softmax), with class weights and label smoothing."""
+
+    label_smoothing: float = 0.0
+    lambda_ce: float = 1.0
+
+    #: the class weights cover every channel (not only the scored ones)
+    weight_per_channel: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        check_number("label_smoothing", self.label_smoothing, below=1.0, what="it")
+
+    @property
+    def scale(self) -> float:
+        return self.lambda_ce
+
+    def kernel_term(self) -> tuple[str, float]:
+        """The fused pass's ``(voxel_term, gamma)``."""
+        return "softmax", 0.0
+
+    def check(self, loss_name: str, dice: DiceOptions) -> None:
+        if dice.sigmoid or not dice.softmax:
+            raise LossInputError(
+                f"{loss_name}: cross-entropy is the softmax loss (one class per voxel), so it needs softmax=True (got "
+                f"softmax={dice.softmax}, sigmoid={dice.sigmoid}). For sigmoid / multi-label targets use "
+                "VNetDiceBCELoss."
+            )
+
+    def check_input(self, loss_name: str, input: torch.Tensor) -> None:
+        if input.ndim >= 2 and input.shape[1] == 1:
+            raise LossInputError(
+                f"{loss_name}: input has 1 channel; cross-entropy over one class is always 0 (MONAI's DiceCELoss "
+                "silently switches to BCE there). For one foreground channel use VNetDiceBCELoss (sigmoid), or output "
+                "C >= 2 channels."
+            )
+
+    def loss(self, term: VoxelTermInputs, dice: DiceOptions, weight: torch.Tensor | None) -> torch.Tensor:
+        return cross_entropy_from_sums(term.sums, term.class_volume, term.voxel_count, label_map=dice.to_onehot_y,
+                                       weight=weight, label_smoothing=self.label_smoothing, reduction=dice.reduction)
+
+
+@dataclass(frozen=True)
+class BinaryCrossEntropy:
+    """``binary_cross_entropy_with_logits`` per scored channel (sigmoid), mean over elements."""
+
+    lambda_ce: float = 1.0
+
+    weight_per_channel: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
+    @property
+    def scale(self) -> float:
+        return self.lambda_ce
+
+    def kernel_term(self) -> tuple[str, float]:
+        return "sigmoid", 0.0
+
+    def check(self, loss_name: str, dice: DiceOptions) -> None:
+        if dice.softmax or not dice.sigmoid:
+            raise LossInputError(
+                f"{loss_name} is the sigmoid (multi-label) compound and needs sigmoid=True (got softmax={dice.softmax}, "
+                f"sigmoid={dice.sigmoid}); for one class per voxel with softmax use VNetDiceCELoss."
+            )
+
+    def check_input(self, loss_name: str, input: torch.Tensor) -> None:
+        return None
+
+    def loss(self, term: VoxelTermInputs, dice: DiceOptions, weight: torch.Tensor | None) -> torch.Tensor:
+        return focal_from_sums(term.sums.select_classes(dice.include_background), term.voxel_count, weight=weight,
+                               reduction=dice.reduction)
+
+
+@dataclass(frozen=True)
+class Focal:
+    """MONAI's ``FocalLoss``: sigmoid focal per scored channel, or softmax focal (``use_softmax``)."""
+
+    gamma: float = 2.0
+    alpha: float | None = None
+    use_softmax: bool = False
+    lambda_focal: float = 1.0
+
+    weight_per_channel: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        object.__setattr__(self, "gamma", check_number("gamma", self.gamma, what="the focal exponent (0 gives BCE/CE)"))
+        if self.alpha is not None:
+            alpha = check_number("alpha", self.alpha, what="the focal balance")
+            if alpha > 1.0:
+                raise LossInputError(f"alpha={alpha}: the focal balance must lie in [0, 1] (or be None for no balancing).")
+            object.__setattr__(self, "alpha", alpha)
+
+    @property
+    def scale(self) -> float:
+        return self.lambda_focal
+
+    def kernel_term(self) -> tuple[str, float]:
+        return ("softmax" if self.use_softmax else "sigmoid"), self.gamma
+
+    def check(self, loss_name: str, dice: DiceOptions) -> None:
+        if dice.softmax and dice.sigmoid:
+            raise LossInputError(f"{loss_name}: softmax=True and sigmoid=True; choose one.")
+        _needs_logits(loss_name, dice)
+        if self.use_softmax and not dice.softmax:
+            raise LossInputError(f"{loss_name}: use_softmax=True (softmax focal) needs softmax=True for the Dice part too.")
+
+    def check_input(self, loss_name: str, input: torch.Tensor) -> None:
+        return None
+
+    def loss(self, term: VoxelTermInputs, dice: DiceOptions, weight: torch.Tensor | None) -> torch.Tensor:
+        if self.use_softmax:
+            return softmax_focal_from_sums(term.sums, term.voxel_count, include_background=dice.include_background,
+                                           alpha=self.alpha, weight=weight, reduction=dice.reduction)
+        return focal_from_sums(term.sums.select_classes(dice.include_background), term.voxel_count, alpha=self.alpha,
+                               weight=weight, reduction=dice.reduction)
+
+
+DiceTerm = Union[VNetDice, GeneralizedDice]
+VoxelTerm = Union[CrossEntropy, BinaryCrossEntropy, Focal]
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """Everything a loss computes with: the shared options and its terms, checked together once."""
+
+    name: str
+    dice: DiceOptions
+    dice_term: DiceTerm
+    voxel_term: VoxelTerm | None = None
+
+    def __post_init__(self) -> None:
+        voxel = self.voxel_term
+        if voxel is None:
+            return
+        if self.dice.reduction == "none":
+            raise LossInputError(
+                "reduction='none': a compound loss returns a scalar ('mean' or 'sum'); per-voxel terms would need a "
+                "volume-sized output, which the fused passes never build. For per-class Dice values use "
+                "VNetDiceLoss(reduction='none')."
+            )
+        voxel.check(self.name, self.dice)
+        lambdas = {_lambda_name(self.dice_term): self.dice_term.scale, _lambda_name(voxel): voxel.scale}
+        if all(value == 0 for value in lambdas.values()):
+            names = " and ".join(f"{name}=0" for name in lambdas)
+            raise LossInputError(f"{names}: the loss would be 0 whatever the prediction; give at least one term a weight.")
+
+    def _parts(self) -> tuple[Any, ...]:
+        return (self.dice, self.dice_term) + (() if self.voxel_term is None else (self.voxel_term,))
+
+    def values(self) -> dict[str, Any]:
+        """Every option by its argument name."""
+        return {f.name: getattr(part, f.name) for part in self._parts() for f in fields(part)}
+
+    def replace(self, **changes: Any) -> LossOptions:
+        """A copy with some options changed (by argument name), checked again."""
+        parts = []
+        for part in self._parts():
+            own = {name: value for name, value in changes.items() if name in {f.name for f in fields(part)}}
+            parts.append(dataclasses.replace(part, **own) if own else part)
+        unknown = set(changes) - {f.name for part in parts for f in fields(part)}
+        if unknown:
+            raise AttributeError(f"{self.name} has no option {sorted(unknown)}")
+        return LossOptions(self.name, *parts)
+
+    def check_weight(self, weight: torch.Tensor | None) -> torch.Tensor | None:
+        """The class weights checked against the options (compound losses take one weight per class)."""
+        if weight is None:
+            return None
+        rescale = isinstance(self.dice_term, VNetDice) and self.dice_term.rescale_weight
+        return check_class_weight(weight, rescale_weight=rescale, per_class_only=self.voxel_term is not None)
+
+
+def _lambda_name(term: Any) -> str:
+    return next(f.name for f in fields(term) if f.name.startswith("lambda_"))
+
+
+@dataclass(frozen=True)
+class LossKind:
+    """The recipe of a public loss: its Dice term, its voxel term (None for a Dice loss alone) and the defaults
+    it changes. Its :attr:`signature` lists MONAI-named arguments: the first four positional as in MONAI's
+    ``DiceLoss``, the rest keyword-only; ``weight`` (a tensor, not an option) where a term uses class weights."""
+
+    name: str
+    dice_term: type[VNetDice] | type[GeneralizedDice]
+    voxel_term: type[CrossEntropy] | type[BinaryCrossEntropy] | type[Focal] | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    POSITIONAL: ClassVar[tuple[str, ...]] = ("include_background", "to_onehot_y", "sigmoid", "softmax")
+    ENGINE: ClassVar[tuple[str, ...]] = ("ignore_index", "validate", "implementation", "distributed")
+
+    @property
+    def takes_weight(self) -> bool:
+        return self.dice_term.uses_class_weight or self.voxel_term is not None
+
+    @property
+    def signature(self) -> inspect.Signature:
+        """The constructor's parameters, each from the dataclass field that defines it."""
+        def params(cls: type, skip: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+            return [(f.name, f.type, f.default) for f in fields(cls) if f.name not in skip]
+
+        dice = params(DiceOptions, ("other_act",) if self.voxel_term is not None else ())
+        terms = [self.dice_term] + ([self.voxel_term] if self.voxel_term is not None else [])
+        own = [p for cls in terms for p in params(cls) if not p[0].startswith("lambda_")]
+        lambdas = [p for cls in terms for p in params(cls) if p[0].startswith("lambda_")] if len(terms) > 1 else []
+        weight = [("weight", "Sequence[float] | float | torch.Tensor | None", None)] if self.takes_weight else []
+        ordered = ([p for p in dice if p[0] not in self.ENGINE] + weight + own + lambdas
+                   + [p for p in dice if p[0] in self.ENGINE])
+        kind = inspect.Parameter
+        return inspect.Signature([
+            kind(name, kind.POSITIONAL_OR_KEYWORD if name in self.POSITIONAL else kind.KEYWORD_ONLY,
+                 default=self.defaults.get(name, default), annotation=annotation)
+            for name, annotation, default in ordered
+        ])
+
+    def build(self, *args: Any, **kwargs: Any) -> tuple[LossOptions, torch.Tensor | None]:
+        """The checked options and class weights from constructor arguments."""
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        weight = class_weight_tensor(values.pop("weight", None))
+
+        def part(cls: type) -> Any:
+            return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+        options = LossOptions(self.name, part(DiceOptions), part(self.dice_term),
+                              None if self.voxel_term is None else part(self.voxel_term))
+        return options, options.check_weight(weight)
