@@ -1,7 +1,7 @@
 """``python -m monai_gdl.report OUTPUT_DIR``: training curves of a run, and its evaluation summary.
 
 Redraws ``OUTPUT_DIR/logs/training_curves.png`` from ``logs/history.csv`` (see
-:mod:`monai_gdl.bundle.report`) and lists the evaluation summary and overlays that
+:mod:`monai_gdl.bundle.curves`) and lists the evaluation summary and overlays that
 ``configs/evaluate.json`` wrote to ``OUTPUT_DIR/eval/``.
 """
 
@@ -13,7 +13,7 @@ import glob
 import os
 import sys
 
-from monai_gdl.bundle.report import plot_training_curves
+from monai_gdl.bundle.curves import plot_training_curves
 
 __all__ = ["main"]
 

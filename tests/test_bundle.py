@@ -18,7 +18,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from monai_gdl.bundle.datasets import write_synthetic_dataset
-from monai_gdl.bundle.handlers import CheckpointError, check_checkpoint
+from monai_gdl.bundle.checks import CheckpointError, check_checkpoint
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CONFIGS = os.path.join(REPO, "configs")

@@ -115,7 +115,7 @@ def test_verbose_shows_the_library_log_and_the_traceback(data, tmp_path):
 
 
 def test_unknown_keys_lists_close_matches(tmp_path):
-    from monai_gdl.bundle.cli import unknown_keys
+    from monai_gdl.bundle.console import unknown_keys
 
     files = [os.path.join(CONFIGS, "train.json")]
     assert unknown_keys(files, ["epochs", "network_def#channels", "+initialize", "tracking"]) == []
@@ -152,8 +152,35 @@ def _unet():
 
 
 def test_an_unwritable_output_dir_is_refused_naming_it(tmp_path):
-    from monai_gdl.bundle.handlers import OutputDirError, check_output_dir
+    from monai_gdl.bundle.checks import OutputDirError, check_output_dir
 
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(OutputDirError, match=r"output_dir=.*a_file/out.* is not writable"):
         check_output_dir(str(tmp_path / "a_file" / "out"))
+
+
+def test_flag_parses_every_spelling_and_refuses_the_rest():
+    from monai_gdl.bundle.checks import ArgumentError, flag
+
+    for value in (True, 1, "true", "TRUE", " yes ", "On", "1"):
+        assert flag("amp", value) is True
+    for value in (False, 0, "false", "False", "no", "OFF", "0"):
+        assert flag("amp", value) is False
+    for value in ("ture", "", 2, None, 0.5):
+        with pytest.raises(ArgumentError, match=r"amp=.* is not a boolean; pass --amp true or --amp false"):
+            flag("amp", value)
+
+
+def test_old_module_paths_forward_with_a_warning():
+    """Users' own configs may name the 0.4 paths (``monai_gdl.bundle.cli.start``, ``...handlers.X``)."""
+    import monai_gdl.bundle
+    from monai_gdl.bundle import checkpoints, console
+
+    with pytest.warns(FutureWarning, match=r"monai_gdl.bundle.cli.start moved to monai_gdl.bundle.console.start"):
+        assert monai_gdl.bundle.cli.start is console.start
+    with pytest.warns(FutureWarning, match=r"handlers.TrainingCheckpoints moved"):
+        assert monai_gdl.bundle.handlers.TrainingCheckpoints is checkpoints.TrainingCheckpoints
+    with pytest.warns(FutureWarning):
+        assert monai_gdl.bundle.cli.as_bool("false") is False
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        monai_gdl.bundle.handlers.nothing  # noqa: B018

@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from monai_gdl.bundle import handlers
+from monai_gdl.bundle import atomic, checks, epoch_summary
 from monai_gdl.bundle.datasets import write_synthetic_dataset
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
@@ -104,15 +104,15 @@ def test_raising_epochs_on_a_finished_run_continues_on_the_longer_schedule(tmp_p
 # 9. Atomic history and checkpoints; leftovers of a kill are removed; a truncated last.pt explains the fix.
 def test_a_kill_during_the_history_write_leaves_the_previous_file(tmp_path, monkeypatch):
     path = str(tmp_path / "history.csv")
-    handlers.write_history(path, {"epoch": 1, "loss": 0.5})
-    handlers.write_history(path, {"epoch": 2, "loss": 0.4})
+    epoch_summary.write_history(path, {"epoch": 1, "loss": 0.5})
+    epoch_summary.write_history(path, {"epoch": 2, "loss": 0.4})
 
     def killed(*_args):
         raise KeyboardInterrupt  # the process dies between writing the new file and renaming it
 
-    monkeypatch.setattr(handlers.os, "replace", killed)
+    monkeypatch.setattr(atomic.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
-        handlers.write_history(path, {"epoch": 3, "loss": 0.3})
+        epoch_summary.write_history(path, {"epoch": 3, "loss": 0.3})
     monkeypatch.undo()
     with open(path) as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
@@ -127,7 +127,7 @@ def test_leftovers_of_a_killed_writer_are_removed_and_live_ones_kept(tmp_path):
     (tmp_path / f"synthetic_data.tmp-{dead.pid}").mkdir()
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / f"last.pt.tmp-{dead.pid}").write_bytes(b"partial")
-    handlers.check_output_dir(str(tmp_path))
+    checks.check_output_dir(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == [f"model.pt.tmp-{os.getppid()}", "models"]  # its writer (our parent) runs
     assert os.listdir(tmp_path / "models") == []
 
@@ -165,14 +165,14 @@ def test_a_read_only_output_dir_is_refused(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o555)
-    with pytest.raises(handlers.OutputDirError, match=r"is not writable"):
-        handlers.check_output_dir(str(folder))
+    with pytest.raises(checks.OutputDirError, match=r"is not writable"):
+        checks.check_output_dir(str(folder))
 
 
 def test_a_folder_where_a_file_is_is_refused(tmp_path):
     (tmp_path / "f").write_text("x")
-    with pytest.raises(handlers.OutputDirError, match=r"output_dir=.*f/out.*is not writable.*pass --output_dir"):
-        handlers.check_output_dir(str(tmp_path / "f" / "out"))
+    with pytest.raises(checks.OutputDirError, match=r"output_dir=.*f/out.*is not writable.*pass --output_dir"):
+        checks.check_output_dir(str(tmp_path / "f" / "out"))
 
 
 # 6 and 7. Misaligned pairs and broken files: `data check` lists every problem; training refuses first.

@@ -133,12 +133,26 @@ def test_data_command_line(tmp_path, capsys):
 
 
 def test_resume_flag_from_the_command_line_string():
-    from monai_gdl.bundle.handlers import TrainingCheckpoints
+    """``--resume false`` reaches the config as the string "false": train.json parses it with the one boolean
+    parser (``checks.flag``), never as a truthy string, and a misspelt value is an error naming the knob."""
+    import monai_gdl  # noqa: F401  (the config's expressions name it)
+    from monai.bundle import ConfigParser
 
-    net = torch.nn.Linear(1, 1)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    assert TrainingCheckpoints("out", net, opt, resume="false").resume is False
-    assert TrainingCheckpoints("out", net, opt, resume="True").resume is True
+    from monai_gdl.bundle.checks import ArgumentError
+    from monai_gdl.bundle.files import load_config
+
+    handlers = load_config("train").get("train#handlers")
+    (expression,) = [h["resume"] for h in handlers if "TrainingCheckpoints" in h["_target_"]]
+    for text, expected in (("false", False), ("True", True), (True, True)):
+        parser = ConfigParser({"resume": text, "value": expression, "imports": ["$import monai_gdl"]})
+        assert parser.get_parsed_content("value") is expected
+    with pytest.raises(Exception) as info:
+        ConfigParser({"resume": "ture", "value": expression, "imports": ["$import monai_gdl"]}).get_parsed_content(
+            "value")
+    err = info.value
+    while err is not None and not isinstance(err, ArgumentError):
+        err = err.__cause__ or err.__context__
+    assert err is not None and "resume='ture'" in str(err)
 
 
 def test_truncated_nifti_is_named_when_loaded(synth):

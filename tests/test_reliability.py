@@ -71,7 +71,7 @@ def test_a_truncated_cached_library_is_rebuilt_with_a_warning(tmp_path):
     probe = """
         import logging, torch
         logging.basicConfig(level=logging.WARNING)
-        from monai_gdl.kernels import native_build
+        from monai_gdl.kernels import native, native_build
         from monai_gdl import VNetDiceLoss
         x, y = torch.randn(2, 3, 16, 16, 16), torch.randint(0, 3, (2, 1, 16, 16, 16))
         loss = VNetDiceLoss(softmax=True, to_onehot_y=True)(x, y)

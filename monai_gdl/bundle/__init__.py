@@ -1,13 +1,54 @@
 """The MONAI bundle's Python side: what ``configs/*.json`` reference and MONAI has no equivalent for.
 
-:mod:`.files` (where the bundle's files are; ``python -m monai_gdl.bundle path|init``), :mod:`.cli`
-(one line per epoch, readable errors, typo'd keys), :mod:`.checks` (arguments checked before data
+One job per module: :mod:`.files` (where the bundle's files are; ``python -m monai_gdl.bundle
+path|init``), :mod:`.console` (the first ``initialize`` step: readable errors, typo'd keys, log
+level), :mod:`.checks` (arguments, boolean knobs, output folder and checkpoint, checked before data
 loading), :mod:`.datasets` (MSD-layout datasets: find, split, check, synthesise), :mod:`.transforms`
-(loading that names the bad file), :mod:`.handlers` (kill-safe checkpoints and resume, the epoch
-line and ``history.csv``, overlays) and :mod:`.report` (``training_curves.png``). The network,
-transforms and metrics themselves are written in the JSON configs.
+(loading that names the bad file), :mod:`.checkpoints` (kill-safe checkpoints and resume),
+:mod:`.seeding` (every epoch seeded), :mod:`.epoch_summary` (the epoch line and ``history.csv``),
+:mod:`.curves` (``training_curves.png``), :mod:`.overlays` (evaluation overlays),
+:mod:`.predictions` (the inference summary), :mod:`.atomic` (atomic writes) and :mod:`.ranks`
+(which process writes). The network, transforms and metrics themselves are written in the JSON
+configs. ``cli`` and ``handlers`` are the 0.4 paths, forwarding with a warning until 0.6.
 """
 
-from monai_gdl.bundle import checks, cli, datasets, files, handlers, report, transforms
+import importlib
 
-__all__ = ["checks", "cli", "datasets", "files", "handlers", "report", "transforms"]
+from monai_gdl.bundle import (
+    atomic,
+    checkpoints,
+    checks,
+    console,
+    curves,
+    datasets,
+    epoch_summary,
+    files,
+    overlays,
+    predictions,
+    ranks,
+    seeding,
+    transforms,
+)
+
+__all__ = [
+    "atomic",
+    "checkpoints",
+    "checks",
+    "console",
+    "curves",
+    "datasets",
+    "epoch_summary",
+    "files",
+    "overlays",
+    "predictions",
+    "ranks",
+    "seeding",
+    "transforms",
+]
+
+
+def __getattr__(name: str) -> object:
+    """The deprecated 0.4 modules (``monai_gdl.bundle.cli``, ``.handlers``), loaded when a config names them."""
+    if name in ("cli", "handlers"):
+        return importlib.import_module(f"monai_gdl.bundle.{name}")
+    raise AttributeError(f"module 'monai_gdl.bundle' has no attribute {name!r}")

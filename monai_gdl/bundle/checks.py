@@ -1,19 +1,51 @@
 """Checks of the run's arguments, made before any data is loaded: each failure names the argument, the
-value seen and the fix (:class:`ArgumentError`). Dataset and label checks are in :mod:`.datasets`,
-checkpoint checks in :mod:`.handlers`."""
+value seen and the fix (:class:`ArgumentError`, :class:`OutputDirError`, :class:`CheckpointError`):
+the boolean knobs (:func:`flag`, the one parser for all of them), the device, the training numbers,
+the network against the patch, the output folder and the checkpoint to load. Dataset and label
+checks are in :mod:`.datasets`."""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["ArgumentError", "check_device", "check_network", "check_training"]
+from monai_gdl.bundle.atomic import remove_leftovers
+from monai_gdl.bundle.checkpoints import CheckpointError, network_mismatch, read_checkpoint
+from monai_gdl.bundle.ranks import rank
+
+__all__ = [
+    "ArgumentError",
+    "CheckpointError",
+    "OutputDirError",
+    "check_checkpoint",
+    "check_device",
+    "check_network",
+    "check_output_dir",
+    "check_training",
+    "flag",
+]
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
 
 
 class ArgumentError(ValueError):
     """A bundle argument (``--key value``) whose value cannot work."""
+
+
+def flag(name: str, value: object) -> bool:
+    """A boolean knob as MONAI's CLI or an args file may pass it: a bool, or true/false/1/0/yes/no/on/off
+    in any case; anything else is an error naming the knob (``"false"`` must never read as True)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ArgumentError(f"{name}={value!r} is not a boolean; pass --{name} true or --{name} false.")
 
 
 def check_device(device) -> torch.device:
@@ -77,3 +109,45 @@ def check_network(network: torch.nn.Module, patch_size: Sequence[int], num_class
     if out_channels is not None and int(out_channels) != int(num_classes):
         raise ArgumentError(f"network_def#out_channels={out_channels} but num_classes={num_classes}; the network must "
                             "predict one channel per class: leave network_def#out_channels at @num_classes.")
+
+
+class OutputDirError(OSError):
+    """An ``output_dir`` the run cannot write to."""
+
+
+def check_output_dir(output_dir: str) -> str:
+    """Create ``output_dir`` and prove it writable (a file is written, synced and removed) before any data
+    is loaded, so a read-only or mistyped folder fails at once, naming the path; then (rank 0) remove the
+    temporary files a killed run left there. Returns ``output_dir``."""
+    probe = os.path.join(output_dir, f".write-test.tmp-{os.getpid()}")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+            os.fsync(f.fileno())
+        os.remove(probe)
+    except OSError as err:
+        raise OutputDirError(
+            f"output_dir={output_dir!r} is not writable ({type(err).__name__}: {err.strerror or err}); pass "
+            "--output_dir with a folder you can write to."
+        ) from err
+    if rank() == 0:  # other ranks' (or nodes') writers are not ours to judge
+        remove_leftovers(output_dir)
+    return output_dir
+
+
+def check_checkpoint(path: str, network: torch.nn.Module) -> None:
+    """Before any data is loaded: ``path`` exists, can be read and fits ``network`` (MONAI's
+    ``CheckpointLoader`` then loads it), else a :class:`CheckpointError` saying what to do."""
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f"no checkpoint at {path}; train first (configs/train.json with the same --output_dir or --bundle_root), "
+            "or pass --ckpt_dir with the folder that holds model.pt."
+        )
+    checkpoint = read_checkpoint(path)
+    network_mismatch(checkpoint.get("model", checkpoint.get("network", checkpoint)), network, path)
+
+
+def flag_value(value: object) -> bool:
+    """:func:`flag` for a knob whose name is unknown (the deprecated ``monai_gdl.bundle.cli.as_bool``)."""
+    return flag("value", value)

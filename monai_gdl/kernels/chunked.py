@@ -116,11 +116,6 @@ def backward(grad, x, target, mask, activation: str, label_map: bool, squared: b
     return grad_x
 
 
-def compiled_forward(*args):
-    """:func:`forward` through ``torch.compile`` (eager where compiling fails here)."""
-    return forward(*args, compiled=True)
-
-
-def compiled_backward(*args):
-    """:func:`backward` through ``torch.compile`` (eager where compiling fails here)."""
-    return backward(*args, compiled=True)
+#: :func:`forward` and :func:`backward` through ``torch.compile`` (eager where compiling fails here).
+compiled_forward = functools.partial(forward, compiled=True)
+compiled_backward = functools.partial(backward, compiled=True)

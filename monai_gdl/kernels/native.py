@@ -21,6 +21,7 @@ import functools
 import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 
@@ -52,7 +53,7 @@ def load() -> tuple[ctypes.CDLL | None, str | None]:
             return None, "no C compiler found ($CC, cc, gcc or clang)"
         lib = ctypes.CDLL(str(path))
         ptr, i32, i64, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
-        common = [ptr, i32, ptr, i32, ptr, i64, i64, i64, i64, i64, i32, i32, f32, i32]
+        common: list[Any] = [ptr, i32, ptr, i32, ptr, i64, i64, i64, i64, i64, i32, i32, f32, i32]
         lib.mgdl_forward.argtypes = [*common, ptr]
         lib.mgdl_backward.argtypes = [*common, ptr, ptr]
         lib.mgdl_forward.restype = lib.mgdl_backward.restype = i32

@@ -213,11 +213,11 @@ def backward_chunk(
         w = w if m is None else w * m
     if activation == "softmax":
         e = p * du
-        if voxel_term == "softmax":
+        if w is not None and voxel_term == "softmax":
             e = e + _voxel_term_gradient(xa, p, g, w, voxel_term, gamma)
         du = e - p * e.sum(dim=1, keepdim=True)
     elif activation == "sigmoid":
         du = du * (p * (1.0 - p))
-    if voxel_term == "sigmoid":
+    if w is not None and voxel_term == "sigmoid":
         du = du + _voxel_term_gradient(xa, p, g, w, voxel_term, gamma)
     return du.to(x.dtype)

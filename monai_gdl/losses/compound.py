@@ -56,6 +56,14 @@ class VNetDiceCELoss(DiceFamilyLoss):
             weights, and the Dice part's (without class 0 when ``include_background=False``).
         lambda_dice, lambda_ce: the parts' weights, >= 0, not both 0.
         label_smoothing: in [0, 1), as ``torch.nn.CrossEntropyLoss``.
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl import VNetDiceCELoss
+        >>> loss = VNetDiceCELoss(to_onehot_y=True)
+        >>> logits = torch.zeros(1, 2, 4, 4)  # p = 0.5: Dice loss 0.6, CE log 2
+        >>> round(float(loss(logits, torch.zeros(1, 1, 4, 4, dtype=torch.long))), 4)
+        1.2931
     """
 
     kind = LossKind("VNetDiceCELoss", VNetDice, CrossEntropy, defaults={"softmax": True})
@@ -67,6 +75,14 @@ class SudreGeneralizedDiceCELoss(DiceFamilyLoss):
     GDL part: :class:`~monai_gdl.SudreGeneralizedDiceLoss` with the same options; CE part as in
     :class:`VNetDiceCELoss`, with ``weight`` (one per channel) used by the CE only (GDL weighs classes
     by their volume). Output: a scalar (``"mean"`` or ``"sum"``).
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl import SudreGeneralizedDiceCELoss
+        >>> loss = SudreGeneralizedDiceCELoss(to_onehot_y=True)
+        >>> logits = torch.zeros(1, 2, 4, 4)  # p = 0.5: GDL 0.5, CE log 2
+        >>> round(float(loss(logits, torch.zeros(1, 1, 4, 4, dtype=torch.long))), 4)
+        1.1931
     """
 
     kind = LossKind("SudreGeneralizedDiceCELoss", GeneralizedDice, CrossEntropy, defaults={"softmax": True, "squared_pred": False})
@@ -84,6 +100,14 @@ class VNetDiceBCELoss(DiceFamilyLoss):
     over samples and channels).
 
     Args: as :class:`VNetDiceCELoss` (``sigmoid`` must be True; ``label_smoothing`` does not apply).
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl import VNetDiceBCELoss
+        >>> loss = VNetDiceBCELoss()  # sigmoid=True
+        >>> logits = torch.zeros(1, 1, 4, 4)  # p = 0.5: Dice loss 1 - 16 / (4 + 16), BCE log 2
+        >>> round(float(loss(logits, torch.ones(1, 1, 4, 4))), 4)
+        0.8931
     """
 
     kind = LossKind("VNetDiceBCELoss", VNetDice, BinaryCrossEntropy, defaults={"sigmoid": True})
@@ -108,6 +132,14 @@ class VNetDiceFocalLoss(DiceFamilyLoss):
         alpha: focal balance in [0, 1] or None (MONAI).
         lambda_dice, lambda_focal: the parts' weights, >= 0, not both 0.
         use_softmax: softmax focal instead of MONAI DiceFocalLoss's sigmoid focal.
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl import VNetDiceFocalLoss
+        >>> loss = VNetDiceFocalLoss(softmax=True, to_onehot_y=True)  # gamma 2
+        >>> logits = torch.zeros(1, 2, 4, 4)  # Dice loss 0.6, sigmoid focal 0.5^2 log 2
+        >>> round(float(loss(logits, torch.zeros(1, 1, 4, 4, dtype=torch.long))), 4)
+        0.7733
     """
 
     kind = LossKind("VNetDiceFocalLoss", VNetDice, Focal, defaults={})
@@ -120,6 +152,14 @@ class SudreGeneralizedDiceFocalLoss(DiceFamilyLoss):
     GDL part: :class:`~monai_gdl.SudreGeneralizedDiceLoss` with the same options; focal part as in
     :class:`VNetDiceFocalLoss`, ``weight`` (one per scored channel) used by the focal part only.
     Output: a scalar (``"mean"`` or ``"sum"``).
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl import SudreGeneralizedDiceFocalLoss
+        >>> loss = SudreGeneralizedDiceFocalLoss(softmax=True, to_onehot_y=True)
+        >>> logits = torch.zeros(1, 2, 4, 4)  # GDL 0.5, sigmoid focal 0.5^2 log 2
+        >>> round(float(loss(logits, torch.zeros(1, 1, 4, 4, dtype=torch.long))), 4)
+        0.6733
     """
 
     kind = LossKind("SudreGeneralizedDiceFocalLoss", GeneralizedDice, Focal, defaults={"squared_pred": False})

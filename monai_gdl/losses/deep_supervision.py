@@ -70,6 +70,14 @@ class DeepSupervisionWrapper(nn.Module):
     ``B x L x C x spatial`` (MONAI's ``DynUNet(deep_supervision=True)`` in training mode, all levels
     already at full size). ``target``: ``B x 1 x spatial`` label map or ``B x C x spatial`` one-hot at
     the first output's size.
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl import DeepSupervisionWrapper, VNetDiceCELoss
+        >>> loss = DeepSupervisionWrapper(VNetDiceCELoss(to_onehot_y=True))  # weights 4/7, 2/7, 1/7 and 0
+        >>> outputs = [torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 2, 2)]
+        >>> round(float(loss(outputs, torch.zeros(1, 1, 8, 8, dtype=torch.long))), 4)  # 0.6 + log 2 at every level
+        1.2931
     """
 
     def __init__(self, loss: nn.Module, weight_mode: str = "nnunet", weights: Sequence[float] | None = None) -> None:
@@ -104,6 +112,7 @@ class DeepSupervisionWrapper(nn.Module):
             extra = {} if mask is None else {"mask": nearest_resize(mask, size)}
             term = weight * self.loss(output, nearest_resize(target, size), **extra)
             total = term if total is None else total + term
+        assert total is not None, "level_weights keeps at least one level"
         return total
 
 

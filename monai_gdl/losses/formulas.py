@@ -30,6 +30,14 @@ def vnet_dice_from_statistics(
 ) -> torch.Tensor:
     """``1 - (2*I + smooth_nr) / (P + G + smooth_dr)`` elementwise: an ``N x C`` loss in [0, 1].
 
+    Example:
+        >>> import torch
+        >>> from monai_gdl import DiceStatistics, vnet_dice_from_statistics
+        >>> stats = DiceStatistics(*(torch.tensor([[x]]) for x in (3.0, 4.0, 4.0, 4.0)))  # I, P, G, V
+        >>> vnet_dice_from_statistics(stats, smooth_nr=0.0, smooth_dr=0.0)  # 1 - 6 / 8
+        tensor([[0.2500]])
+
+
     With ``smooth_dr = 0`` a class neither present nor predicted (``P = G = 0``, e.g. probabilities that
     underflow to 0) would be ``0/0``; it scores 0, the limit of ``smooth_nr = smooth_dr -> 0`` (two empty
     sets match), with a zero gradient instead of NaN."""
@@ -60,6 +68,12 @@ def generalized_dice_weights(
     through the smoothing terms, which then act in voxel units as in the V-Net Dice instead of
     swamping the ratio (with ``1/V^2`` for a 10^5-voxel class, ``w*I ~ 1e-5``, the size of
     ``smooth_nr``).
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl import generalized_dice_weights
+        >>> generalized_dice_weights(torch.tensor([[10.0, 0.0, 5.0]]))  # 1/100, absent -> max 1/25, 1/25; normalised
+        tensor([[0.1111, 0.4444, 0.4444]])
     """
     check_choice("w_type", w_type, get_args(WType))
     check_choice("absent_class", absent_class, get_args(AbsentClass))
@@ -92,7 +106,15 @@ def generalized_dice_from_statistics(
     smooth_nr: float = 1e-5,
     smooth_dr: float = 1e-5,
 ) -> torch.Tensor:
-    """``1 - (2*sum_c w_c*I_c + smooth_nr) / (sum_c w_c*(P_c + G_c) + smooth_dr)``: an ``N x 1`` loss in [0, 1]."""
+    """``1 - (2*sum_c w_c*I_c + smooth_nr) / (sum_c w_c*(P_c + G_c) + smooth_dr)``: an ``N x 1`` loss in [0, 1].
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl import DiceStatistics, generalized_dice_from_statistics
+        >>> i, p, v = torch.tensor([[8.0, 1.0]]), torch.tensor([[10.0, 2.0]]), torch.tensor([[10.0, 2.0]])
+        >>> generalized_dice_from_statistics(DiceStatistics(i, p, v, v), w_type="simple", smooth_nr=0, smooth_dr=0)
+        tensor([[0.3500]])
+    """
     w = generalized_dice_weights(
         stats.target_volume, w_type=w_type, absent_class=absent_class, all_absent=all_absent,
         normalize=normalize_weights,

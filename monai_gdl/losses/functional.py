@@ -93,7 +93,7 @@ vnet_dice_loss.__doc__ = """V-Net soft Dice loss; see :class:`monai_gdl.VNetDice
         >>> logits = torch.zeros(1, 2, 4, 4)
         >>> labels = torch.zeros(1, 1, 4, 4, dtype=torch.long)
         >>> round(float(vnet_dice_loss(logits, labels, softmax=True, to_onehot_y=True)), 4)
-        0.4
+        0.6
     """
 
 generalized_dice_loss = _functional(GENERALIZED_DICE)

@@ -131,7 +131,7 @@ class VNetDiceLoss(DiceFamilyLoss):
         >>> logits = torch.zeros(1, 2, 4, 4, requires_grad=True)  # p = 0.5 everywhere
         >>> labels = torch.zeros(1, 1, 4, 4, dtype=torch.long)
         >>> value = loss(logits, labels)  # class 0: 1 - 16 / (4 + 16), class 1: 1 - 0 / 4
-        >>> round(float(value), 4)
+        >>> round(value.item(), 4)
         0.6
         >>> value.backward(); logits.grad.shape
         torch.Size([1, 2, 4, 4])
@@ -185,9 +185,9 @@ class SudreGeneralizedDiceLoss(DiceFamilyLoss):
         >>> from monai_gdl import SudreGeneralizedDiceLoss
         >>> loss = SudreGeneralizedDiceLoss(softmax=True, to_onehot_y=True)
         >>> logits = torch.zeros(1, 2, 4, 4)
-        >>> labels = torch.zeros(1, 1, 4, 4, dtype=torch.long)  # class 1 absent: weight of the rarest present
+        >>> labels = torch.zeros(1, 1, 4, 4, dtype=torch.long)  # class 1 absent: it gets class 0's weight
         >>> round(float(loss(logits, labels)), 4)
-        0.3333
+        0.5
     """
 
     kind = GENERALIZED_DICE

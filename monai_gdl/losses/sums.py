@@ -10,7 +10,7 @@ and under ``torch.distributed`` all-reduces exactly these sums (:func:`all_reduc
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from monai.data import MetaTensor
@@ -39,7 +39,7 @@ class VoxelTermInputs(NamedTuple):
     voxel_count: torch.Tensor | None
 
 
-def _plain(t: torch.Tensor | None) -> torch.Tensor | None:
+def _plain(t: Any) -> Any:
     """A plain tensor view of a MONAI ``MetaTensor`` (its ``__torch_function__`` would follow every op);
     other tensors (tracing's fake tensors included) as they are."""
     return t.as_subclass(torch.Tensor) if isinstance(t, MetaTensor) else t
@@ -149,13 +149,13 @@ class _AllReduceSum(torch.autograd.Function):
     """Sum over processes; its gradient is again the sum of the processes' gradients."""
 
     @staticmethod
-    def forward(ctx, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
         out = t.clone()
         torch.distributed.all_reduce(out)
         return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.clone()
         torch.distributed.all_reduce(grad)
         return grad

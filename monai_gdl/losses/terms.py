@@ -136,6 +136,12 @@ class GeneralizedDice:
         return reduce_loss(f, dice.reduction, spatial_dims=spatial_dims, batch=dice.batch)
 
 
+def _counted(term: VoxelTermInputs) -> torch.Tensor:
+    """The counted voxels per sample, which the sums step computes whenever a voxel term runs."""
+    assert term.voxel_count is not None, "volume_sums counts the voxels when a voxel term is asked for"
+    return term.voxel_count
+
+
 def _needs_logits(loss_name: str, dice: DiceOptions) -> None:
     if not (dice.softmax or dice.sigmoid):
         raise LossInputError(
@@ -183,7 +189,7 @@ class CrossEntropy:
             )
 
     def loss(self, term: VoxelTermInputs, dice: DiceOptions, weight: torch.Tensor | None) -> torch.Tensor:
-        return cross_entropy_from_sums(term.sums, term.class_volume, term.voxel_count, label_map=dice.to_onehot_y,
+        return cross_entropy_from_sums(term.sums, term.class_volume, _counted(term), label_map=dice.to_onehot_y,
                                        weight=weight, label_smoothing=self.label_smoothing, reduction=dice.reduction)
 
 
@@ -216,7 +222,7 @@ class BinaryCrossEntropy:
         return None
 
     def loss(self, term: VoxelTermInputs, dice: DiceOptions, weight: torch.Tensor | None) -> torch.Tensor:
-        return focal_from_sums(term.sums.select_classes(dice.include_background), term.voxel_count, weight=weight,
+        return focal_from_sums(term.sums.select_classes(dice.include_background), _counted(term), weight=weight,
                                reduction=dice.reduction)
 
 
@@ -259,9 +265,9 @@ class Focal:
 
     def loss(self, term: VoxelTermInputs, dice: DiceOptions, weight: torch.Tensor | None) -> torch.Tensor:
         if self.use_softmax:
-            return softmax_focal_from_sums(term.sums, term.voxel_count, include_background=dice.include_background,
+            return softmax_focal_from_sums(term.sums, _counted(term), include_background=dice.include_background,
                                            alpha=self.alpha, weight=weight, reduction=dice.reduction)
-        return focal_from_sums(term.sums.select_classes(dice.include_background), term.voxel_count, alpha=self.alpha,
+        return focal_from_sums(term.sums.select_classes(dice.include_background), _counted(term), alpha=self.alpha,
                                weight=weight, reduction=dice.reduction)
 
 

@@ -1,6 +1,6 @@
 """The training-curve plot: ``LOG_DIR/training_curves.png`` from ``LOG_DIR/history.csv``.
 
-Training writes it after each validation and at the end (:class:`monai_gdl.bundle.handlers.EpochSummary`);
+Training writes it after each validation and at the end (:class:`monai_gdl.bundle.epoch_summary.EpochSummary`);
 ``python -m monai_gdl.report OUTPUT_DIR`` redraws it for a run.
 """
 

@@ -1,0 +1,129 @@
+"""What a user of ``python -m monai.bundle run`` sees: one line per epoch, and errors they can read.
+
+:func:`start` is the first ``initialize`` step of every config. Under MONAI's CLI it (1) refuses
+command-line keys that no config defines (a typo such as ``--epoch 2`` would otherwise be ignored),
+listing the close matches; (2) makes an error raised by monai_gdl the last thing printed, as one
+short block, with exit code 1, however deep MONAI wraps it (``Failed to evaluate ConfigExpression``)
+and without the abort that worker threads still running at interpreter exit cause; (3) keeps
+library INFO chatter off unless ``--verbose true``. Imported from Python (``ConfigWorkflow``,
+notebooks) only the log level is set.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import json
+import logging
+import os
+import sys
+import traceback
+
+from monai_gdl.bundle.checks import flag
+
+__all__ = ["UnknownKeyError", "project_error", "start", "unknown_keys"]
+
+#: Arguments of ``monai.bundle run`` / ``create_workflow`` that are not config keys.
+RUN_ARGUMENTS = {
+    "run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
+    "workflow_type", "workflow_name", "properties_path",
+}
+
+
+class UnknownKeyError(KeyError):
+    """A ``--key`` on the command line that no config defines."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _under_bundle_cli() -> bool:
+    main = os.path.normpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return main.endswith(os.path.join("monai", "bundle", "__main__.py"))
+
+
+def project_error(exc: BaseException | None) -> BaseException | None:
+    """The first exception raised by monai_gdl in ``exc``'s chain (cause and context), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__module__.split(".")[0] == "monai_gdl":
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _excepthook(exc_type, exc, tb, verbose: bool = False) -> None:
+    ours = project_error(exc)
+    if ours is None or verbose:
+        traceback.print_exception(exc_type, exc, tb)
+    if ours is not None:
+        print(f"\nerror: {ours}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit: interpreter shutdown with a CacheDataset worker thread still running aborts (exit 134).
+    os._exit(1)
+
+
+def _command_line() -> tuple[list[str], list[str], dict]:
+    """(config files, override keys, args_file content) of the running ``monai.bundle run`` command."""
+    args = sys.argv[1:]
+    keys, values = [], {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token.startswith("--") and len(token) > 2:
+            name, eq, value = token[2:].partition("=")
+            if not eq and i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value, i = args[i + 1], i + 1
+            keys.append(name)
+            values[name] = value
+        i += 1
+    extra: dict = {}
+    if values.get("args_file"):
+        from monai.bundle import ConfigParser
+
+        extra = dict(ConfigParser.load_config_file(values["args_file"]))
+        keys += list(extra)
+    files = values.get("config_file") or extra.get("config_file") or []
+    if isinstance(files, str):
+        files = ast.literal_eval(files) if files.strip().startswith(("[", "(")) else files.split(",")
+    return [str(f) for f in files], keys, extra
+
+
+def unknown_keys(config_files: list[str], override_keys: list[str], tracking: bool = False) -> list[str]:
+    """Override keys whose top-level id no config file defines, each with its close matches."""
+    from monai.bundle import ConfigParser
+    from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
+
+    defined = set(ConfigParser.load_config_files(config_files)) if config_files else set()
+    defined = {k.lstrip("+") for k in defined} | RUN_ARGUMENTS | {"_meta_"}
+    if tracking:
+        defined |= set(DEFAULT_MLFLOW_SETTINGS["configs"])
+    lines = []
+    for key in override_keys:
+        top = key.lstrip("+").split("#", 1)[0].split("::", 1)[0]
+        if top and top not in defined:
+            close = difflib.get_close_matches(top, sorted(defined - RUN_ARGUMENTS), n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join('--' + c for c in close)}?" if close else "no config key is close"
+            lines.append(f"--{key} ({hint})")
+    return lines
+
+
+def start(verbose=False) -> None:
+    """Set the console up for this run (see the module docstring)."""
+    verbose = flag("verbose", verbose)
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+    for name in ("ignite", "monai"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    if not _under_bundle_cli():
+        return
+    sys.excepthook = lambda *exc: _excepthook(*exc, verbose=verbose)
+    files, keys, extra = _command_line()
+    tracking = bool(extra.get("tracking")) or any(k == "tracking" for k in keys)
+    unknown = unknown_keys(files, keys, tracking=tracking)
+    if unknown:
+        raise UnknownKeyError(
+            f"unknown key(s) on the command line: {'; '.join(unknown)}. No config in {json.dumps(files)} defines "
+            "them, so they would change nothing; every knob is listed in the README (The bundle)."
+        )
