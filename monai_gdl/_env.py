@@ -17,8 +17,10 @@ def env_int(name: str, default: int, *, minimum: int) -> int:
     except ValueError:
         value = None
     if value is None or value < minimum:
-        raise ValueError(f"environment variable {name}={raw!r}: expected an integer >= {minimum}; unset it for the "
-                         f"default ({default}).")
+        raise ValueError(
+            f"environment variable {name}={raw!r}: expected an integer >= {minimum}; unset it for the "
+            f"default ({default})."
+        )
     return value
 
 

@@ -17,7 +17,8 @@ Ratios are computed within the same run: ``xMONAI`` = MONAI's time / ours (V-Net
 ``GeneralizedDiceLoss``, the compound losses against ``DiceCELoss`` / ``DiceFocalLoss`` /
 ``GeneralizedDiceFocalLoss`` with the same options), ``xCE`` = cross-entropy's time / ours,
 ``/Dice`` = the method's time / our fused V-Net Dice's (what a compound term costs on top),
-``mem%`` = our extra memory as a percentage of MONAI's, ``%copyBW`` = the bytes a two-pass loss must move (read logits and target
+``mem%`` = our extra memory as a percentage of MONAI's, ``%copyBW`` = the bytes a two-pass loss must move
+(read logits and target
 twice, write the gradient) per second of the method, as a share of the copy bandwidth measured on
 the same tensors in the same process. The case heading names the backend our fused rows ran on.
 
@@ -56,11 +57,25 @@ METHODS = {
 }
 #: The rows of the default run: the Dice losses and their peers. The compound rows are opt-in
 #: (``--methods``), with the README's command for them.
-DEFAULT_METHODS = ("vnet_fused", "gdl_fused", "vnet_reference", "gdl_reference", "monai_dice", "monai_gdl",
-                   "cross_entropy")
-MONAI_PEER = {"vnet_fused": "monai_dice", "vnet_reference": "monai_dice", "gdl_fused": "monai_gdl",
-              "gdl_reference": "monai_gdl", "vnet_ce_fused": "monai_dice_ce", "vnet_plus_ce": "monai_dice_ce",
-              "vnet_focal_fused": "monai_dice_focal", "gdl_focal_fused": "monai_gdl_focal"}
+DEFAULT_METHODS = (
+    "vnet_fused",
+    "gdl_fused",
+    "vnet_reference",
+    "gdl_reference",
+    "monai_dice",
+    "monai_gdl",
+    "cross_entropy",
+)
+MONAI_PEER = {
+    "vnet_fused": "monai_dice",
+    "vnet_reference": "monai_dice",
+    "gdl_fused": "monai_gdl",
+    "gdl_reference": "monai_gdl",
+    "vnet_ce_fused": "monai_dice_ce",
+    "vnet_plus_ce": "monai_dice_ce",
+    "vnet_focal_fused": "monai_dice_focal",
+    "gdl_focal_fused": "monai_gdl_focal",
+}
 _MIB = 1 << 20
 
 
@@ -193,7 +208,9 @@ def _bandwidth(logits, target, reps: int, sync) -> dict:
 def _run_worker(spec: dict, env: dict) -> dict:
     out = subprocess.run(
         [sys.executable, "-m", "monai_gdl.benchmark", "--worker", json.dumps(spec)],
-        capture_output=True, text=True, env=env,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -216,7 +233,8 @@ def _machine(device: str) -> str:
 
     if device == "cuda":
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} threads={torch.get_num_threads()}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} threads={torch.get_num_threads()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,13 +245,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, nargs="+", default=[4, 14, 32])
     parser.add_argument("--sizes", type=int, nargs="+", default=[96, 128])
     parser.add_argument("--targets", nargs="+", default=["label", "onehot"], choices=["label", "onehot"])
-    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS),
-                        help="rows to run (default: the Dice losses and their peers; add e.g. vnet_ce_fused "
-                             "monai_dice_ce for the compound losses)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(DEFAULT_METHODS),
+        choices=list(METHODS),
+        help="rows to run (default: the Dice losses and their peers; add e.g. vnet_ce_fused "
+        "monai_dice_ce for the compound losses)",
+    )
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before the timed ones (default 5)")
     parser.add_argument(
-        "--huge-pages", action="store_true",
+        "--huge-pages",
+        action="store_true",
         help="run every method with THP_MEM_ALLOC_ENABLE=1 (PyTorch's allocator on transparent huge pages, Linux)",
     )
     parser.add_argument("--json", help="also write all results to this JSON file")
@@ -243,22 +267,36 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_worker(json.loads(args.worker))))
         return 0
 
-    print(f"# monai_gdl benchmark: fwd+bwd, {args.device} {args.dtype}, B={args.batch}, median of {args.reps} "
-          f"after {args.warmup} warm-up steps" + (", THP_MEM_ALLOC_ENABLE=1 for all" if args.huge_pages else ""))
+    print(
+        f"# monai_gdl benchmark: fwd+bwd, {args.device} {args.dtype}, B={args.batch}, median of {args.reps} "
+        f"after {args.warmup} warm-up steps" + (", THP_MEM_ALLOC_ENABLE=1 for all" if args.huge_pages else "")
+    )
     print(f"# machine: {_machine(args.device)}")
     results = []
     for target in args.targets:
         for classes in args.classes:
             for size in args.sizes:
-                case = dict(device=args.device, dtype=args.dtype, batch=args.batch, classes=classes, size=size,
-                            target=target, reps=args.reps, warmup=args.warmup)
+                case = dict(
+                    device=args.device,
+                    dtype=args.dtype,
+                    batch=args.batch,
+                    classes=classes,
+                    size=size,
+                    target=target,
+                    reps=args.reps,
+                    warmup=args.warmup,
+                )
                 rows = {m: _run_case(dict(case, method=m), args.huge_pages) for m in args.methods}
                 results.append(dict(case, huge_pages=args.huge_pages, results=rows))
                 backends = sorted({r["backend"] for r in rows.values() if r.get("backend")})
-                print(f"\n## target={target} C={classes} {size}^3" + (f" (fused backend: {', '.join(backends)})"
-                                                                         if backends else ""))
-                print(f"| {'method':<36} | {'ms':>9} | {'extra MiB':>9} | {'xMONAI':>7} | {'xCE':>6} | {'/Dice':>6} "
-                      f"| {'mem%':>7} | {'%copyBW':>7} |")
+                print(
+                    f"\n## target={target} C={classes} {size}^3"
+                    + (f" (fused backend: {', '.join(backends)})" if backends else "")
+                )
+                print(
+                    f"| {'method':<36} | {'ms':>9} | {'extra MiB':>9} | {'xMONAI':>7} | {'xCE':>6} | {'/Dice':>6} "
+                    f"| {'mem%':>7} | {'%copyBW':>7} |"
+                )
                 print(f"|{'-' * 38}|{'-' * 11}|{'-' * 11}|{'-' * 9}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 9}|")
                 for method, r in rows.items():
                     if "error" in r or "median_s" not in r:
@@ -272,8 +310,11 @@ def main(argv: list[str] | None = None) -> int:
                     per_dice = f"{r['median_s'] / dice['median_s']:.2f}" if "median_s" in dice else "-"
                     mem = f"{100 * r['extra_bytes'] / peer['extra_bytes']:.1f}%" if peer.get("extra_bytes") else "-"
                     bw = f"{100 * r['moved_bytes'] / r['median_s'] / r['copy_bytes_per_s']:.0f}%"
-                    print(f"| {METHODS[method]:<36} | {1e3 * r['median_s']:9.1f} | {r['extra_bytes'] / _MIB:9.1f} "
-                          f"| {x_monai:>7} | {x_ce:>6} | {per_dice:>6} | {mem:>7} | {bw:>7} |", flush=True)
+                    print(
+                        f"| {METHODS[method]:<36} | {1e3 * r['median_s']:9.1f} | {r['extra_bytes'] / _MIB:9.1f} "
+                        f"| {x_monai:>7} | {x_ce:>6} | {per_dice:>6} | {mem:>7} | {bw:>7} |",
+                        flush=True,
+                    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

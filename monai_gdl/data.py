@@ -23,10 +23,16 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--cases", type=int, default=20)
     synth.add_argument("--shape", type=int, nargs=3, default=[48, 48, 32])
     synth.add_argument("--seed", type=int, default=0)
-    check = sub.add_parser("check", help="check every case of a dataset folder and list the split; exit 1 on any problem")
+    check = sub.add_parser(
+        "check", help="check every case of a dataset folder and list the split; exit 1 on any problem"
+    )
     check.add_argument("dataset_dir")
-    check.add_argument("--num_classes", type=int, default=None,
-                       help="classes the network predicts (default: the number of dataset.json labels)")
+    check.add_argument(
+        "--num_classes",
+        type=int,
+        default=None,
+        help="classes the network predicts (default: the number of dataset.json labels)",
+    )
     check.add_argument("--val_fraction", type=float, default=0.2)
     check.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -38,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         for line in problems:
             print(f"error: {line}", file=sys.stderr)
-        print(f"{len(problems)} problem(s) in {len(cases)} case(s) of {args.dataset_dir}; fix or remove those cases.",
-              file=sys.stderr)
+        print(
+            f"{len(problems)} problem(s) in {len(cases)} case(s) of {args.dataset_dir}; fix or remove those cases.",
+            file=sys.stderr,
+        )
         return 1
     try:
         for split in ("training", "validation"):

@@ -41,16 +41,23 @@ def _register_losses() -> None:
     from monai_gdl import SudreGeneralizedDiceCELoss, SudreGeneralizedDiceLoss, VNetDiceCELoss, VNetDiceLoss
 
     gdl = dict(softmax=True, to_onehot_y=True)
-    LOSSES.update({
-        "vnet_dice": (lambda: VNetDiceLoss(softmax=True, to_onehot_y=True), "V-Net Dice (squared, mean over classes)"),
-        "gdl_square": (lambda: SudreGeneralizedDiceLoss(**gdl, w_type="square"), "GDL, 1/V^2, absent class: max"),
-        "gdl_square_zero": (lambda: SudreGeneralizedDiceLoss(**gdl, w_type="square", absent_class="zero"),
-                            "GDL, 1/V^2, absent class: zero"),
-        "gdl_simple": (lambda: SudreGeneralizedDiceLoss(**gdl, w_type="simple"), "GDL, 1/V"),
-        "gdl_uniform": (lambda: SudreGeneralizedDiceLoss(**gdl, w_type="uniform"), "GDL, uniform weights"),
-        "vnet_dice_ce": (lambda: VNetDiceCELoss(to_onehot_y=True), "V-Net Dice + cross-entropy"),
-        "gdl_ce": (lambda: SudreGeneralizedDiceCELoss(to_onehot_y=True), "GDL (1/V^2) + cross-entropy"),
-    })
+    LOSSES.update(
+        {
+            "vnet_dice": (
+                lambda: VNetDiceLoss(softmax=True, to_onehot_y=True),
+                "V-Net Dice (squared, mean over classes)",
+            ),
+            "gdl_square": (lambda: SudreGeneralizedDiceLoss(**gdl, w_type="square"), "GDL, 1/V^2, absent class: max"),
+            "gdl_square_zero": (
+                lambda: SudreGeneralizedDiceLoss(**gdl, w_type="square", absent_class="zero"),
+                "GDL, 1/V^2, absent class: zero",
+            ),
+            "gdl_simple": (lambda: SudreGeneralizedDiceLoss(**gdl, w_type="simple"), "GDL, 1/V"),
+            "gdl_uniform": (lambda: SudreGeneralizedDiceLoss(**gdl, w_type="uniform"), "GDL, uniform weights"),
+            "vnet_dice_ce": (lambda: VNetDiceCELoss(to_onehot_y=True), "V-Net Dice + cross-entropy"),
+            "gdl_ce": (lambda: SudreGeneralizedDiceCELoss(to_onehot_y=True), "GDL (1/V^2) + cross-entropy"),
+        }
+    )
 
 
 _register_losses()
@@ -76,8 +83,9 @@ class StudySettings:
     threads: int = 0
 
 
-def write_imbalance_dataset(out_dir: str, small_fraction: float, num_cases: int, shape: Sequence[int],
-                            seed: int) -> tuple[str, float]:
+def write_imbalance_dataset(
+    out_dir: str, small_fraction: float, num_cases: int, shape: Sequence[int], seed: int
+) -> tuple[str, float]:
     """An MSD-layout NIfTI dataset: class 1 an ellipsoid of about 17% of the voxels, class 2 a sphere
     of ``small_fraction`` of them beside it, MR-like intensities with noise and a bias field. Returns the
     folder and the small structure's measured share of the voxels (mean over cases)."""
@@ -105,8 +113,12 @@ def write_imbalance_dataset(out_dir: str, small_fraction: float, num_cases: int,
         nib.save(nib.Nifti1Image(image, np.eye(4)), os.path.join(out_dir, "imagesTr", name))
         nib.save(nib.Nifti1Image(label, np.eye(4)), os.path.join(out_dir, "labelsTr", name))
         entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    meta = {"name": f"imbalance {small_fraction:g}", "labels": {"0": "background", "1": "large", "2": "small"},
-            "numTraining": num_cases, "training": entries}
+    meta = {
+        "name": f"imbalance {small_fraction:g}",
+        "labels": {"0": "background", "1": "large", "2": "small"},
+        "numTraining": num_cases,
+        "training": entries,
+    }
     with open(os.path.join(out_dir, "dataset.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return out_dir, float(np.mean(shares))
@@ -128,8 +140,11 @@ def _cached(files: list, keys: Sequence[str], spatial: Sequence[int]) -> list:
     from monai_gdl.bundle.files import load_config
 
     bundle = load_config("train", num_classes=3, spacing=[1.0, 1.0, 1.0])
-    transform = Compose(bundle.get_parsed_content("load") + bundle.get_parsed_content("resample") +
-                        [ResizeWithPadOrCropd(keys=list(keys), spatial_size=list(spatial))])
+    transform = Compose(
+        bundle.get_parsed_content("load")
+        + bundle.get_parsed_content("resample")
+        + [ResizeWithPadOrCropd(keys=list(keys), spatial_size=list(spatial))]
+    )
     items = [transform(f) for f in files]
     return [{k: torch.as_tensor(item[k]).as_subclass(torch.Tensor).float() for k in keys} for item in items]
 
@@ -141,8 +156,9 @@ def _datasets(settings: StudySettings, work: str) -> list[_Data]:
     for name in settings.datasets:
         if name.startswith("synthetic_"):
             percent = float(name.split("_", 1)[1])
-            folder, share = write_imbalance_dataset(os.path.join(work, name), percent / 100, settings.synthetic_cases,
-                                                    settings.synthetic_shape, seed=0)
+            folder, share = write_imbalance_dataset(
+                os.path.join(work, name), percent / 100, settings.synthetic_cases, settings.synthetic_shape, seed=0
+            )
             spatial = settings.synthetic_shape
             note = f"synthetic {tuple(settings.synthetic_shape)}, small structure {100 * share:.2f}% of voxels"
             train_files = msd_datalist(folder, "training", 0.25, 0)
@@ -150,8 +166,10 @@ def _datasets(settings: StudySettings, work: str) -> list[_Data]:
         elif name == "hippocampus":
             folder = settings.hippocampus
             if not folder or not os.path.isdir(folder):
-                raise SystemExit(f"error: dataset 'hippocampus' needs --hippocampus DIR (MSD Task04 folder); got "
-                                 f"{folder!r}. Leave it out with --datasets.")
+                raise SystemExit(
+                    f"error: dataset 'hippocampus' needs --hippocampus DIR (MSD Task04 folder); got "
+                    f"{folder!r}. Leave it out with --datasets."
+                )
             files = msd_datalist(folder, "training", 0.2, 0) + msd_datalist(folder, "validation", 0.2, 0)
             files = sorted(files, key=lambda f: f["image"])[: settings.hippocampus_cases]
             cut = round(0.75 * len(files))
@@ -160,9 +178,15 @@ def _datasets(settings: StudySettings, work: str) -> list[_Data]:
             note = f"MSD Task04 hippocampus, {len(files)} cases padded to {spatial}"
         else:
             raise SystemExit(f"error: unknown dataset {name!r}; use synthetic_<percent> or hippocampus.")
-        out.append(_Data(name, _cached(train_files, ("image", "label"), spatial),
-                         _cached(val_files, ("image", "label"), spatial), class_names(folder, 3),
-                         f"{note}; {len(train_files)} train / {len(val_files)} validation"))
+        out.append(
+            _Data(
+                name,
+                _cached(train_files, ("image", "label"), spatial),
+                _cached(val_files, ("image", "label"), spatial),
+                class_names(folder, 3),
+                f"{note}; {len(train_files)} train / {len(val_files)} validation",
+            )
+        )
     return out
 
 
@@ -182,8 +206,14 @@ def _train_one(data: _Data, loss_name: str, lr: float, seed: int, settings: Stud
     from monai.networks.nets import UNet
 
     torch.manual_seed(seed)
-    network = UNet(spatial_dims=3, in_channels=1, out_channels=3, channels=tuple(settings.channels),
-                   strides=(2,) * (len(settings.channels) - 1), num_res_units=1)
+    network = UNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=3,
+        channels=tuple(settings.channels),
+        strides=(2,) * (len(settings.channels) - 1),
+        num_res_units=1,
+    )
     criterion = LOSSES[loss_name][0]()
     optimizer = torch.optim.Adam(network.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.epochs)
@@ -213,11 +243,24 @@ def _train_one(data: _Data, loss_name: str, lr: float, seed: int, settings: Stud
                 dice.append(_dice_per_class(logits, item["label"][None]))
                 val_losses.append(float(criterion(logits, item["label"][None])))
         per_class = [statistics.fmean(d[c] for d in dice) for c in range(2)]
-        epochs.append({"epoch": epoch, "train_loss": statistics.fmean(losses), "val_loss": statistics.fmean(val_losses),
-                       "dice_large": per_class[0], "dice_small": per_class[1],
-                       "dice_mean": statistics.fmean(per_class)})
-    return {"dataset": data.name, "loss": loss_name, "lr": lr, "seed": seed, "epochs": epochs,
-            "seconds": time.perf_counter() - start}
+        epochs.append(
+            {
+                "epoch": epoch,
+                "train_loss": statistics.fmean(losses),
+                "val_loss": statistics.fmean(val_losses),
+                "dice_large": per_class[0],
+                "dice_small": per_class[1],
+                "dice_mean": statistics.fmean(per_class),
+            }
+        )
+    return {
+        "dataset": data.name,
+        "loss": loss_name,
+        "lr": lr,
+        "seed": seed,
+        "epochs": epochs,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def _first_epoch(curve: list[dict], key: str, threshold: float) -> int | None:
@@ -235,30 +278,78 @@ def _write_tables(runs: list[dict], datasets: list[_Data], settings: StudySettin
     out = settings.out
     with open(os.path.join(out, "curves.csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["dataset", "loss", "lr", "seed", "epoch", "train_loss", "val_loss", "dice_large",
-                         "dice_small", "dice_mean"])
+        writer.writerow(
+            [
+                "dataset",
+                "loss",
+                "lr",
+                "seed",
+                "epoch",
+                "train_loss",
+                "val_loss",
+                "dice_large",
+                "dice_small",
+                "dice_mean",
+            ]
+        )
         for run in runs:
             for e in run["epochs"]:
-                writer.writerow([run["dataset"], run["loss"], run["lr"], run["seed"], e["epoch"],
-                                 f"{e['train_loss']:.6f}", f"{e['val_loss']:.6f}", f"{e['dice_large']:.6f}",
-                                 f"{e['dice_small']:.6f}", f"{e['dice_mean']:.6f}"])
+                writer.writerow(
+                    [
+                        run["dataset"],
+                        run["loss"],
+                        run["lr"],
+                        run["seed"],
+                        e["epoch"],
+                        f"{e['train_loss']:.6f}",
+                        f"{e['val_loss']:.6f}",
+                        f"{e['dice_large']:.6f}",
+                        f"{e['dice_small']:.6f}",
+                        f"{e['dice_mean']:.6f}",
+                    ]
+                )
     with open(os.path.join(out, "runs.csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["dataset", "loss", "lr", "seed", "class", "final_dice", "best_dice",
-                         f"epoch_to_{settings.target_dice:g}", "seconds"])
+        writer.writerow(
+            [
+                "dataset",
+                "loss",
+                "lr",
+                "seed",
+                "class",
+                "final_dice",
+                "best_dice",
+                f"epoch_to_{settings.target_dice:g}",
+                "seconds",
+            ]
+        )
         for run in runs:
             for cls in ("large", "small"):
                 key = f"dice_{cls}"
                 reached = _first_epoch(run["epochs"], key, settings.target_dice)
-                writer.writerow([run["dataset"], run["loss"], run["lr"], run["seed"], cls,
-                                 f"{run['epochs'][-1][key]:.6f}", f"{max(e[key] for e in run['epochs']):.6f}",
-                                 "" if reached is None else reached, f"{run['seconds']:.1f}"])
-    lines = [f"# Dice or GDL? Study results", "",
-             f"{len(runs)} runs: {len(settings.losses)} losses x {len(settings.seeds)} seeds x "
-             f"{len(settings.learning_rates)} learning rates x {len(datasets)} datasets, {settings.epochs} epochs each, "
-             f"{seconds / 60:.1f} min in all. Final validation Dice (argmax, per class), mean +- std over seeds; "
-             f"'epochs to {settings.target_dice:g}': first epoch whose validation Dice reaches it (mean over the "
-             f"seeds that reach it, with how many did).", ""]
+                writer.writerow(
+                    [
+                        run["dataset"],
+                        run["loss"],
+                        run["lr"],
+                        run["seed"],
+                        cls,
+                        f"{run['epochs'][-1][key]:.6f}",
+                        f"{max(e[key] for e in run['epochs']):.6f}",
+                        "" if reached is None else reached,
+                        f"{run['seconds']:.1f}",
+                    ]
+                )
+    lines = [
+        "# Dice or GDL? Study results",
+        "",
+        f"{len(runs)} runs: {len(settings.losses)} losses x {len(settings.seeds)} seeds x "
+        f"{len(settings.learning_rates)} learning rates x {len(datasets)} datasets, {settings.epochs} epochs each, "
+        f"{seconds / 60:.1f} min in all. Final validation Dice (argmax, per class), mean +- std over seeds; "
+        f"'epochs to {settings.target_dice:g}': first epoch whose validation Dice reaches it (mean over the "
+        f"seeds that reach it, with how many did).",
+        "",
+    ]
     for data in datasets:
         lines += [f"## {data.name}", "", data.note, ""]
         head = ["loss"]
@@ -281,7 +372,9 @@ def _write_tables(runs: list[dict], datasets: list[_Data], settings: StudySettin
             reach = []
             for key in ("dice_large", "dice_small"):
                 hits = [e for e in (_first_epoch(r["epochs"], key, settings.target_dice) for r in chosen) if e]
-                reach.append(f"{statistics.fmean(hits):.1f} ({len(hits)}/{len(chosen)})" if hits else f"never (0/{len(chosen)})")
+                reach.append(
+                    f"{statistics.fmean(hits):.1f} ({len(hits)}/{len(chosen)})" if hits else f"never (0/{len(chosen)})"
+                )
             cells.append(" / ".join(reach))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
@@ -303,8 +396,10 @@ def _write_figures(runs: list[dict], datasets: list[_Data], settings: StudySetti
     best_lr = {}
     for col, data in enumerate(datasets):
         for loss_name in settings.losses:
-            chosen = {lr: [r for r in runs if r["dataset"] == data.name and r["loss"] == loss_name and r["lr"] == lr]
-                      for lr in settings.learning_rates}
+            chosen = {
+                lr: [r for r in runs if r["dataset"] == data.name and r["loss"] == loss_name and r["lr"] == lr]
+                for lr in settings.learning_rates
+            }
             lr = max(chosen, key=lambda k: statistics.fmean(r["epochs"][-1]["dice_mean"] for r in chosen[k]))
             best_lr[data.name, loss_name] = lr
             for row, key in enumerate(("dice_large", "dice_small")):
@@ -326,9 +421,13 @@ def _write_figures(runs: list[dict], datasets: list[_Data], settings: StudySetti
         ax = axes[0][col]
         for loss_name in settings.losses:
             chosen = [r for r in runs if r["dataset"] == data.name and r["loss"] == loss_name]
-            ax.scatter([e["dice_mean"] for r in chosen for e in r["epochs"]],
-                       [1 - e["val_loss"] for r in chosen for e in r["epochs"]], s=6, color=colours[loss_name],
-                       label=loss_name)
+            ax.scatter(
+                [e["dice_mean"] for r in chosen for e in r["epochs"]],
+                [1 - e["val_loss"] for r in chosen for e in r["epochs"]],
+                s=6,
+                color=colours[loss_name],
+                label=loss_name,
+            )
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
         ax.set_xlabel("measured validation Dice (mean of the structures)", fontsize=8)
         ax.set_title(data.name, fontsize=9)
@@ -359,9 +458,12 @@ def run_study(settings: StudySettings, log: Callable[[str], None] = print) -> st
                     run = _train_one(data, loss_name, lr, seed, settings)
                     runs.append(run)
                     last = run["epochs"][-1]
-                    log(f"[{len(runs)}/{total}] {data.name} {loss_name} lr {lr:g} seed {seed}: Dice "
-                        f"{data.class_names[1]} {last['dice_large']:.3f} {data.class_names[2]} {last['dice_small']:.3f} "
-                        f"({run['seconds']:.0f} s)")
+                    log(
+                        f"[{len(runs)}/{total}] {data.name} {loss_name} lr {lr:g} seed {seed}: Dice "
+                        f"{data.class_names[1]} {last['dice_large']:.3f} "
+                        f"{data.class_names[2]} {last['dice_small']:.3f} "
+                        f"({run['seconds']:.0f} s)"
+                    )
     text = _write_tables(runs, datasets, settings, time.perf_counter() - start)
     _write_figures(runs, datasets, settings)
     return text
@@ -372,26 +474,45 @@ def main(argv: list[str] | None = None) -> int:
     defaults = StudySettings()
     parser.add_argument("--out", default=defaults.out)
     parser.add_argument("--quick", action="store_true", help="a smoke run of about two minutes (tests)")
-    parser.add_argument("--datasets", nargs="+", default=None,
-                        help="synthetic_<percent of voxels> ... and/or hippocampus (default: all four)")
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=None,
+        help="synthetic_<percent of voxels> ... and/or hippocampus (default: all four)",
+    )
     parser.add_argument("--losses", nargs="+", default=None, choices=list(LOSSES))
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--lrs", type=float, nargs="+", default=None)
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--hippocampus", default=os.path.join("..", "shared", "data", "Task04_Hippocampus"),
-                        help="the MSD Task04 folder (default: ../shared/data/Task04_Hippocampus)")
+    parser.add_argument(
+        "--hippocampus",
+        default=os.path.join("..", "shared", "data", "Task04_Hippocampus"),
+        help="the MSD Task04 folder (default: ../shared/data/Task04_Hippocampus)",
+    )
     parser.add_argument("--target_dice", type=float, default=defaults.target_dice)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: PyTorch's choice)")
     args = parser.parse_args(argv)
     if args.quick:
-        settings = StudySettings(datasets=("synthetic_1",), seeds=(0,), learning_rates=(3e-3,), epochs=2,
-                                 synthetic_cases=8, synthetic_shape=(24, 24, 24), channels=(4, 8, 16))
+        settings = StudySettings(
+            datasets=("synthetic_1",),
+            seeds=(0,),
+            learning_rates=(3e-3,),
+            epochs=2,
+            synthetic_cases=8,
+            synthetic_shape=(24, 24, 24),
+            channels=(4, 8, 16),
+        )
     else:
         settings = StudySettings()
     settings.out, settings.hippocampus, settings.target_dice = args.out, args.hippocampus, args.target_dice
     settings.threads = args.threads
-    for name, value in (("datasets", args.datasets), ("losses", args.losses), ("seeds", args.seeds),
-                        ("learning_rates", args.lrs), ("epochs", args.epochs)):
+    for name, value in (
+        ("datasets", args.datasets),
+        ("losses", args.losses),
+        ("seeds", args.seeds),
+        ("learning_rates", args.lrs),
+        ("epochs", args.epochs),
+    ):
         if value is not None:
             setattr(settings, name, value)
     if settings.epochs < 1:

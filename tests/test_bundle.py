@@ -17,17 +17,46 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from monai_gdl.bundle.datasets import write_synthetic_dataset
 from monai_gdl.bundle.checks import CheckpointError, check_checkpoint
+from monai_gdl.bundle.datasets import write_synthetic_dataset
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CONFIGS = os.path.join(REPO, "configs")
-TINY = ["--patch_size", "[16,16,16]", "--network_def#channels", "[4,8,16,32]", "--spacing", "[2.0,2.0,2.0]",
-        "--progress", "false"]
+TINY = [
+    "--patch_size",
+    "[16,16,16]",
+    "--network_def#channels",
+    "[4,8,16,32]",
+    "--spacing",
+    "[2.0,2.0,2.0]",
+    "--progress",
+    "false",
+]
 TINY_OVERRIDES = {"patch_size": [16, 16, 16], "network_def#channels": [4, 8, 16, 32], "spacing": [2.0, 2.0, 2.0]}
-KNOBS = ["dataset_dir", "output_dir", "ckpt_dir", "log_dir", "epochs", "patch_size", "num_classes", "device", "amp",
-         "val_interval", "seed", "cache_rate", "num_workers", "learning_rate", "batch_size", "spacing", "resume",
-         "verbose", "progress", "network_def", "intensity", "loss"]
+KNOBS = [
+    "dataset_dir",
+    "output_dir",
+    "ckpt_dir",
+    "log_dir",
+    "epochs",
+    "patch_size",
+    "num_classes",
+    "device",
+    "amp",
+    "val_interval",
+    "seed",
+    "cache_rate",
+    "num_workers",
+    "learning_rate",
+    "batch_size",
+    "spacing",
+    "resume",
+    "verbose",
+    "progress",
+    "network_def",
+    "intensity",
+    "loss",
+]
 
 
 def _parser(*files: str, **overrides) -> ConfigParser:
@@ -83,9 +112,17 @@ def test_training_transforms_keep_label_maps(tmp_path):
 
 def test_network_and_transforms_are_json_and_override_from_the_command_line(tmp_path):
     ds = write_synthetic_dataset(str(tmp_path / "ds"), num_cases=4, shape=(16, 16, 8))
-    parser = _parser("train.json", dataset_dir=ds, output_dir=str(tmp_path / "out"), num_classes=3,
-                     **{"network_def#channels": [4, 8, 16, 32], "network_def#num_res_units": 1,
-                        "train#random_transforms#2#prob": 0.0})
+    parser = _parser(
+        "train.json",
+        dataset_dir=ds,
+        output_dir=str(tmp_path / "out"),
+        num_classes=3,
+        **{
+            "network_def#channels": [4, 8, 16, 32],
+            "network_def#num_res_units": 1,
+            "train#random_transforms#2#prob": 0.0,
+        },
+    )
     network = parser.get_parsed_content("network")
     assert type(network).__name__ == "UNet" and tuple(network.channels) == (4, 8, 16, 32) and network.num_res_units == 1
     assert network(torch.zeros(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
@@ -102,7 +139,7 @@ def test_multi_gpu_config_makes_the_loss_a_global_batch_dice():
     multi = _parser("train.json", "multi_gpu_train.json").get_parsed_content("loss")
     assert type(multi) is type(single) and single.batch is False and multi.batch is True and multi.distributed
     initialize = _parser("train.json", "multi_gpu_train.json").get("initialize")
-    assert initialize[:len(_parser("train.json").get("initialize"))] == _parser("train.json").get("initialize")
+    assert initialize[: len(_parser("train.json").get("initialize"))] == _parser("train.json").get("initialize")
 
 
 def test_inference_config_has_the_training_network_and_image_transforms():
@@ -131,7 +168,16 @@ def test_metadata_has_the_bundle_schema_fields_and_a_changelog_per_version():
     import monai_gdl
 
     meta = json.load(open(os.path.join(CONFIGS, "metadata.json")))
-    strings = ["version", "monai_version", "pytorch_version", "numpy_version", "task", "description", "authors", "copyright"]
+    strings = [
+        "version",
+        "monai_version",
+        "pytorch_version",
+        "numpy_version",
+        "task",
+        "description",
+        "authors",
+        "copyright",
+    ]
     for key in strings:
         assert isinstance(meta.get(key), str) and meta[key], key
     assert meta["version"] == monai_gdl.__version__
@@ -139,34 +185,67 @@ def test_metadata_has_the_bundle_schema_fields_and_a_changelog_per_version():
     assert meta["changelog"][meta["version"]]
     for section, name in (("inputs", "image"), ("outputs", "pred")):
         spec = meta["network_data_format"][section][name]
-        for key in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "is_patch_data", "channel_def"):
+        for key in (
+            "type",
+            "format",
+            "num_channels",
+            "spatial_shape",
+            "dtype",
+            "value_range",
+            "is_patch_data",
+            "channel_def",
+        ):
             assert key in spec, (section, key)
         assert len(spec["channel_def"]) == spec["num_channels"]
     assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == _parser("train.json").get("num_classes")
 
 
 def test_model_zoo_files_are_present():
-    for path in ("LICENSE", "docs/README.md", "docs/data_license.txt", "models/README.md", "configs/metadata.json",
-                 "configs/logging.conf"):
+    for path in (
+        "LICENSE",
+        "docs/README.md",
+        "docs/data_license.txt",
+        "models/README.md",
+        "configs/metadata.json",
+        "configs/logging.conf",
+    ):
         assert os.path.isfile(os.path.join(REPO, path)), path
     readme = open(os.path.join(REPO, "docs", "README.md")).read()
-    for heading in ("# Model Overview", "## Data", "## Preprocessing", "## Performance", "## System Configuration",
-                    "## Limitations", "## References", "## License"):
+    for heading in (
+        "# Model Overview",
+        "## Data",
+        "## Preprocessing",
+        "## Performance",
+        "## System Configuration",
+        "## Limitations",
+        "## References",
+        "## License",
+    ):
         assert heading in readme, heading
     assert "Apache License" in open(os.path.join(REPO, "LICENSE")).read()
     assert "CC-BY-SA 4.0" in open(os.path.join(REPO, "docs", "data_license.txt")).read()
 
 
-@pytest.mark.parametrize("workflow_type,files", [
-    ("train", ["train.json"]),
-    ("eval", ["train.json", "evaluate.json"]),
-    ("infer", ["inference.json"]),
-])
+@pytest.mark.parametrize(
+    "workflow_type,files",
+    [
+        ("train", ["train.json"]),
+        ("eval", ["train.json", "evaluate.json"]),
+        ("infer", ["inference.json"]),
+    ],
+)
 def test_check_properties_finds_nothing_missing(workflow_type, files, tmp_path):
     ds = write_synthetic_dataset(str(tmp_path / "ds"), num_cases=3, shape=(16, 16, 8))
-    workflow = ConfigWorkflow(dataset_dir=ds, input_dir=os.path.join(ds, "imagesTr"),config_file=[os.path.join(CONFIGS, f) for f in files], workflow_type=workflow_type,
-                              meta_file=os.path.join(CONFIGS, "metadata.json"), init_id="parse_only",
-                              logging_file=False, bundle_root=str(tmp_path))
+    workflow = ConfigWorkflow(
+        dataset_dir=ds,
+        input_dir=os.path.join(ds, "imagesTr"),
+        config_file=[os.path.join(CONFIGS, f) for f in files],
+        workflow_type=workflow_type,
+        meta_file=os.path.join(CONFIGS, "metadata.json"),
+        init_id="parse_only",
+        logging_file=False,
+        bundle_root=str(tmp_path),
+    )
     workflow.initialize()  # parses; "parse_only" names no expressions, so the configs' checks do not run
     assert workflow.check_properties() == []
 
@@ -180,14 +259,17 @@ def test_checkpoint_from_another_network_is_explained(tmp_path):
     path = str(tmp_path / "model.pt")
     torch.save(unet(3).state_dict(), path)
     check_checkpoint(path, unet(3))
-    with pytest.raises(CheckpointError, match=r"saved from a different network .*checkpoint \(8, 3, 3, 3, 3\) vs network \(8, 5"):
+    with pytest.raises(
+        CheckpointError, match=r"saved from a different network .*checkpoint \(8, 3, 3, 3, 3\) vs network \(8, 5"
+    ):
         check_checkpoint(path, unet(5))
     with pytest.raises(CheckpointError, match=r"no checkpoint at .*train first"):
         check_checkpoint(str(tmp_path / "none.pt"), unet(3))
 
 
-def _bundle(config_files: list[str], *args: str, cwd: str, env: dict | None = None,
-            command: str = "run") -> subprocess.CompletedProcess:
+def _bundle(
+    config_files: list[str], *args: str, cwd: str, env: dict | None = None, command: str = "run"
+) -> subprocess.CompletedProcess:
     files = "[" + ",".join(f"'{os.path.join(CONFIGS, f)}'" for f in config_files) + "]"
     cmd = [sys.executable, "-m", "monai.bundle", command, "--config_file", files, *args]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
@@ -199,8 +281,16 @@ def tiny_dataset(tmp_path_factory):
 
 
 def test_verify_net_in_out_passes():
-    run = _bundle(["inference.json"], "network_def", "--meta_file", os.path.join(CONFIGS, "metadata.json"),
-                  "--bundle_root", REPO, cwd=REPO, command="verify_net_in_out")
+    run = _bundle(
+        ["inference.json"],
+        "network_def",
+        "--meta_file",
+        os.path.join(CONFIGS, "metadata.json"),
+        "--bundle_root",
+        REPO,
+        cwd=REPO,
+        command="verify_net_in_out",
+    )
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "data shape of network is verified with no error" in run.stdout + run.stderr
 
@@ -241,8 +331,17 @@ def test_train_evaluate_infer_export_end_to_end(tmp_path, tiny_dataset, loss_fil
     assert "evaluated 1 cases, val_mean_dice" in evaluate.stdout
 
     images = os.path.join(tiny_dataset, "imagesTr")
-    infer_args = ["--bundle_root", str(tmp_path / "bundle"), "--input_dir", images, "--output_dir", out,
-                  "--prediction_dir", pred, *TINY]
+    infer_args = [
+        "--bundle_root",
+        str(tmp_path / "bundle"),
+        "--input_dir",
+        images,
+        "--output_dir",
+        out,
+        "--prediction_dir",
+        pred,
+        *TINY,
+    ]
     infer = _bundle(["inference.json"], *infer_args, cwd=str(tmp_path))
     assert infer.returncode == 0, infer.stderr[-3000:]
     assert f"wrote 5 segmentation(s) of 5 image(s) to {pred}" in infer.stdout
@@ -260,15 +359,36 @@ def test_train_evaluate_infer_export_end_to_end(tmp_path, tiny_dataset, loss_fil
     # TorchScript export of the trained checkpoint (MONAI's ckpt_export), then the exported model in place of the
     # network: the same segmentation for every image.
     ts = str(tmp_path / "model.ts")
-    export = _bundle(["inference.json"], "network_def", "--filepath", ts, "--ckpt_file",
-                     os.path.join(out, "models", "model.pt"), "--meta_file", os.path.join(CONFIGS, "metadata.json"),
-                     "--bundle_root", str(tmp_path / "bundle"), "--network_def#channels", "[4,8,16,32]",
-                     cwd=str(tmp_path), command="ckpt_export")
+    export = _bundle(
+        ["inference.json"],
+        "network_def",
+        "--filepath",
+        ts,
+        "--ckpt_file",
+        os.path.join(out, "models", "model.pt"),
+        "--meta_file",
+        os.path.join(CONFIGS, "metadata.json"),
+        "--bundle_root",
+        str(tmp_path / "bundle"),
+        "--network_def#channels",
+        "[4,8,16,32]",
+        cwd=str(tmp_path),
+        command="ckpt_export",
+    )
     assert export.returncode == 0, export.stdout[-2000:] + export.stderr[-2000:]
     exported_pred = str(tmp_path / "pred_ts")
-    scripted = _bundle(["inference.json"], *infer_args[:-len(TINY) - 2], "--prediction_dir", exported_pred, *TINY,
-                       "--network", f"$torch.jit.load('{ts}')", "--handlers#0#_disabled_", "true",  # no CheckpointLoader
-                       cwd=str(tmp_path))
+    scripted = _bundle(
+        ["inference.json"],
+        *infer_args[: -len(TINY) - 2],
+        "--prediction_dir",
+        exported_pred,
+        *TINY,
+        "--network",
+        f"$torch.jit.load('{ts}')",
+        "--handlers#0#_disabled_",
+        "true",  # no CheckpointLoader
+        cwd=str(tmp_path),
+    )
     assert scripted.returncode == 0, scripted.stderr[-3000:]
     for name in sorted(os.listdir(pred)):
         ours = np.asarray(nib.load(os.path.join(pred, name)).dataobj)
@@ -284,8 +404,21 @@ def test_experiment_tracking_with_mlflow(tmp_path, tiny_dataset):
     """MONAI's --tracking mlflow: a local store under the output folder holds the run's loss and Dice per epoch."""
     mlflow = pytest.importorskip("mlflow")
     out = str(tmp_path / "out")
-    run = _bundle(["train.json"], "--bundle_root", str(tmp_path), "--dataset_dir", tiny_dataset, "--output_dir", out,
-                  "--epochs", "2", "--tracking", "mlflow", *TINY, cwd=str(tmp_path))
+    run = _bundle(
+        ["train.json"],
+        "--bundle_root",
+        str(tmp_path),
+        "--dataset_dir",
+        tiny_dataset,
+        "--output_dir",
+        out,
+        "--epochs",
+        "2",
+        "--tracking",
+        "mlflow",
+        *TINY,
+        cwd=str(tmp_path),
+    )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert os.path.isfile(os.path.join(out, "mlruns.db"))  # MONAI's default store: SQLite, artifacts in mlruns/
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out}/mlruns.db")
@@ -326,8 +459,24 @@ def test_multi_gpu_config_runs_under_torchrun_on_two_cpu_ranks(tmp_path):
     """The DDP override really trains (gloo backend on CPU here; nccl on GPUs)."""
     out = str(tmp_path / "out")
     files = "[" + ",".join(f"'{os.path.join(CONFIGS, f)}'" for f in ["train.json", "multi_gpu_train.json"]) + "]"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run",
-           "--config_file", files, "--bundle_root", str(tmp_path), "--output_dir", out, "--epochs", "1", *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        files,
+        "--bundle_root",
+        str(tmp_path),
+        "--output_dir",
+        out,
+        "--epochs",
+        "1",
+        *TINY,
+    ]
     run = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert run.stdout.count("epoch 1/1 loss") == 1  # rank 0 alone reports and writes

@@ -16,8 +16,16 @@ from monai_gdl.bundle.datasets import write_synthetic_dataset
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CONFIGS = os.path.join(REPO, "configs")
-TINY = ["--patch_size", "[16,16,16]", "--network_def#channels", "[4,8,16,32]", "--spacing", "[2.0,2.0,2.0]",
-        "--progress", "false"]
+TINY = [
+    "--patch_size",
+    "[16,16,16]",
+    "--network_def#channels",
+    "[4,8,16,32]",
+    "--spacing",
+    "[2.0,2.0,2.0]",
+    "--progress",
+    "false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +81,18 @@ def test_bad_training_argument_ends_with_one_error_block(name, args, dataset, me
 
 @pytest.mark.slow
 def test_classes_never_seen_are_a_warning_naming_them(data, tmp_path):
-    run = _run(["train.json"], "--bundle_root", str(tmp_path), "--dataset_dir", data["bare"], "--num_classes", "4",
-               "--epochs", "1", cwd=str(tmp_path))
+    run = _run(
+        ["train.json"],
+        "--bundle_root",
+        str(tmp_path),
+        "--dataset_dir",
+        data["bare"],
+        "--num_classes",
+        "4",
+        "--epochs",
+        "1",
+        cwd=str(tmp_path),
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     first = run.stdout.splitlines()[0]
     assert first.startswith("warning: num_classes=4 but class(es) 3 (class_3) never appear in the 4 label files")
@@ -91,25 +109,52 @@ def test_a_bad_label_met_while_caching_exits_1_without_an_abort(data, tmp_path):
     voxels = np.asarray(img.dataobj).copy()
     voxels[3, 3, 3] = np.nan
     nib.save(nib.Nifti1Image(voxels, img.affine), path)
-    run = _run(["train.json"], "--bundle_root", str(tmp_path), "--dataset_dir", dataset, "--epochs", "1",
-               "--output_dir", str(tmp_path / "out"), cwd=str(tmp_path))
+    run = _run(
+        ["train.json"],
+        "--bundle_root",
+        str(tmp_path),
+        "--dataset_dir",
+        dataset,
+        "--epochs",
+        "1",
+        "--output_dir",
+        str(tmp_path / "out"),
+        cwd=str(tmp_path),
+    )
     assert f"image file {path} holds 1 NaN or inf voxel(s)" in _error_block(run)
 
 
 @pytest.mark.slow
 def test_evaluate_and_infer_without_a_checkpoint(data, tmp_path):
-    evaluate = _run(["train.json", "evaluate.json"], "--bundle_root", str(tmp_path), "--dataset_dir", data["named"],
-                    cwd=str(tmp_path))
+    evaluate = _run(
+        ["train.json", "evaluate.json"],
+        "--bundle_root",
+        str(tmp_path),
+        "--dataset_dir",
+        data["named"],
+        cwd=str(tmp_path),
+    )
     assert f"no checkpoint at {tmp_path}/models/model.pt; train first" in _error_block(evaluate)
-    infer = _run(["inference.json"], "--bundle_root", str(tmp_path), "--input_dir", str(tmp_path / "none"),
-                 cwd=str(tmp_path))
+    infer = _run(
+        ["inference.json"], "--bundle_root", str(tmp_path), "--input_dir", str(tmp_path / "none"), cwd=str(tmp_path)
+    )
     assert "no checkpoint at" in _error_block(infer)
 
 
 @pytest.mark.slow
 def test_verbose_shows_the_library_log_and_the_traceback(data, tmp_path):
-    run = _run(["train.json"], "--bundle_root", str(tmp_path), "--dataset_dir", data["named"], "--epochs", "0",
-               "--verbose", "true", cwd=str(tmp_path))
+    run = _run(
+        ["train.json"],
+        "--bundle_root",
+        str(tmp_path),
+        "--dataset_dir",
+        data["named"],
+        "--epochs",
+        "0",
+        "--verbose",
+        "true",
+        cwd=str(tmp_path),
+    )
     assert run.returncode == 1 and "Traceback" in run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith("error: epochs=0")
 
@@ -125,17 +170,20 @@ def test_unknown_keys_lists_close_matches(tmp_path):
     assert json.loads(json.dumps(unknown_keys(files, ["epoch"])))
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda c: c.check_training("cpu", 2, 0, 2, 0.002), "val_interval=0; it must be a whole number >= 1"),
-    (lambda c: c.check_training("cpu", 2.5, 1, 2, 0.002), "epochs=2.5"),
-    (lambda c: c.check_training("cpu", 2, 1, 0, 0.002), "batch_size=0"),
-    (lambda c: c.check_training("cpu", 2, 1, 2, -1), "learning_rate=-1; it must be a positive number"),
-    (lambda c: c.check_training("cpu", 2, 1, 2, float("nan")), "learning_rate=nan"),
-    (lambda c: c.check_training("gpu", 2, 1, 2, 0.002), "device='gpu' is not a device"),
-    (lambda c: c.check_network(_unet(), [16, 16], 3), "patch_size=[16, 16]; give three whole numbers"),
-    (lambda c: c.check_network(_unet(), [16, 16, 16], 4), "network_def#out_channels=3 but num_classes=4"),
-    (lambda c: c.check_network(_unet(), [16, 16, 16], 1), "num_classes=1"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda c: c.check_training("cpu", 2, 0, 2, 0.002), "val_interval=0; it must be a whole number >= 1"),
+        (lambda c: c.check_training("cpu", 2.5, 1, 2, 0.002), "epochs=2.5"),
+        (lambda c: c.check_training("cpu", 2, 1, 0, 0.002), "batch_size=0"),
+        (lambda c: c.check_training("cpu", 2, 1, 2, -1), "learning_rate=-1; it must be a positive number"),
+        (lambda c: c.check_training("cpu", 2, 1, 2, float("nan")), "learning_rate=nan"),
+        (lambda c: c.check_training("gpu", 2, 1, 2, 0.002), "device='gpu' is not a device"),
+        (lambda c: c.check_network(_unet(), [16, 16], 3), "patch_size=[16, 16]; give three whole numbers"),
+        (lambda c: c.check_network(_unet(), [16, 16, 16], 4), "network_def#out_channels=3 but num_classes=4"),
+        (lambda c: c.check_network(_unet(), [16, 16, 16], 1), "num_classes=1"),
+    ],
+)
 def test_argument_checks_name_the_argument_and_the_fix(call, message):
     """The same checks the CLI cases above run, for the values not worth a subprocess each."""
     from monai_gdl.bundle import checks

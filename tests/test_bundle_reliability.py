@@ -22,13 +22,31 @@ from monai_gdl.bundle.datasets import write_synthetic_dataset
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CONFIGS = os.path.join(REPO, "configs")
-TINY = ["--patch_size", "[16,16,16]", "--network_def#channels", "[4,8,16,32]", "--spacing", "[2.0,2.0,2.0]",
-        "--progress", "false"]
+TINY = [
+    "--patch_size",
+    "[16,16,16]",
+    "--network_def#channels",
+    "[4,8,16,32]",
+    "--spacing",
+    "[2.0,2.0,2.0]",
+    "--progress",
+    "false",
+]
 
 
 def _train(*args: str, cwd: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", os.path.join(CONFIGS, "train.json"),
-           "--bundle_root", REPO, *TINY, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        os.path.join(CONFIGS, "train.json"),
+        "--bundle_root",
+        REPO,
+        *TINY,
+        *args,
+    ]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
@@ -71,12 +89,28 @@ def test_a_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path, dataset
     whole = _train(*common, "--output_dir", str(tmp_path / "whole"), cwd=str(tmp_path))
     assert whole.returncode == 0, whole.stderr[-3000:]
     killed_out = str(tmp_path / "killed")
-    overrides = {"bundle_root": REPO, "dataset_dir": dataset, "output_dir": killed_out, "epochs": 4,
-                 "patch_size": [16, 16, 16], "network_def#channels": [4, 8, 16, 32], "spacing": [2.0, 2.0, 2.0],
-                 "progress": False}
-    killer = subprocess.run([sys.executable, "-c", textwrap.dedent(KILL_DURING_EPOCH_3),
-                             os.path.join(CONFIGS, "train.json"), json.dumps(overrides)], capture_output=True,
-                            text=True, timeout=600)
+    overrides = {
+        "bundle_root": REPO,
+        "dataset_dir": dataset,
+        "output_dir": killed_out,
+        "epochs": 4,
+        "patch_size": [16, 16, 16],
+        "network_def#channels": [4, 8, 16, 32],
+        "spacing": [2.0, 2.0, 2.0],
+        "progress": False,
+    }
+    killer = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(KILL_DURING_EPOCH_3),
+            os.path.join(CONFIGS, "train.json"),
+            json.dumps(overrides),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killer.returncode == -9, killer.stderr[-3000:]
     assert [int(r["epoch"]) for r in _history(killed_out)] == [1, 2]
     resumed = _train(*common, "--output_dir", killed_out, cwd=str(tmp_path))
@@ -143,8 +177,9 @@ def test_a_truncated_last_checkpoint_says_how_to_go_on(tmp_path, dataset):
     assert again.returncode != 0
     assert f"cannot resume: {last} is truncated or corrupt" in again.stderr
     assert "--resume false" in again.stderr and "model.pt" in again.stderr
-    fresh = _train("--dataset_dir", dataset, "--output_dir", out, "--epochs", "1", "--resume", "false",
-                   cwd=str(tmp_path))
+    fresh = _train(
+        "--dataset_dir", dataset, "--output_dir", out, "--epochs", "1", "--resume", "false", cwd=str(tmp_path)
+    )
     assert fresh.returncode == 0, fresh.stderr[-3000:]
 
 
@@ -177,13 +212,20 @@ def test_a_folder_where_a_file_is_is_refused(tmp_path):
 
 # 6 and 7. Misaligned pairs and broken files: `data check` lists every problem; training refuses first.
 def _data_check(dataset: str, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "monai_gdl.data", "check", dataset, *extra], capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "monai_gdl.data", "check", dataset, *extra], capture_output=True, text=True, timeout=300
+    )
 
 
-@pytest.mark.parametrize("change,what", [
-    ("shift", "origin"), ("spacing", "spacing"), ("flip", "direction"), ("shape", "shape"),
-])
+@pytest.mark.parametrize(
+    "change,what",
+    [
+        ("shift", "origin"),
+        ("spacing", "spacing"),
+        ("flip", "direction"),
+        ("shape", "shape"),
+    ],
+)
 def test_a_misaligned_pair_is_refused_by_data_check(dataset, change, what):
     label = os.path.join(dataset, "labelsTr", "synth_001.nii.gz")
     img = nib.load(label)
@@ -270,7 +312,6 @@ def test_nan_voxels_met_in_training_name_the_file(tmp_path, dataset):
     assert run.returncode != 0
     assert f"image file {path} holds 1 NaN or inf voxel(s)" in run.stderr
     assert "learning rate" not in run.stderr
-
 
 
 def test_the_training_lists_refuse_a_4d_image_and_accept_a_trailing_unit_axis(dataset):

@@ -50,8 +50,13 @@ def _assert_same(ours, theirs, x, target_ours, target_theirs, rtol=1e-6, atol=1e
 @pytest.mark.parametrize("label_map", [True, False])
 @pytest.mark.parametrize(
     "options",
-    [dict(), dict(include_background=False), dict(label_smoothing=0.1), dict(batch=True, reduction="sum"),
-     dict(weighted=True, include_background=False, label_smoothing=0.2)],
+    [
+        dict(),
+        dict(include_background=False),
+        dict(label_smoothing=0.1),
+        dict(batch=True, reduction="sum"),
+        dict(weighted=True, include_background=False, label_smoothing=0.2),
+    ],
 )
 def test_dice_ce_equals_monai_dice_ce(shape, implementation, label_map, options):
     options = dict(options)
@@ -59,8 +64,9 @@ def test_dice_ce_equals_monai_dice_ce(shape, implementation, label_map, options)
     if options.pop("weighted", False):
         options["weight"] = torch.linspace(0.5, 2.0, shape[1], dtype=torch.float64)
     target = labels if label_map else onehot
-    ours = VNetDiceCELoss(to_onehot_y=label_map, softmax=True, rescale_weight=False, implementation=implementation,
-                          **options)
+    ours = VNetDiceCELoss(
+        to_onehot_y=label_map, softmax=True, rescale_weight=False, implementation=implementation, **options
+    )
     theirs = DiceCELoss(to_onehot_y=label_map, softmax=True, squared_pred=True, **options)
     _assert_same(ours, theirs, x, target, target)
 
@@ -69,8 +75,13 @@ def test_dice_ce_equals_monai_dice_ce(shape, implementation, label_map, options)
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize(
     "options",
-    [dict(softmax=True), dict(sigmoid=True, alpha=0.25, gamma=1.5), dict(softmax=True, include_background=False),
-     dict(sigmoid=True, weighted=True, gamma=0.0), dict(softmax=True, batch=True, alpha=0.7)],
+    [
+        dict(softmax=True),
+        dict(sigmoid=True, alpha=0.25, gamma=1.5),
+        dict(softmax=True, include_background=False),
+        dict(sigmoid=True, weighted=True, gamma=0.0),
+        dict(softmax=True, batch=True, alpha=0.7),
+    ],
 )
 def test_dice_focal_equals_monai_dice_focal(shape, reduction, options):
     """MONAI's DiceFocalLoss uses the sigmoid focal term whatever the Dice activation: so do we by default."""
@@ -78,8 +89,9 @@ def test_dice_focal_equals_monai_dice_focal(shape, reduction, options):
     x, labels, _ = _data(shape, seed=1)
     if options.pop("weighted", False):
         options["weight"] = torch.linspace(0.5, 2.0, shape[1], dtype=torch.float64)
-    ours = VNetDiceFocalLoss(to_onehot_y=True, squared_pred=False, soft_label=False, rescale_weight=False,
-                             reduction=reduction, **options)
+    ours = VNetDiceFocalLoss(
+        to_onehot_y=True, squared_pred=False, soft_label=False, rescale_weight=False, reduction=reduction, **options
+    )
     theirs = DiceFocalLoss(to_onehot_y=True, reduction=reduction, **options)
     # MONAI's FocalLoss casts the logits to float32, so the values agree to float32 rounding
     _assert_same(ours, theirs, x, labels, labels, rtol=2e-6, atol=1e-6)
@@ -89,8 +101,9 @@ def test_dice_focal_equals_monai_dice_focal(shape, reduction, options):
 @pytest.mark.parametrize("options", [dict(softmax=True), dict(sigmoid=True, include_background=False, gamma=1.0)])
 def test_gdl_focal_equals_monai_generalized_dice_focal(reduction, options):
     x, labels, _ = _data(SHAPES[0], seed=2)
-    ours = SudreGeneralizedDiceFocalLoss(to_onehot_y=True, normalize_weights=False, all_absent="zero",
-                                         soft_label=False, reduction=reduction, **options)
+    ours = SudreGeneralizedDiceFocalLoss(
+        to_onehot_y=True, normalize_weights=False, all_absent="zero", soft_label=False, reduction=reduction, **options
+    )
     theirs = GeneralizedDiceFocalLoss(to_onehot_y=True, reduction=reduction, **options)
     _assert_same(ours, theirs, x, labels, labels, rtol=2e-6, atol=1e-6)
 
@@ -98,8 +111,7 @@ def test_gdl_focal_equals_monai_generalized_dice_focal(reduction, options):
 @pytest.mark.parametrize("alpha", [None, 0.3])
 def test_softmax_focal_equals_monai_focal_use_softmax(alpha):
     x, labels, onehot = _data(SHAPES[1], seed=3)
-    ours = VNetDiceFocalLoss(to_onehot_y=True, softmax=True, use_softmax=True, alpha=alpha, gamma=2.0,
-                             lambda_dice=0.0)
+    ours = VNetDiceFocalLoss(to_onehot_y=True, softmax=True, use_softmax=True, alpha=alpha, gamma=2.0, lambda_dice=0.0)
     theirs = FocalLoss(to_onehot_y=True, use_softmax=True, alpha=alpha, gamma=2.0)
     _assert_same(ours, theirs, x, labels, labels, rtol=2e-6, atol=1e-6)
 
@@ -172,8 +184,15 @@ def test_dice_ce_equals_nnunet_dc_and_ce(batch_dice, ignore_label):
     x, labels, _ = _data((2, 4, 8, 7, 6), seed=6)
     if ignore_label is not None:
         labels[:, :, :3] = ignore_label  # nnU-Net's ignore label is the class after the last
-    ours = VNetDiceCELoss(to_onehot_y=True, squared_pred=False, include_background=False, batch=batch_dice,
-                          ignore_index=ignore_label, lambda_dice=0.8, lambda_ce=1.3)
+    ours = VNetDiceCELoss(
+        to_onehot_y=True,
+        squared_pred=False,
+        include_background=False,
+        batch=batch_dice,
+        ignore_index=ignore_label,
+        lambda_dice=0.8,
+        lambda_ce=1.3,
+    )
 
     def theirs(input, target):
         return _nnunet_dc_and_ce(input, target, batch_dice, ignore_label, weight_ce=1.3, weight_dice=0.8) + 0.8
@@ -198,11 +217,13 @@ def test_dice_bce_equals_nnunet_dc_and_bce(batch_dice):
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: VNetDiceCELoss(to_onehot_y=True, label_smoothing=0.1, weight=[1.0, 2.0, 0.5]),
-     lambda: SudreGeneralizedDiceCELoss(to_onehot_y=True, batch=True),
-     lambda: VNetDiceBCELoss(to_onehot_y=True),
-     lambda: VNetDiceFocalLoss(to_onehot_y=True, softmax=True, gamma=2.0, alpha=0.25),
-     lambda: SudreGeneralizedDiceFocalLoss(sigmoid=True, to_onehot_y=True, gamma=1.5, use_softmax=False)],
+    [
+        lambda: VNetDiceCELoss(to_onehot_y=True, label_smoothing=0.1, weight=[1.0, 2.0, 0.5]),
+        lambda: SudreGeneralizedDiceCELoss(to_onehot_y=True, batch=True),
+        lambda: VNetDiceBCELoss(to_onehot_y=True),
+        lambda: VNetDiceFocalLoss(to_onehot_y=True, softmax=True, gamma=2.0, alpha=0.25),
+        lambda: SudreGeneralizedDiceFocalLoss(sigmoid=True, to_onehot_y=True, gamma=1.5, use_softmax=False),
+    ],
 )
 def test_closed_form_gradient_passes_gradcheck(make):
     """Finite differences through the fused operator's closed-form backward (eager backend, float64)."""
@@ -219,8 +240,10 @@ def test_ignore_index_and_mask_exclude_voxels_from_every_term():
     keep = torch.rand(2, 1, 10, 9, generator=torch.Generator().manual_seed(1)) > 0.4
     ignored = torch.where(keep, labels, torch.full_like(labels, 255))
     noise = torch.where(keep, x, 50 * torch.randn_like(x))  # what ignored voxels hold must not matter
-    for loss in (VNetDiceCELoss(to_onehot_y=True, ignore_index=255), VNetDiceFocalLoss(to_onehot_y=True, sigmoid=True,
-                                                                                          ignore_index=255)):
+    for loss in (
+        VNetDiceCELoss(to_onehot_y=True, ignore_index=255),
+        VNetDiceFocalLoss(to_onehot_y=True, sigmoid=True, ignore_index=255),
+    ):
         torch.testing.assert_close(loss(x, ignored), loss(noise, ignored))
     dense = VNetDiceBCELoss(implementation="auto")
     torch.testing.assert_close(dense(x, onehot, mask=keep), dense(noise, onehot, mask=keep))
@@ -238,20 +261,22 @@ def test_half_logits_accumulate_in_float32(dtype):
 
 @pytest.mark.parametrize(
     "make,match",
-    [(lambda: VNetDiceCELoss(sigmoid=True, softmax=False), "VNetDiceBCELoss"),
-     (lambda: VNetDiceCELoss(softmax=False), "softmax=True"),
-     (lambda: VNetDiceCELoss(label_smoothing=1.0), r"label_smoothing=1.0.*\[0, 1\)"),
-     (lambda: VNetDiceCELoss(label_smoothing=-0.1), "label_smoothing=-0.1"),
-     (lambda: VNetDiceCELoss(lambda_ce=-1.0), "lambda_ce=-1.0"),
-     (lambda: VNetDiceCELoss(lambda_ce=0.0, lambda_dice=0.0), "lambda_dice=0 and lambda_ce=0"),
-     (lambda: VNetDiceCELoss(reduction="none"), "reduction='none'"),
-     (lambda: VNetDiceFocalLoss(softmax=True, gamma=-1.0), "gamma=-1.0"),
-     (lambda: VNetDiceFocalLoss(softmax=True, alpha=1.5), "alpha=1.5"),
-     (lambda: VNetDiceFocalLoss(), "softmax=True .* or sigmoid=True"),
-     (lambda: VNetDiceFocalLoss(sigmoid=True, use_softmax=True), "use_softmax=True"),
-     (lambda: VNetDiceBCELoss(softmax=True, sigmoid=False), "VNetDiceCELoss"),
-     (lambda: SudreGeneralizedDiceCELoss(w_type="cubic"), "w_type='cubic'"),
-     (lambda: SudreGeneralizedDiceFocalLoss(softmax=True, lambda_gdl=float("nan")), "lambda_gdl=nan")],
+    [
+        (lambda: VNetDiceCELoss(sigmoid=True, softmax=False), "VNetDiceBCELoss"),
+        (lambda: VNetDiceCELoss(softmax=False), "softmax=True"),
+        (lambda: VNetDiceCELoss(label_smoothing=1.0), r"label_smoothing=1.0.*\[0, 1\)"),
+        (lambda: VNetDiceCELoss(label_smoothing=-0.1), "label_smoothing=-0.1"),
+        (lambda: VNetDiceCELoss(lambda_ce=-1.0), "lambda_ce=-1.0"),
+        (lambda: VNetDiceCELoss(lambda_ce=0.0, lambda_dice=0.0), "lambda_dice=0 and lambda_ce=0"),
+        (lambda: VNetDiceCELoss(reduction="none"), "reduction='none'"),
+        (lambda: VNetDiceFocalLoss(softmax=True, gamma=-1.0), "gamma=-1.0"),
+        (lambda: VNetDiceFocalLoss(softmax=True, alpha=1.5), "alpha=1.5"),
+        (lambda: VNetDiceFocalLoss(), "softmax=True .* or sigmoid=True"),
+        (lambda: VNetDiceFocalLoss(sigmoid=True, use_softmax=True), "use_softmax=True"),
+        (lambda: VNetDiceBCELoss(softmax=True, sigmoid=False), "VNetDiceCELoss"),
+        (lambda: SudreGeneralizedDiceCELoss(w_type="cubic"), "w_type='cubic'"),
+        (lambda: SudreGeneralizedDiceFocalLoss(softmax=True, lambda_gdl=float("nan")), "lambda_gdl=nan"),
+    ],
 )
 def test_bad_options_are_refused_at_construction(make, match):
     with pytest.raises(LossInputError, match=match):

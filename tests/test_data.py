@@ -114,7 +114,9 @@ def test_real_hippocampus_dataset_lists_and_loads_with_its_quirks():
     assert class_names(HIPPOCAMPUS, 3) == ["background", "Anterior", "Posterior"]
     load = load_config("train", num_classes=3).get_parsed_content("validate#preprocessing")  # the bundle's own
     for case in ("hippocampus_003", "hippocampus_001"):  # float32-stored label, uint8 image
-        item = {k: os.path.join(HIPPOCAMPUS, d, f"{case}.nii.gz") for k, d in (("image", "imagesTr"), ("label", "labelsTr"))}
+        item = {
+            k: os.path.join(HIPPOCAMPUS, d, f"{case}.nii.gz") for k, d in (("image", "imagesTr"), ("label", "labelsTr"))
+        }
         out = load(item)
         assert out["image"].dtype == torch.float32 and out["image"].shape[0] == 1
         assert set(torch.unique(out["label"]).tolist()) == {0.0, 1.0, 2.0}
@@ -135,9 +137,9 @@ def test_data_command_line(tmp_path, capsys):
 def test_resume_flag_from_the_command_line_string():
     """``--resume false`` reaches the config as the string "false": train.json parses it with the one boolean
     parser (``checks.flag``), never as a truthy string, and a misspelt value is an error naming the knob."""
-    import monai_gdl  # noqa: F401  (the config's expressions name it)
     from monai.bundle import ConfigParser
 
+    import monai_gdl  # noqa: F401  (the config's expressions name it)
     from monai_gdl.bundle.checks import ArgumentError
     from monai_gdl.bundle.files import load_config
 
@@ -148,7 +150,8 @@ def test_resume_flag_from_the_command_line_string():
         assert parser.get_parsed_content("value") is expected
     with pytest.raises(Exception) as info:
         ConfigParser({"resume": "ture", "value": expression, "imports": ["$import monai_gdl"]}).get_parsed_content(
-            "value")
+            "value"
+        )
     err = info.value
     while err is not None and not isinstance(err, ArgumentError):
         err = err.__cause__ or err.__context__

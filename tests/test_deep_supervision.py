@@ -42,8 +42,9 @@ def test_equals_monai_deep_supervision_loss(weight_mode):
     grads = [o.grad.clone() for o in outputs]
     for o in outputs:
         o.grad = None
-    theirs = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True),
-                                 weight_mode=weight_mode)(outputs, labels.double())
+    theirs = DeepSupervisionLoss(
+        DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True), weight_mode=weight_mode
+    )(outputs, labels.double())
     theirs.backward()
     torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=1e-6, atol=1e-7)
     for a, o in zip(grads, outputs):
@@ -59,13 +60,23 @@ def test_explicit_weights_and_zero_weight_levels_are_skipped():
     want = 0.75 * loss(outputs[0], labels) + 0.25 * loss(outputs[1], nearest_resize(labels, (4, 4)))
     torch.testing.assert_close(value, want)
     outputs[1] = torch.full_like(outputs[1], float("nan"))  # weight 0: never computed (nnU-Net skips it too)
-    torch.testing.assert_close(DeepSupervisionWrapper(loss, weights=[1.0, 0.0])(outputs, labels), loss(outputs[0], labels))
+    torch.testing.assert_close(
+        DeepSupervisionWrapper(loss, weights=[1.0, 0.0])(outputs, labels), loss(outputs[0], labels)
+    )
 
 
 def test_trains_monai_dynunet_with_deep_supervision():
     torch.manual_seed(0)
-    net = DynUNet(3, 1, 3, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2],
-                  deep_supervision=True, deep_supr_num=1)
+    net = DynUNet(
+        3,
+        1,
+        3,
+        kernel_size=[3, 3, 3],
+        strides=[1, 2, 2],
+        upsample_kernel_size=[2, 2],
+        deep_supervision=True,
+        deep_supr_num=1,
+    )
     net.train()
     image = torch.randn(2, 1, 16, 16, 16)
     labels = (image > 0.5).long() + (image > 1.2).long()
@@ -78,11 +89,13 @@ def test_trains_monai_dynunet_with_deep_supervision():
 
 @pytest.mark.parametrize(
     "outputs,weights,match",
-    [([torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 8, 8)], None, "larger than"),
-     ([torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 4, 4)], [1.0], "2 deep-supervision outputs but 1 weights"),
-     ([torch.zeros(1, 3, 8)], None, "target's rank"),
-     ([], None, "outputs is empty"),
-     (torch.zeros(1, 3, 8, 8), None, "stacked B x L x C x spatial")],
+    [
+        ([torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 8, 8)], None, "larger than"),
+        ([torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 4, 4)], [1.0], "2 deep-supervision outputs but 1 weights"),
+        ([torch.zeros(1, 3, 8)], None, "target's rank"),
+        ([], None, "outputs is empty"),
+        (torch.zeros(1, 3, 8, 8), None, "stacked B x L x C x spatial"),
+    ],
 )
 def test_bad_outputs_are_refused(outputs, weights, match):
     labels = torch.zeros(1, 1, 8, 8, dtype=torch.long)

@@ -17,8 +17,14 @@ WORLD = 2
 
 def _dice_ce(x, y, *, distributed=True, **_):
     """A compound loss: the CE sums and voxel counts are all-reduced with the Dice sums (global-batch mean)."""
-    return VNetDiceCELoss(to_onehot_y=True, batch=True, label_smoothing=0.1, weight=[0.5, 1.0, 2.0],
-                          rescale_weight=False, distributed=distributed)(x, y)
+    return VNetDiceCELoss(
+        to_onehot_y=True,
+        batch=True,
+        label_smoothing=0.1,
+        weight=[0.5, 1.0, 2.0],
+        rescale_weight=False,
+        distributed=distributed,
+    )(x, y)
 
 
 LOSSES = (("vnet", vnet_dice_loss), ("gdl", generalized_dice_loss), ("dice_ce", _dice_ce))

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monai_gdl import kernels, use_backend, vnet_dice_loss
-from monai_gdl.kernels import chunked, native, fused_sums
+from monai_gdl.kernels import chunked, fused_sums, native
 from monai_gdl.kernels.reference import reference_statistics, reference_voxel_term
 from monai_gdl.losses.sums import activate
 
@@ -67,8 +67,7 @@ def _stats_and_grad(fn, x, target, mask, activation, kind, squared, soft=False):
 
 
 def _fused(x, target, mask, activation, label_map, squared, soft=False):
-    stats, _ = fused_sums(x, target, activation=activation, label_map=label_map, squared=squared,
-                                    soft=soft, mask=mask)
+    stats, _ = fused_sums(x, target, activation=activation, label_map=label_map, squared=squared, soft=soft, mask=mask)
     return stats
 
 
@@ -123,7 +122,9 @@ TERM_CASES = [
     ((2, 1, 9, 8), "sigmoid", "onehot", False, "sigmoid", 0.5),  # one channel, fractional gamma
 ]
 TERM_BACKEND_CASES = [(b, c) for b in ("eager", "native", "triton") for c in TERM_CASES] + [
-    ("compile", TERM_CASES[0]), ("compile", TERM_CASES[4])]
+    ("compile", TERM_CASES[0]),
+    ("compile", TERM_CASES[4]),
+]
 
 
 @pytest.mark.parametrize(
@@ -144,15 +145,26 @@ def test_voxel_term_matches_autograd_reference(monkeypatch, backend, case):
         xx = x.clone().requires_grad_(True)
         if fused:
             with use_backend(backend):
-                stats, sums = fused_sums(xx, target, activation=activation, label_map=label_map,
-                                                   squared=False, mask=mask, voxel_term=voxel_term, gamma=gamma)
+                stats, sums = fused_sums(
+                    xx,
+                    target,
+                    activation=activation,
+                    label_map=label_map,
+                    squared=False,
+                    mask=mask,
+                    voxel_term=voxel_term,
+                    gamma=gamma,
+                )
         else:
             stats = _reference(xx, target, mask, activation, label_map, False)
-            sums = reference_voxel_term(xx, target, label_map=label_map, voxel_term=voxel_term, gamma=gamma,
-                                        mask=mask)
+            sums = reference_voxel_term(xx, target, label_map=label_map, voxel_term=voxel_term, gamma=gamma, mask=mask)
         w = torch.linspace(0.5, 1.5, stats.intersection.numel(), dtype=torch.float64).view_as(stats.intersection)
-        loss = (w * stats.intersection + w.flip(0) * stats.prediction + w * sums.on_target
-                - 0.3 * w.flip(0) * sums.off_target).sum()
+        loss = (
+            w * stats.intersection
+            + w.flip(0) * stats.prediction
+            + w * sums.on_target
+            - 0.3 * w.flip(0) * sums.off_target
+        ).sum()
         (grad,) = torch.autograd.grad(loss.to(torch.float64), xx)
         return [s.detach() for s in (*stats, *sums)], grad
 
@@ -206,8 +218,10 @@ def test_auto_backend_on_cpu():
         expected = "native" if native.available() else "eager"
         assert kernels.resolve_backend(torch.zeros(1, 2, 3), labels, None, True) == expected
         assert kernels.resolve_backend(torch.zeros(1, 2, 3, dtype=torch.float64), labels, None, True) == "eager"
-        assert kernels.resolve_backend(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3, dtype=torch.float64), None,
-                                       False) == "eager"
+        assert (
+            kernels.resolve_backend(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3, dtype=torch.float64), None, False)
+            == "eager"
+        )
 
 
 _PEAK_SCRIPT = textwrap.dedent(
@@ -234,17 +248,24 @@ _PEAK_SCRIPT = textwrap.dedent(
 
 
 def _peak_extra(impl: str, size: int, backend: str = "eager") -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0",
-               MONAI_GDL_CHUNK_ELEMENTS=str(1 << 18))
-    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, impl, str(size), backend], capture_output=True,
-                         text=True, check=True, env=env)
+    env = dict(
+        os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", MONAI_GDL_CHUNK_ELEMENTS=str(1 << 18)
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, impl, str(size), backend],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux peak-RSS reset")
 @pytest.mark.parametrize("backend", ["eager", pytest.param("native", marks=needs_native)])
 def test_fused_path_allocates_no_volume_sized_temporaries(backend):
-    """Peak extra memory of fwd+bwd (beyond input and gradient): flat in the volume for fused, O(volume) for reference."""
+    """Peak extra memory of fwd+bwd (beyond input and gradient): flat in the volume for fused, O(volume) for
+    reference."""
     small, large = _peak_extra("fused", 64, backend), _peak_extra("fused", 128, backend)  # 8x the voxels
     reference = _peak_extra("reference", 128)
     assert large["extra"] < 0.15 * large["input"], (small, large)  # measured: about 4 MiB of 64 MiB
@@ -266,8 +287,9 @@ def test_fused_path_allocates_no_volume_sized_temporaries(backend):
     soft=st.booleans(),
     backend=st.sampled_from(["eager", "native"] if native.available() else ["eager"]),
 )
-def test_fused_matches_reference_float32_random_shapes(shape, activation, kind, squared, masked, chunk, seed, soft,
-                                                       backend):
+def test_fused_matches_reference_float32_random_shapes(
+    shape, activation, kind, squared, masked, chunk, seed, soft, backend
+):
     """float32 on random shapes and chunk sizes: statistics and gradients agree to float32 rounding."""
     if activation == "softmax" and shape[1] == 1:
         activation = "sigmoid"

@@ -65,8 +65,12 @@ def loss_cases(draw):
 
 
 @settings(max_examples=150, deadline=None)
-@given(loss_cases(), st.sampled_from(["vnet", "gdl"]), st.sampled_from(["square", "simple", "uniform"]),
-       st.sampled_from(["max", "zero"]))
+@given(
+    loss_cases(),
+    st.sampled_from(["vnet", "gdl"]),
+    st.sampled_from(["square", "simple", "uniform"]),
+    st.sampled_from(["max", "zero"]),
+)
 def test_loss_is_in_unit_interval(case, which, w_type, absent):
     b, c, spatial, act, kind, opts, seed, scale = case
     g = torch.Generator().manual_seed(seed)

@@ -24,8 +24,10 @@ def _import_graph() -> dict[str, set[str]]:
             targets = []
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 # ``from pkg import submodule`` depends on the submodule; ``from pkg import name`` on pkg
-                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                           for a in node.names]
+                targets = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                ]
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             graph[name] |= {t for t in targets if t in modules and t != name}
@@ -40,7 +42,7 @@ def test_no_import_cycle_anywhere():
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [node, nxt]))
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt) :] + [node, nxt]))
             if nxt not in state:
                 visit(nxt, path + [node])
         state[node] = 2

@@ -15,9 +15,19 @@ from monai_gdl import SudreGeneralizedDiceLoss, VNetDiceLoss
 def test_every_monai_argument_we_share_is_an_attribute_with_monais_value(ours, theirs):
     """Constructed with the same options, each shared option reads back as MONAI's attribute does."""
     shared = (set(inspect.signature(ours).parameters) & set(inspect.signature(theirs).parameters)) - {"weight"}
-    options = dict(include_background=False, to_onehot_y=True, softmax=True, batch=True, reduction="sum",
-                   smooth_nr=1e-4, smooth_dr=1e-3, soft_label=False, squared_pred=False, ignore_index=255,
-                   w_type="simple")
+    options = dict(
+        include_background=False,
+        to_onehot_y=True,
+        softmax=True,
+        batch=True,
+        reduction="sum",
+        smooth_nr=1e-4,
+        smooth_dr=1e-3,
+        soft_label=False,
+        squared_pred=False,
+        ignore_index=255,
+        w_type="simple",
+    )
     options = {k: v for k, v in options.items() if k in shared}
     a, b = ours(**options), theirs(**options)
     for name in shared:

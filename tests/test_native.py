@@ -15,8 +15,9 @@ from monai_gdl.kernels.reference import backward_chunk, forward_chunk
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler for the native CPU kernel")
 
 
-def _native_and_reference(x, target, mask, activation, label_map, squared, grads, soft=False, voxel_term="none",
-                          gamma=0.0):
+def _native_and_reference(
+    x, target, mask, activation, label_map, squared, grads, soft=False, voxel_term="none", gamma=0.0
+):
     """(stats, grad) from the C kernel and from the float64 reference chunk math; ``grads`` the upstream
     gradients of (I, P) or of (I, P, F, Q)."""
     upstream = torch.stack([*grads, *[torch.zeros_like(grads[0])] * (4 - len(grads))])
@@ -67,9 +68,15 @@ def test_label_dtypes_and_labels_outside_the_classes(label_dtype):
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize(
     ("activation", "voxel_term", "gamma", "label_map"),
-    [("softmax", "softmax", 0.0, True), ("softmax", "softmax", 2.0, True), ("softmax", "softmax", 1.5, False),
-     ("sigmoid", "sigmoid", 0.0, True), ("sigmoid", "sigmoid", 2.0, False), ("softmax", "sigmoid", 2.0, True),
-     ("none", "sigmoid", 0.5, False)],
+    [
+        ("softmax", "softmax", 0.0, True),
+        ("softmax", "softmax", 2.0, True),
+        ("softmax", "softmax", 1.5, False),
+        ("sigmoid", "sigmoid", 0.0, True),
+        ("sigmoid", "sigmoid", 2.0, False),
+        ("softmax", "sigmoid", 2.0, True),
+        ("none", "sigmoid", 0.5, False),
+    ],
 )
 def test_voxel_terms_every_dtype_and_layout(dtype, channels_last, activation, voxel_term, gamma, label_map):
     """The compound losses' CE / BCE / focal sums and gradient, fused into the Dice passes, against the
@@ -81,8 +88,9 @@ def test_voxel_terms_every_dtype_and_layout(dtype, channels_last, activation, vo
     target = torch.randint(0, 7, (2, 1, 1500), generator=g) if label_map else torch.rand(2, 7, 1500, generator=g)
     mask = torch.rand(2, 1, 1500, generator=g) > 0.2
     grads = tuple(torch.randn(2, 7, generator=g) for _ in range(4))
-    got, got_grad, want, want_grad = _native_and_reference(x, target, mask, activation, label_map, False, grads,
-                                                           voxel_term=voxel_term, gamma=gamma)
+    got, got_grad, want, want_grad = _native_and_reference(
+        x, target, mask, activation, label_map, False, grads, voxel_term=voxel_term, gamma=gamma
+    )
     assert got_grad.stride() == x.stride()
     for a, b in zip(got, want):
         torch.testing.assert_close(a.double(), b, rtol=2e-5, atol=1e-3)
@@ -101,8 +109,9 @@ def test_input_dtypes_and_activations_with_mask(dtype, activation):
     soft = torch.rand(3, 6, 777, generator=g)
     mask = torch.rand(3, 1, 777, generator=g) > 0.4
     grads = (torch.randn(3, 6, generator=g), torch.randn(3, 6, generator=g))
-    got, got_grad, want, want_grad = _native_and_reference(x, soft, mask.view(torch.uint8), activation, False, True,
-                                                           grads)
+    got, got_grad, want, want_grad = _native_and_reference(
+        x, soft, mask.view(torch.uint8), activation, False, True, grads
+    )
     assert got_grad.dtype == dtype
     for a, b in zip(got, want):
         torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-3)
@@ -176,7 +185,10 @@ def test_loss_on_native_backend_matches_monai():
     x = torch.randn(2, 4, 20, 18, 17, generator=g)
     labels = torch.randint(0, 4, (2, 1, 20, 18, 17), generator=g)
     values, grads = [], []
-    for loss in (VNetDiceLoss(softmax=True, to_onehot_y=True), DiceLoss(softmax=True, to_onehot_y=True, squared_pred=True)):
+    for loss in (
+        VNetDiceLoss(softmax=True, to_onehot_y=True),
+        DiceLoss(softmax=True, to_onehot_y=True, squared_pred=True),
+    ):
         xx = x.clone().requires_grad_(True)
         with use_backend("native"):
             value = loss(xx, labels)
@@ -235,16 +247,24 @@ def test_no_compiler_warns_once_with_cost_and_fix_and_falls_back(monkeypatch, ca
     try:
         assert not native.available()
         with use_backend("auto"), caplog.at_level("WARNING", logger="monai_gdl.kernels"):
-            assert kernels.resolve_backend(torch.randn(1, 2, 5), torch.zeros(1, 1, 5, dtype=torch.long), None,
-                                           True) == "eager"
+            assert (
+                kernels.resolve_backend(torch.randn(1, 2, 5), torch.zeros(1, 1, 5, dtype=torch.long), None, True)
+                == "eager"
+            )
             for _ in range(3):
-                value = VNetDiceLoss(softmax=True, to_onehot_y=True)(torch.randn(1, 2, 5),
-                                                                    torch.randint(0, 2, (1, 1, 5)))
+                value = VNetDiceLoss(softmax=True, to_onehot_y=True)(
+                    torch.randn(1, 2, 5), torch.randint(0, 2, (1, 1, 5))
+                )
                 assert 0.0 <= float(value) <= 1.0
         warnings = [r for r in caplog.records if r.levelname == "WARNING"]
         assert len(warnings) == 1, [r.getMessage() for r in warnings]
         text = warnings[0].getMessage()
-        assert "no C compiler found" in text and "about 3-5x" in text and "python -m monai_gdl.benchmark" in text and "install a C compiler" in text
+        assert (
+            "no C compiler found" in text
+            and "about 3-5x" in text
+            and "python -m monai_gdl.benchmark" in text
+            and "install a C compiler" in text
+        )
         assert "MONAI_GDL_BACKEND" in text
         caplog.clear()
         with use_backend("eager"), caplog.at_level("WARNING", logger="monai_gdl.kernels"):
@@ -286,8 +306,10 @@ def test_extreme_class_counts_use_valid_tiles(classes):
     g = torch.Generator().manual_seed(6)
     x = torch.randn(2, classes, 1037, generator=g)
     activation = "sigmoid" if classes == 1 else "softmax"
-    target = (torch.rand(2, 1, 1037, generator=g) > 0.5).long() if classes == 1 else torch.randint(
-        0, classes, (2, 1, 1037), generator=g
+    target = (
+        (torch.rand(2, 1, 1037, generator=g) > 0.5).long()
+        if classes == 1
+        else torch.randint(0, classes, (2, 1, 1037), generator=g)
     )
     if classes == 1:
         target = target.float()  # one-hot of a single foreground channel
@@ -311,8 +333,12 @@ def test_channels_last_logits_and_permuted_one_hot(dtype, activation):
         results = {}
         for impl in ("auto", "reference"):
             xx = x.clone().requires_grad_(True)
-            loss = VNetDiceLoss(softmax=activation == "softmax", sigmoid=activation == "sigmoid",
-                                to_onehot_y=to_onehot_y, implementation=impl)
+            loss = VNetDiceLoss(
+                softmax=activation == "softmax",
+                sigmoid=activation == "sigmoid",
+                to_onehot_y=to_onehot_y,
+                implementation=impl,
+            )
             value = loss(xx, target)
             value.backward()
             results[impl] = (value.detach(), xx.grad)

@@ -51,12 +51,14 @@ def _step(forward, net, loss_fn, image, target):
 
 @pytest.mark.parametrize(
     "make_loss,label_map",
-    [(lambda: VNetDiceLoss(softmax=True, to_onehot_y=True), True),
-     (lambda: SudreGeneralizedDiceLoss(softmax=True, to_onehot_y=True, batch=True), True),
-     (lambda: VNetDiceLoss(softmax=True, squared_pred=False, weight=[1.0, 2.0, 3.0]), False),
-     (lambda: SudreGeneralizedDiceLoss(sigmoid=True), False),
-     (lambda: monai_gdl.VNetDiceCELoss(to_onehot_y=True, label_smoothing=0.1), True),
-     (lambda: monai_gdl.SudreGeneralizedDiceFocalLoss(sigmoid=True, batch=True), False)],
+    [
+        (lambda: VNetDiceLoss(softmax=True, to_onehot_y=True), True),
+        (lambda: SudreGeneralizedDiceLoss(softmax=True, to_onehot_y=True, batch=True), True),
+        (lambda: VNetDiceLoss(softmax=True, squared_pred=False, weight=[1.0, 2.0, 3.0]), False),
+        (lambda: SudreGeneralizedDiceLoss(sigmoid=True), False),
+        (lambda: monai_gdl.VNetDiceCELoss(to_onehot_y=True, label_smoothing=0.1), True),
+        (lambda: monai_gdl.SudreGeneralizedDiceFocalLoss(sigmoid=True, batch=True), False),
+    ],
 )
 def test_training_step_compiles_with_fullgraph_no_break_no_warning(make_loss, label_map, caplog):
     torch.manual_seed(0)
@@ -100,9 +102,14 @@ class _SegmentationWithLoss(torch.nn.Module):
         return self.loss(self.net(image), target)
 
 
-@pytest.mark.parametrize("loss", [VNetDiceLoss(softmax=True, to_onehot_y=True),
-                                  SudreGeneralizedDiceLoss(softmax=True, to_onehot_y=True),
-                                  monai_gdl.VNetDiceCELoss(to_onehot_y=True)])
+@pytest.mark.parametrize(
+    "loss",
+    [
+        VNetDiceLoss(softmax=True, to_onehot_y=True),
+        SudreGeneralizedDiceLoss(softmax=True, to_onehot_y=True),
+        monai_gdl.VNetDiceCELoss(to_onehot_y=True),
+    ],
+)
 def test_torch_export_of_a_module_calling_the_loss(loss):
     model = _SegmentationWithLoss(loss)
     image, labels = torch.randn(2, 1, 8, 8, 8), torch.randint(0, 4, (2, 1, 8, 8, 8))
@@ -133,8 +140,12 @@ def test_backend_choice_is_a_public_api():
     [("MONAI_GDL_BACKEND", "fast"), ("MONAI_GDL_CHUNK_ELEMENTS", "lots"), ("MONAI_GDL_CHUNK_ELEMENTS", "0")],
 )
 def test_a_bad_environment_variable_is_an_error_naming_it(variable, value):
-    out = subprocess.run([sys.executable, "-c", "import monai_gdl"], capture_output=True, text=True,
-                         env={**__import__("os").environ, variable: value})
+    out = subprocess.run(
+        [sys.executable, "-c", "import monai_gdl"],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, variable: value},
+    )
     assert out.returncode != 0
     assert f"environment variable {variable}={value!r}" in out.stderr.strip().splitlines()[-1]
 

@@ -86,13 +86,19 @@ def test_signature_keeps_monai_names_and_is_what_the_options_define(cls, base):
         defined -= {"other_act"}
     assert set(params) - {"weight"} == defined
     assert [p for p in params if params[p].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD] == [
-        "include_background", "to_onehot_y", "sigmoid", "softmax"]
+        "include_background",
+        "to_onehot_y",
+        "sigmoid",
+        "softmax",
+    ]
     with pytest.raises(TypeError):
         cls(True, False, False, True, True)  # beyond MONAI's first four: keyword only, never silently shifted
 
 
-@pytest.mark.parametrize("ours,theirs", [(VNetDiceLoss, DiceLoss), (SudreGeneralizedDiceLoss, GeneralizedDiceLoss),
-                                         (VNetDiceCELoss, DiceCELoss)])
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [(VNetDiceLoss, DiceLoss), (SudreGeneralizedDiceLoss, GeneralizedDiceLoss), (VNetDiceCELoss, DiceCELoss)],
+)
 def test_the_first_four_positional_arguments_mean_what_they_mean_in_monai(ours, theirs):
     assert list(inspect.signature(ours).parameters)[:4] == list(inspect.signature(theirs).parameters)[:4]
 
@@ -167,8 +173,9 @@ def test_the_operator_refuses_an_unknown_activation_or_voxel_term(bad):
     args.update(bad)
     x, y = torch.randn(1, 2, 5), torch.randint(0, 2, (1, 1, 5))
     with pytest.raises((ValueError, RuntimeError), match=rf"{next(iter(bad))}='{next(iter(bad.values()))}'"):
-        torch.ops.monai_gdl.fused_sums(x, y, None, args["activation"], True, True, False, args["voxel_term"], 0.0,
-                                       "eager")
+        torch.ops.monai_gdl.fused_sums(
+            x, y, None, args["activation"], True, True, False, args["voxel_term"], 0.0, "eager"
+        )
     from monai_gdl.kernels.reference import forward_chunk
 
     with pytest.raises(ValueError):

@@ -29,7 +29,9 @@ def wheel(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("wheel")
     out = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out_dir), REPO],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if out.returncode != 0 and ("No module named" in out.stderr or "bdist_wheel" in out.stderr):
         pytest.skip(f"no build backend in this environment: {out.stderr.strip().splitlines()[-1]}")
@@ -43,8 +45,17 @@ def test_wheel_metadata_keeps_the_losses_lean(wheel):
     archive = zipfile.ZipFile(wheel)
     names = archive.namelist()
     assert "monai_gdl/kernels/native.c" in names and "monai_gdl/kernels/native.py" in names
-    for name in ("configs/train.json", "configs/evaluate.json", "configs/inference.json", "configs/metadata.json",
-                 "configs/logging.conf", "docs/README.md", "docs/data_license.txt", "models/README.md", "LICENSE"):
+    for name in (
+        "configs/train.json",
+        "configs/evaluate.json",
+        "configs/inference.json",
+        "configs/metadata.json",
+        "configs/logging.conf",
+        "docs/README.md",
+        "docs/data_license.txt",
+        "models/README.md",
+        "LICENSE",
+    ):
         assert f"monai_gdl/bundle/{name}" in names, name
     repo_configs = sorted(f for f in os.listdir(os.path.join(REPO, "configs")))
     assert sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("monai_gdl/bundle/configs/")) == repo_configs
@@ -62,13 +73,18 @@ def test_installed_wheel_builds_and_runs_the_native_kernel(wheel, tmp_path):
     """Installed into a fresh folder (not the checkout), with a fresh kernel cache: the C source ships
     in the wheel, builds there, and the default backend is the native kernel."""
     target = tmp_path / "site"
-    out = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
-                          str(wheel)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     env = dict(os.environ, PYTHONPATH=str(target), MONAI_GDL_CACHE_DIR=str(tmp_path / "cache"))
     env.pop("MONAI_GDL_BACKEND", None)
-    run = subprocess.run([sys.executable, "-c", _USE_INSTALLED], capture_output=True, text=True, cwd=tmp_path,
-                         env=env, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", _USE_INSTALLED], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     result = __import__("json").loads(run.stdout.strip().splitlines()[-1])
     assert result["file"].startswith(str(target))
@@ -85,13 +101,21 @@ def _fresh_venv(path, wheel) -> str:
 
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120)
     python = str(path / "bin" / "python")
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     deps = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
     with open(os.path.join(purelib, "test_dependencies.pth"), "w") as f:
         f.write("\n".join(dict.fromkeys(deps)) + "\n")
-    out = subprocess.run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", str(wheel)],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "-q", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return python
 
@@ -114,26 +138,74 @@ def test_the_wheel_in_a_fresh_venv_trains_and_infers_outside_any_checkout(wheel,
     where = run("-c", "import monai_gdl; print(monai_gdl.__file__)").stdout.strip()
     assert where.startswith(str(tmp_path / "venv")), where
     installed = run("-m", "monai_gdl.bundle", "path").stdout.strip()
-    assert installed.startswith(str(tmp_path / "venv")) and os.path.isfile(os.path.join(installed, "configs", "train.json"))
-    assert run("-m", "monai_gdl.bundle", "path", "train").stdout.strip() == os.path.join(installed, "configs", "train.json")
+    assert installed.startswith(str(tmp_path / "venv")) and os.path.isfile(
+        os.path.join(installed, "configs", "train.json")
+    )
+    assert run("-m", "monai_gdl.bundle", "path", "train").stdout.strip() == os.path.join(
+        installed, "configs", "train.json"
+    )
     run("-m", "monai_gdl.bundle", "init", "my_bundle")
-    for name in ("configs/train.json", "configs/inference.json", "configs/metadata.json", "docs/README.md", "LICENSE",
-                 "models/README.md"):
+    for name in (
+        "configs/train.json",
+        "configs/inference.json",
+        "configs/metadata.json",
+        "docs/README.md",
+        "LICENSE",
+        "models/README.md",
+    ):
         assert (work / "my_bundle" / name).is_file(), name
-    tiny = ["--patch_size", "[16,16,16]", "--network_def#channels", "[4,8,16,32]", "--spacing", "[2.0,2.0,2.0]",
-            "--progress", "false"]
+    tiny = [
+        "--patch_size",
+        "[16,16,16]",
+        "--network_def#channels",
+        "[4,8,16,32]",
+        "--spacing",
+        "[2.0,2.0,2.0]",
+        "--progress",
+        "false",
+    ]
     run("-m", "monai_gdl.data", "synth", "--out", "data", "--cases", "3", "--shape", "24", "24", "16")
     tiny += ["--dataset_dir", "data"]
-    train = run("-m", "monai.bundle", "run", "--config_file", "my_bundle/configs/train.json", "--bundle_root",
-                "my_bundle", "--epochs", "1", *tiny)
+    train = run(
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "my_bundle/configs/train.json",
+        "--bundle_root",
+        "my_bundle",
+        "--epochs",
+        "1",
+        *tiny,
+    )
     assert "epoch 1/1 loss" in train.stdout
     assert (work / "my_bundle" / "models" / "model.pt").is_file()
-    infer = run("-m", "monai.bundle", "run", "--config_file", "my_bundle/configs/inference.json", "--bundle_root",
-                "my_bundle", "--input_dir", "data/imagesTr", *tiny)
+    infer = run(
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "my_bundle/configs/inference.json",
+        "--bundle_root",
+        "my_bundle",
+        "--input_dir",
+        "data/imagesTr",
+        *tiny,
+    )
     assert "wrote 3 segmentation(s) of 3 image(s)" in infer.stdout
     assert len(list((work / "my_bundle" / "predictions").glob("*_seg.nii.gz"))) == 3
     # The installed configs directly, outputs elsewhere (the package folder is never written to).
-    again = run("-m", "monai.bundle", "run", "--config_file", os.path.join(installed, "configs", "train.json"),
-                "--bundle_root", "elsewhere", "--epochs", "1", *tiny)
+    again = run(
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        os.path.join(installed, "configs", "train.json"),
+        "--bundle_root",
+        "elsewhere",
+        "--epochs",
+        "1",
+        *tiny,
+    )
     assert "epoch 1/1 loss" in again.stdout and (work / "elsewhere" / "models" / "model.pt").is_file()
     assert not os.path.exists(os.path.join(installed, "runs")) and not os.path.exists(os.path.join(installed, "logs"))

@@ -27,13 +27,25 @@ def test_no_public_name_shadows_a_monai_component():
     locator = ComponentLocator()
     ours = {
         name
-        for mod in ("monai_gdl", "monai_gdl.losses.modules", "monai_gdl.losses.functional", "monai_gdl.losses.formulas",
-                    "monai_gdl.losses.validation", "monai_gdl.kernels.backends", "monai_gdl.losses.options", "monai_gdl.losses.terms",
-                    "monai_gdl.losses.sums", "monai_gdl.losses.compound", "monai_gdl.kernels.contract")
+        for mod in (
+            "monai_gdl",
+            "monai_gdl.losses.modules",
+            "monai_gdl.losses.functional",
+            "monai_gdl.losses.formulas",
+            "monai_gdl.losses.validation",
+            "monai_gdl.kernels.backends",
+            "monai_gdl.losses.options",
+            "monai_gdl.losses.terms",
+            "monai_gdl.losses.sums",
+            "monai_gdl.losses.compound",
+            "monai_gdl.kernels.contract",
+        )
         for name, obj in inspect.getmembers(__import__(mod, fromlist=["_"]))
         if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__ == mod
     }
-    clashes = {n: locator.get_component_module_name(n) for n in ours if isinstance(locator.get_component_module_name(n), list)}
+    clashes = {
+        n: locator.get_component_module_name(n) for n in ours if isinstance(locator.get_component_module_name(n), list)
+    }
     assert not clashes
 
 

@@ -23,15 +23,16 @@ from monai_gdl import (
     VNetDiceLoss,
     use_backend,
 )
-from monai_gdl.kernels import native, native_build
+from monai_gdl.kernels import native
 
 needs_native = pytest.mark.skipif(not native.available(), reason="no C compiler for the native CPU kernel")
 
 
 def _run(code: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     full = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, env=full)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout, env=full
+    )
 
 
 # 1. validate=False keeps every shape/dtype/layout check: a wrong target is an error, never SIGSEGV or NaN.
@@ -101,8 +102,9 @@ def test_a_killed_builds_leftovers_are_removed(tmp_path):
     leftover.write_bytes(b"half a library")
     old = time.time() - 3600
     os.utime(leftover, (old, old))
-    result = _run("from monai_gdl.kernels import native; print(native.available())",
-                  {"MONAI_GDL_CACHE_DIR": str(cache)})
+    result = _run(
+        "from monai_gdl.kernels import native; print(native.available())", {"MONAI_GDL_CACHE_DIR": str(cache)}
+    )
     assert result.stdout.strip() == "True", result.stderr[-2000:]
     assert not leftover.exists()
     assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []
@@ -114,12 +116,16 @@ def test_a_hanging_compiler_is_stopped_and_the_loss_still_runs(tmp_path):
     compiler.chmod(0o755)
     env = {"CC": str(compiler), "MONAI_GDL_CACHE_DIR": str(tmp_path / "cache"), "MONAI_GDL_BUILD_TIMEOUT_S": "3"}
     start = time.monotonic()
-    result = _run("""
+    result = _run(
+        """
         import torch
         from monai_gdl import VNetDiceLoss
         x, y = torch.randn(1, 3, 8, 8, 8), torch.randint(0, 3, (1, 1, 8, 8, 8))
         print(float(VNetDiceLoss(softmax=True, to_onehot_y=True)(x, y)))
-    """, env, timeout=120)
+    """,
+        env,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert time.monotonic() - start < 60
     assert "took over 3 s and was stopped" in result.stderr and "MONAI_GDL_BUILD_TIMEOUT_S" in result.stderr
@@ -168,9 +174,14 @@ def test_a_soft_target_gets_the_reference_gradient_on_the_fused_path(make, backe
     torch.testing.assert_close(grads["auto"][1], grads["reference"][1], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("make", [lambda: VNetDiceCELoss(implementation="fused", squared_pred=True),
-                                  lambda: VNetDiceLoss(softmax=True, squared_pred=False, implementation="fused"),
-                                  lambda: VNetDiceBCELoss(implementation="fused")])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: VNetDiceCELoss(implementation="fused", squared_pred=True),
+        lambda: VNetDiceLoss(softmax=True, squared_pred=False, implementation="fused"),
+        lambda: VNetDiceBCELoss(implementation="fused"),
+    ],
+)
 def test_the_soft_target_gradient_matches_finite_differences(make):
     """Float64 central differences of the loss in the target: the independent check of the fused target gradient
     (through the intersection, the target's own sums and the voxel term)."""
@@ -190,9 +201,14 @@ def test_the_soft_target_gradient_matches_finite_differences(make):
 
 
 # 4. Empty inputs, torch.func transforms, double backward.
-@pytest.mark.parametrize("make", [lambda: VNetDiceLoss(softmax=True, to_onehot_y=True),
-                                  lambda: SudreGeneralizedDiceLoss(softmax=True, to_onehot_y=True),
-                                  lambda: VNetDiceCELoss(to_onehot_y=True)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: VNetDiceLoss(softmax=True, to_onehot_y=True),
+        lambda: SudreGeneralizedDiceLoss(softmax=True, to_onehot_y=True),
+        lambda: VNetDiceCELoss(to_onehot_y=True),
+    ],
+)
 @pytest.mark.parametrize("shape", [(0, 3, 8, 8, 8), (2, 3, 0, 8, 8), (2, 3, 8, 0)])
 def test_an_empty_batch_or_volume_is_a_loss_input_error(make, shape):
     x = torch.randn(shape)
@@ -201,9 +217,14 @@ def test_an_empty_batch_or_volume_is_a_loss_input_error(make, shape):
         make()(x, y)
 
 
-@pytest.mark.parametrize("make", [lambda **kw: VNetDiceLoss(softmax=True, to_onehot_y=True, **kw),
-                                  lambda **kw: SudreGeneralizedDiceLoss(softmax=True, to_onehot_y=True, **kw),
-                                  lambda **kw: VNetDiceCELoss(to_onehot_y=True, **kw)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: VNetDiceLoss(softmax=True, to_onehot_y=True, **kw),
+        lambda **kw: SudreGeneralizedDiceLoss(softmax=True, to_onehot_y=True, **kw),
+        lambda **kw: VNetDiceCELoss(to_onehot_y=True, **kw),
+    ],
+)
 def test_torch_func_grad_and_vmap_work_on_the_default_path(make):
     x = torch.randn(2, 3, 6, 5, 4, dtype=torch.float64)
     y = torch.randint(0, 3, (2, 1, 6, 5, 4))
@@ -227,16 +248,22 @@ def test_double_backward_says_to_use_the_reference_path():
     with pytest.raises(RuntimeError, match=r"implementation='reference'"):
         grad.sum().backward()
     xr = x.detach().double().requires_grad_(True)
-    (grad,) = torch.autograd.grad(VNetDiceLoss(softmax=True, to_onehot_y=True, implementation="reference")(xr, y),
-                                  xr, create_graph=True)
+    (grad,) = torch.autograd.grad(
+        VNetDiceLoss(softmax=True, to_onehot_y=True, implementation="reference")(xr, y), xr, create_graph=True
+    )
     grad.pow(2).sum().backward()
     assert xr.grad is not None and torch.isfinite(xr.grad).all()
 
 
 # 5. ignore_index equal to a scored class: refused; ignoring an unscored background is allowed.
-@pytest.mark.parametrize("make", [lambda **kw: VNetDiceLoss(softmax=True, to_onehot_y=True, **kw),
-                                  lambda **kw: SudreGeneralizedDiceLoss(softmax=True, to_onehot_y=True, **kw),
-                                  lambda **kw: VNetDiceCELoss(to_onehot_y=True, **kw)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: VNetDiceLoss(softmax=True, to_onehot_y=True, **kw),
+        lambda **kw: SudreGeneralizedDiceLoss(softmax=True, to_onehot_y=True, **kw),
+        lambda **kw: VNetDiceCELoss(to_onehot_y=True, **kw),
+    ],
+)
 @pytest.mark.parametrize("ignore_index,include_background", [(2, True), (1, False), (0, True)])
 def test_ignore_index_of_a_scored_class_is_refused(make, ignore_index, include_background):
     x = torch.randn(2, 3, 6, 6)
@@ -248,8 +275,9 @@ def test_ignore_index_of_a_scored_class_is_refused(make, ignore_index, include_b
 def test_ignoring_the_unscored_background_equals_monai():
     x = torch.randn(2, 3, 6, 7, 5, dtype=torch.float64)
     y = torch.randint(0, 3, (2, 1, 6, 7, 5))
-    ours = VNetDiceLoss(softmax=True, to_onehot_y=True, include_background=False, ignore_index=0, squared_pred=False,
-                        soft_label=False)(x, y)
+    ours = VNetDiceLoss(
+        softmax=True, to_onehot_y=True, include_background=False, ignore_index=0, squared_pred=False, soft_label=False
+    )(x, y)
     theirs = DiceLoss(softmax=True, to_onehot_y=True, include_background=False, ignore_index=0)(x, y)
     torch.testing.assert_close(ours, theirs)
 
@@ -259,8 +287,9 @@ def test_zero_smoothing_scores_an_empty_unpredicted_class_as_a_match_not_nan():
     of 30x scale): 0/0 was NaN (found by the range property test); it is the empty-set match, loss 0."""
     x = torch.tensor([[[30.0], [-60.0], [-60.0]]], requires_grad=True)  # class 2: p underflows to 0, absent
     y = torch.zeros(1, 1, 1, dtype=torch.long)
-    loss = VNetDiceLoss(softmax=True, to_onehot_y=True, smooth_nr=0.0, smooth_dr=0.0, reduction="none",
-                        implementation="reference")(x, y)
+    loss = VNetDiceLoss(
+        softmax=True, to_onehot_y=True, smooth_nr=0.0, smooth_dr=0.0, reduction="none", implementation="reference"
+    )(x, y)
     assert torch.isfinite(loss).all() and float(loss.flatten()[2]) == 0.0
     loss.sum().backward()
     assert torch.isfinite(x.grad).all()

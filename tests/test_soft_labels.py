@@ -12,8 +12,10 @@ from monai_gdl import SudreGeneralizedDiceLoss, VNetDiceLoss
 LOSSES = [
     ("vnet_plain", lambda **kw: VNetDiceLoss(squared_pred=False, **kw)),
     ("vnet_squared", lambda **kw: VNetDiceLoss(squared_pred=True, **kw)),
-    *[(f"gdl_{w}_{a}", lambda w=w, a=a, **kw: SudreGeneralizedDiceLoss(w_type=w, absent_class=a, **kw))
-      for w, a in itertools.product(["square", "simple", "uniform"], ["max", "zero"])],
+    *[
+        (f"gdl_{w}_{a}", lambda w=w, a=a, **kw: SudreGeneralizedDiceLoss(w_type=w, absent_class=a, **kw))
+        for w, a in itertools.product(["square", "simple", "uniform"], ["max", "zero"])
+    ],
 ]
 
 
@@ -75,7 +77,8 @@ def test_hard_targets_same_value_and_gradient_with_either_intersection(implement
     for soft_label in (True, False):
         xx = x.clone().requires_grad_(True)
         value = VNetDiceLoss(softmax=True, squared_pred=False, soft_label=soft_label, implementation=implementation)(
-            xx, onehot)
+            xx, onehot
+        )
         results.append((value.detach(), torch.autograd.grad(value, xx)[0]))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-6, atol=1e-9)

@@ -20,10 +20,19 @@ def _onehot(labels, c=3):
 @pytest.mark.parametrize(
     "make,match",
     [
-        (lambda: (torch.randn(2, 3, 6, 6, 6), torch.rand(2, 3, 6, 6)), r"target has shape 2x3x6x6 but input has 2x3x6x6x6"),
-        (lambda: (torch.randn(2, 3, 6, 6, 6), _labels()), r"1 channel: it looks like a label map, so pass to_onehot_y=True"),
+        (
+            lambda: (torch.randn(2, 3, 6, 6, 6), torch.rand(2, 3, 6, 6)),
+            r"target has shape 2x3x6x6 but input has 2x3x6x6x6",
+        ),
+        (
+            lambda: (torch.randn(2, 3, 6, 6, 6), _labels()),
+            r"1 channel: it looks like a label map, so pass to_onehot_y=True",
+        ),
         (lambda: (torch.randn(2, 3, 6, 6, 6), _onehot(_labels()) * 2), r"target values span \[0, 2\].*\[0, 1\]"),
-        (lambda: (torch.randn(2, 3, 6, 6, 6), torch.randint(0, 2, (2, 3, 6, 6, 6)).float()), r"multi-hot.*sigmoid=True"),
+        (
+            lambda: (torch.randn(2, 3, 6, 6, 6), torch.randint(0, 2, (2, 3, 6, 6, 6)).float()),
+            r"multi-hot.*sigmoid=True",
+        ),
         (lambda: (torch.randint(0, 3, (2, 3, 6, 6, 6)), _labels()), r"input has dtype torch.int64.*floating point"),
         (lambda: (torch.full((2, 3, 6, 6, 6), float("nan")), _onehot(_labels())), r"input .* contains NaN or inf"),
         (lambda: (torch.randn(6, 6), torch.rand(6, 6)), r"input has shape 6x6; expected B x C x spatial"),
@@ -45,7 +54,9 @@ def test_logits_without_activation_are_rejected():
 def test_label_out_of_range_names_max_and_fix():
     labels = _labels()
     labels[0, 0, 0, 0, 0] = 5
-    with pytest.raises(LossInputError, match=r"labels in \[0, 5\] but input has 3 channels.*out_channels/num_classes to 6"):
+    with pytest.raises(
+        LossInputError, match=r"labels in \[0, 5\] but input has 3 channels.*out_channels/num_classes to 6"
+    ):
         VNetDiceLoss(softmax=True, to_onehot_y=True)(torch.randn(2, 3, 6, 6, 6), labels)
 
 

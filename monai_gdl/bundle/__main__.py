@@ -33,8 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"wrote the bundle to {args.directory} ({len(written)} entries). Train with:\n"
-          f"  python -m monai.bundle run --config_file {args.directory}/configs/train.json --bundle_root {args.directory}")
+    print(
+        f"wrote the bundle to {args.directory} ({len(written)} entries). Train with:\n"
+        f"  python -m monai.bundle run --config_file {args.directory}/configs/train.json --bundle_root {args.directory}"
+    )
     return 0
 
 

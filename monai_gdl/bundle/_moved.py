@@ -20,8 +20,12 @@ def forward_moved(old_module: str, moved: Mapping[str, str]) -> Callable[[str], 
         if name not in moved:
             raise AttributeError(f"module {old_module!r} has no attribute {name!r}")
         module, _, attribute = moved[name].rpartition(".")
-        warnings.warn(f"{old_module}.{name} moved to {moved[name]} in monai_gdl 0.5; the old path works until 0.6. "
-                      "Update your config or import.", FutureWarning, stacklevel=2)
+        warnings.warn(
+            f"{old_module}.{name} moved to {moved[name]} in monai_gdl 0.5; the old path works until 0.6. "
+            "Update your config or import.",
+            FutureWarning,
+            stacklevel=2,
+        )
         return getattr(importlib.import_module(module), attribute)
 
     return __getattr__

@@ -18,8 +18,14 @@ import torch
 from monai_gdl.bundle.atomic import atomic_save
 from monai_gdl.bundle.ranks import rank, unwrap
 
-__all__ = ["BEST_CHECKPOINT", "LAST_CHECKPOINT", "CheckpointError", "TrainingCheckpoints", "read_checkpoint",
-           "network_mismatch"]
+__all__ = [
+    "BEST_CHECKPOINT",
+    "LAST_CHECKPOINT",
+    "CheckpointError",
+    "TrainingCheckpoints",
+    "read_checkpoint",
+    "network_mismatch",
+]
 
 logger = logging.getLogger("monai_gdl.bundle")
 LAST_CHECKPOINT = "last.pt"
@@ -108,8 +114,13 @@ class TrainingCheckpoints:
             best = os.path.join(self.ckpt_dir, BEST_CHECKPOINT)
             raise CheckpointError(
                 f"cannot resume: {path} is truncated or corrupt ({err}). Start over with --resume false (or delete "
-                f"{path})" + (f"; the best weights so far are in {best}, which evaluate.json and inference.json use "
-                              "(copy it first: a new run overwrites it)." if os.path.isfile(best) else ".")
+                f"{path})"
+                + (
+                    f"; the best weights so far are in {best}, which evaluate.json and inference.json use "
+                    "(copy it first: a new run overwrites it)."
+                    if os.path.isfile(best)
+                    else "."
+                )
             ) from err
 
     def _replay_schedule(self, epochs: int) -> None:
@@ -145,10 +156,15 @@ class TrainingCheckpoints:
         trainer.state.max_epochs = max_epochs
         self.best = float(state.get("best_metric", -math.inf))
         if rank() == 0:
-            logger.info("resumed from %s at epoch %d (best %s %.4f)", path, trainer.state.epoch, self.key_metric, self.best)
+            logger.info(
+                "resumed from %s at epoch %d (best %s %.4f)", path, trainer.state.epoch, self.key_metric, self.best
+            )
         if trainer.state.epoch >= max_epochs and rank() == 0:
-            logger.info("already trained %d epochs (epochs=%d): nothing to do; raise --epochs to continue",
-                        trainer.state.epoch, max_epochs)
+            logger.info(
+                "already trained %d epochs (epochs=%d): nothing to do; raise --epochs to continue",
+                trainer.state.epoch,
+                max_epochs,
+            )
 
     def _save_best(self, evaluator) -> None:
         value = evaluator.state.metrics.get(self.key_metric)

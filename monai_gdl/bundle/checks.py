@@ -57,11 +57,15 @@ def check_device(device) -> torch.device:
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise ArgumentError(f"device={device!r} but this machine has no usable CUDA GPU (torch {torch.__version__}, "
-                                "cuda available: False); pass --device cpu.")
+            raise ArgumentError(
+                f"device={device!r} but this machine has no usable CUDA GPU (torch {torch.__version__}, "
+                "cuda available: False); pass --device cpu."
+            )
         if parsed.index is not None and parsed.index >= count:
-            raise ArgumentError(f"device={device!r} but this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1}); "
-                                "pass one of those.")
+            raise ArgumentError(
+                f"device={device!r} but this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1}); "
+                "pass one of those."
+            )
     elif parsed.type == "mps" and not torch.backends.mps.is_available():
         raise ArgumentError(f"device={device!r} but MPS is not available here; pass --device cpu.")
     return parsed
@@ -69,7 +73,9 @@ def check_device(device) -> torch.device:
 
 def _positive_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < minimum:
-        raise ArgumentError(f"{name}={value!r}; it must be a whole number >= {minimum} (e.g. --{name} {max(minimum, 1)}).")
+        raise ArgumentError(
+            f"{name}={value!r}; it must be a whole number >= {minimum} (e.g. --{name} {max(minimum, 1)})."
+        )
     return int(value)
 
 
@@ -79,10 +85,14 @@ def check_training(device, epochs, val_interval, batch_size, learning_rate) -> N
     _positive_int("epochs", epochs)
     _positive_int("val_interval", val_interval)
     _positive_int("batch_size", batch_size)
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not (
-        math.isfinite(learning_rate) and learning_rate > 0
+    if (
+        isinstance(learning_rate, bool)
+        or not isinstance(learning_rate, (int, float))
+        or not (math.isfinite(learning_rate) and learning_rate > 0)
     ):
-        raise ArgumentError(f"learning_rate={learning_rate!r}; it must be a positive number (e.g. --learning_rate 0.002).")
+        raise ArgumentError(
+            f"learning_rate={learning_rate!r}; it must be a positive number (e.g. --learning_rate 0.002)."
+        )
     check_device(device)
 
 
@@ -107,8 +117,10 @@ def check_network(network: torch.nn.Module, patch_size: Sequence[int], num_class
             )
     out_channels = getattr(network, "out_channels", None)
     if out_channels is not None and int(out_channels) != int(num_classes):
-        raise ArgumentError(f"network_def#out_channels={out_channels} but num_classes={num_classes}; the network must "
-                            "predict one channel per class: leave network_def#out_channels at @num_classes.")
+        raise ArgumentError(
+            f"network_def#out_channels={out_channels} but num_classes={num_classes}; the network must "
+            "predict one channel per class: leave network_def#out_channels at @num_classes."
+        )
 
 
 class OutputDirError(OSError):

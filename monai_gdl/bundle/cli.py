@@ -3,10 +3,13 @@
 
 from monai_gdl.bundle._moved import forward_moved
 
-__getattr__ = forward_moved(__name__, {
-    "start": "monai_gdl.bundle.console.start",
-    "project_error": "monai_gdl.bundle.console.project_error",
-    "unknown_keys": "monai_gdl.bundle.console.unknown_keys",
-    "UnknownKeyError": "monai_gdl.bundle.console.UnknownKeyError",
-    "as_bool": "monai_gdl.bundle.checks.flag_value",
-})
+__getattr__ = forward_moved(
+    __name__,
+    {
+        "start": "monai_gdl.bundle.console.start",
+        "project_error": "monai_gdl.bundle.console.project_error",
+        "unknown_keys": "monai_gdl.bundle.console.unknown_keys",
+        "UnknownKeyError": "monai_gdl.bundle.console.UnknownKeyError",
+        "as_bool": "monai_gdl.bundle.checks.flag_value",
+    },
+)

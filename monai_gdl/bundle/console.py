@@ -25,8 +25,17 @@ __all__ = ["UnknownKeyError", "project_error", "start", "unknown_keys"]
 
 #: Arguments of ``monai.bundle run`` / ``create_workflow`` that are not config keys.
 RUN_ARGUMENTS = {
-    "run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file",
-    "workflow_type", "workflow_name", "properties_path",
+    "run_id",
+    "init_id",
+    "final_id",
+    "meta_file",
+    "config_file",
+    "logging_file",
+    "tracking",
+    "args_file",
+    "workflow_type",
+    "workflow_name",
+    "properties_path",
 }
 
 

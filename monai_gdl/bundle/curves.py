@@ -27,7 +27,9 @@ def plot_training_curves(log_dir: str) -> str:
 
     history = os.path.join(log_dir, "history.csv")
     if not os.path.isfile(history):
-        raise FileNotFoundError(f"{history} not found: train with configs/train.json (it writes OUTPUT_DIR/logs/) first.")
+        raise FileNotFoundError(
+            f"{history} not found: train with configs/train.json (it writes OUTPUT_DIR/logs/) first."
+        )
     with open(history) as f:
         rows = list(csv.DictReader(f))
     if not rows:

@@ -38,6 +38,11 @@ class DatasetError(ValueError):
     """A dataset folder the workflow cannot use as it is; the message says what to change."""
 
 
+def _label_order(item: tuple) -> int:
+    """dataset.json ``labels`` entries in the order of their label value (non-numeric keys first)."""
+    return int(item[0]) if str(item[0]).isdigit() else 0
+
+
 def _nifti_in(folder: str) -> list[str]:
     return sorted(f for pattern in NIFTI_PATTERNS for f in glob.glob(os.path.join(folder, pattern)))
 
@@ -63,13 +68,17 @@ def _check_header(path: str):
     try:
         img = nib.load(path)
         if not _is_volume(img.shape):
-            raise DatasetError(f"{path}: a {len(img.shape)}-D image of shape {tuple(img.shape)}; the workflow expects "
-                               "3-D volumes (one channel).")
+            raise DatasetError(
+                f"{path}: a {len(img.shape)}-D image of shape {tuple(img.shape)}; the workflow expects "
+                "3-D volumes (one channel)."
+            )
         return img
     except DatasetError:
         raise
     except Exception as err:
-        raise DatasetError(f"{path} is not a readable NIfTI file ({type(err).__name__}: {err}); re-export or remove it.") from err
+        raise DatasetError(
+            f"{path} is not a readable NIfTI file ({type(err).__name__}: {err}); re-export or remove it."
+        ) from err
 
 
 #: How far an image and its label may differ in voxel size and origin (mm) and in direction cosines.
@@ -120,7 +129,9 @@ def _load_dataset_json(dataset_dir: str) -> dict | None:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as err:
-        raise DatasetError(f"{path} is not valid JSON ({err}); fix it or delete it to pair imagesTr/labelsTr by name.") from err
+        raise DatasetError(
+            f"{path} is not valid JSON ({err}); fix it or delete it to pair imagesTr/labelsTr by name."
+        ) from err
 
 
 def _json_pairs(dataset_dir: str, entries: Sequence[dict], key: str) -> tuple[list[dict], list[str], list[str]]:
@@ -205,7 +216,9 @@ def msd_datalist(
         chosen = fixed_val if split == "validation" else [p for p in cases if p["image"] not in val_set]
     else:
         if len(cases) < 2:
-            raise DatasetError(f"{dataset_dir} has {len(cases)} labelled case(s); at least 2 are needed to train and validate.")
+            raise DatasetError(
+                f"{dataset_dir} has {len(cases)} labelled case(s); at least 2 are needed to train and validate."
+            )
         order = list(range(len(cases)))
         random.Random(seed).shuffle(order)
         n_val = min(len(cases) - 1, max(1, round(val_fraction * len(cases))))
@@ -301,7 +314,7 @@ def check_labels(dataset_dir: str, num_classes: int, cases: Sequence[dict]) -> l
     if isinstance(listed, dict) and len(listed) > num_classes:
         raise DatasetError(
             f"num_classes={num_classes} but {os.path.join(dataset_dir, 'dataset.json')} names {len(listed)} classes "
-            f"({', '.join(f'{k} {v}' for k, v in sorted(listed.items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() else 0))}); "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(listed.items(), key=_label_order))}); "
             f"pass --num_classes {len(listed)}."
         )
     found: set[int] = set()
@@ -318,7 +331,9 @@ def check_labels(dataset_dir: str, num_classes: int, cases: Sequence[dict]) -> l
         fix = f"Pass --num_classes {highest + 1} or fix those labels" if highest >= num_classes else "Fix those labels"
         raise DatasetError(
             f"{len(problems)} label file(s) cannot be used with num_classes={num_classes} (classes "
-            f"0..{num_classes - 1}): " + "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+            f"0..{num_classes - 1}): "
+            + "; ".join(problems[:3])
+            + ("; ..." if len(problems) > 3 else "")
             + f". {fix} (python -m monai_gdl.data check DIR lists every problem)."
         )
     never = [c for c in range(num_classes) if c not in found]
@@ -327,7 +342,11 @@ def check_labels(dataset_dir: str, num_classes: int, cases: Sequence[dict]) -> l
         logging.getLogger("monai_gdl.bundle").warning(
             "warning: num_classes=%d but class(es) %s never appear in the %d label files: the network will learn them "
             "as absent and they score Dice 0; pass --num_classes %d if the data has %d classes.",
-            num_classes, ", ".join(f"{c} ({names[c]})" for c in never), len(cases), seen, seen,
+            num_classes,
+            ", ".join(f"{c} ({names[c]})" for c in never),
+            len(cases),
+            seen,
+            seen,
         )
     return sorted(found)
 

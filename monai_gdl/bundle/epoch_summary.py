@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 import os
 from collections.abc import Sequence
 
@@ -95,8 +94,12 @@ class EpochSummary:
 
     def _finish(self, trainer) -> None:
         if rank() == 0 and os.path.isfile(os.path.join(self.log_dir, HISTORY_FILE)):
-            logger.info("trained %d epochs: curves in %s, history in %s", trainer.state.epoch, self._plot(),
-                        os.path.join(self.log_dir, HISTORY_FILE))
+            logger.info(
+                "trained %d epochs: curves in %s, history in %s",
+                trainer.state.epoch,
+                self._plot(),
+                os.path.join(self.log_dir, HISTORY_FILE),
+            )
 
 
 def write_history(path: str, row: dict) -> None:
@@ -105,7 +108,9 @@ def write_history(path: str, row: dict) -> None:
     rows = []
     if os.path.isfile(path):
         with open(path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if str(r.get("epoch", "")).isdigit() and int(r["epoch"]) < row["epoch"]]
+            rows = [
+                r for r in csv.DictReader(f) if str(r.get("epoch", "")).isdigit() and int(r["epoch"]) < row["epoch"]
+            ]
     rows.append(row)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(row), extrasaction="ignore")

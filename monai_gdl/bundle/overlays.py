@@ -25,8 +25,14 @@ class EvaluationOverlays:
     the ``image`` on that grid.
     """
 
-    def __init__(self, eval_dir: str, class_names: Sequence[str], num_overlays: int = 3,
-                 label_key: str = "label", metric: str = "val_mean_dice") -> None:
+    def __init__(
+        self,
+        eval_dir: str,
+        class_names: Sequence[str],
+        num_overlays: int = 3,
+        label_key: str = "label",
+        metric: str = "val_mean_dice",
+    ) -> None:
         self.eval_dir = eval_dir
         self.names = list(class_names)
         self.num_overlays = int(num_overlays)
@@ -76,14 +82,26 @@ class EvaluationOverlays:
             ax.imshow(img[..., z].T, cmap="gray", origin="lower")
             if overlay is not None:
                 shown = overlay[..., z].T.float()
-                ax.imshow((shown - 1).masked_fill(shown == 0, float("nan")), cmap=cmap, alpha=0.55, origin="lower",
-                          vmin=-0.5, vmax=len(colours) - 0.5, interpolation="nearest")
+                ax.imshow(
+                    (shown - 1).masked_fill(shown == 0, float("nan")),
+                    cmap=cmap,
+                    alpha=0.55,
+                    origin="lower",
+                    vmin=-0.5,
+                    vmax=len(colours) - 0.5,
+                    interpolation="nearest",
+                )
             ax.set_title(title, fontsize=9)
             ax.axis("off")
         scores = ", ".join(f"{n} {d:.3f}" for n, d in zip(self.names[1:], dice))
         fig.suptitle(f"{case} (slice {z}): Dice {scores}", fontsize=9)
-        fig.legend(handles=[Patch(color=colours[i], label=n) for i, n in enumerate(self.names[1:])],
-                   loc="lower center", ncol=max(1, len(self.names) - 1), fontsize=8, frameon=False)
+        fig.legend(
+            handles=[Patch(color=colours[i], label=n) for i, n in enumerate(self.names[1:])],
+            loc="lower center",
+            ncol=max(1, len(self.names) - 1),
+            fontsize=8,
+            frameon=False,
+        )
         fig.tight_layout(rect=(0, 0.07, 1, 0.95))
         os.makedirs(self.eval_dir, exist_ok=True)
         path = os.path.join(self.eval_dir, f"overlay_{case}.png")
@@ -97,8 +115,13 @@ class EvaluationOverlays:
         value = evaluator.state.metrics.get(self.metric)
         cases = len(evaluator.data_loader.dataset) if hasattr(evaluator.data_loader, "dataset") else "all"
         mean = "" if value is None else f", {self.metric} {float(value):.4f}"
-        logger.info("evaluated %s cases%s: per-case metrics (CSV) in %s, %d overlays", cases, mean, self.eval_dir,
-                    len(self.written))
+        logger.info(
+            "evaluated %s cases%s: per-case metrics (CSV) in %s, %d overlays",
+            cases,
+            mean,
+            self.eval_dir,
+            len(self.written),
+        )
 
 
 def _original_image(path: str, shape) -> torch.Tensor:

@@ -116,7 +116,9 @@ def _warn_once(reason: str) -> None:
     logger.warning(
         "monai_gdl: the fast native CPU kernel is not used: %s. The loss runs on a slower path (about 3-5x the "
         "native kernel's time; `python -m monai_gdl.benchmark` measures it on this machine). Choose a backend "
-        "explicitly (MONAI_GDL_BACKEND=eager|compile, or monai_gdl.set_backend) to silence this.", reason)
+        "explicitly (MONAI_GDL_BACKEND=eager|compile, or monai_gdl.set_backend) to silence this.",
+        reason,
+    )
 
 
 def resolve_backend(
@@ -131,8 +133,10 @@ def resolve_backend(
             raise ValueError(f"backend={requested!r}; use one of {BACKENDS}.")
         reason = REGISTRY[requested].why_not(x, target, mask, label_map)
         if reason is not None:
-            raise RuntimeError(f"backend {requested!r} cannot run these tensors ({x.dtype} logits on {x.device.type}):"
-                               f" {reason}. Use 'auto' to let monai_gdl choose.")
+            raise RuntimeError(
+                f"backend {requested!r} cannot run these tensors ({x.dtype} logits on {x.device.type}):"
+                f" {reason}. Use 'auto' to let monai_gdl choose."
+            )
         return requested
     for backend in REGISTRY.values():
         reason = backend.why_not(x, target, mask, label_map) or backend.why_not_auto(x, target, mask, label_map)

@@ -50,7 +50,7 @@ def _eager_fallback(compiled: Callable, eager: Callable) -> Callable:
     return run
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_chunk_functions() -> tuple[Callable, Callable] | None:
     """``torch.compile`` versions of the chunk functions, or None where compiling fails here."""
     try:
@@ -90,29 +90,62 @@ def _slice(t: torch.Tensor | None, s: int, e: int) -> torch.Tensor | None:
     return None if t is None else t[:, :, s:e]
 
 
-def forward(x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str,
-            gamma: float, compiled: bool = False):
+def forward(
+    x,
+    target,
+    mask,
+    activation: str,
+    label_map: bool,
+    squared: bool,
+    soft: bool,
+    voxel_term: str,
+    gamma: float,
+    compiled: bool = False,
+):
     """``6 x B x C`` statistics of ``x`` (``B x C x N``) against ``target``, chunk by chunk."""
     b, c, n = x.shape
     fwd, _ = _chunk_functions(compiled)
     sums = torch.zeros(NUM_STATISTICS, b, c, dtype=accumulation_dtype(x.dtype), device=x.device)
     for s, e in _chunk_bounds(n, b * c):
-        parts = fwd(x[:, :, s:e], target[:, :, s:e], _slice(mask, s, e), activation, label_map, squared, soft,
-                    voxel_term, gamma)
+        parts = fwd(
+            x[:, :, s:e], target[:, :, s:e], _slice(mask, s, e), activation, label_map, squared, soft, voxel_term, gamma
+        )
         for total, part in zip(sums, parts):
             total += part
     return sums
 
 
-def backward(grad, x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str,
-             gamma: float, compiled: bool = False):
+def backward(
+    grad,
+    x,
+    target,
+    mask,
+    activation: str,
+    label_map: bool,
+    squared: bool,
+    soft: bool,
+    voxel_term: str,
+    gamma: float,
+    compiled: bool = False,
+):
     """``dL/dx`` from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ)`` (``4 x B x C``), chunk by chunk, into one buffer."""
     _, bwd = _chunk_functions(compiled)
     upstream = grad.to(accumulation_dtype(x.dtype)).unsqueeze(-1)
     grad_x = torch.empty_like(x)
     for s, e in _chunk_bounds(x.shape[2], x.shape[0] * x.shape[1]):
-        bwd(grad_x[:, :, s:e], x[:, :, s:e], target[:, :, s:e], _slice(mask, s, e), upstream, activation, label_map,
-            squared, soft, voxel_term, gamma)
+        bwd(
+            grad_x[:, :, s:e],
+            x[:, :, s:e],
+            target[:, :, s:e],
+            _slice(mask, s, e),
+            upstream,
+            activation,
+            label_map,
+            squared,
+            soft,
+            voxel_term,
+            gamma,
+        )
     return grad_x
 
 

@@ -64,8 +64,10 @@ def load() -> tuple[ctypes.CDLL | None, str | None]:
         tail = " ".join((err.stderr or "").strip().splitlines()[-3:])
         return None, f"the C compiler failed on the kernel source ({tail}); set CC to another compiler"
     except subprocess.TimeoutExpired:
-        return None, (f"the C compiler took over {build_timeout_s()} s and was stopped; set CC to another compiler "
-                      "or raise MONAI_GDL_BUILD_TIMEOUT_S")
+        return None, (
+            f"the C compiler took over {build_timeout_s()} s and was stopped; set CC to another compiler "
+            "or raise MONAI_GDL_BUILD_TIMEOUT_S"
+        )
     except Exception as err:  # a failed load or check: the other backends are always correct
         return None, f"{err}"
 
@@ -94,9 +96,14 @@ def _self_check(lib: ctypes.CDLL) -> None:
     mask = torch.rand(2, 1, 77, generator=g) > 0.3
     soft = torch.rand(2, 5, 77, generator=g)
     grad = torch.randn(4, 2, 5, generator=g)
-    cases = [("none", labels, True, False, False, "sigmoid", 2.0), ("softmax", soft, False, True, False, "none", 0.0),
-             ("sigmoid", labels, True, False, False, "none", 0.0), ("softmax", soft, False, False, True, "softmax", 0.0),
-             ("softmax", labels, True, False, False, "softmax", 2.0), ("softmax", soft, False, False, True, "sigmoid", 0.0)]
+    cases = [
+        ("none", labels, True, False, False, "sigmoid", 2.0),
+        ("softmax", soft, False, True, False, "none", 0.0),
+        ("sigmoid", labels, True, False, False, "none", 0.0),
+        ("softmax", soft, False, False, True, "softmax", 0.0),
+        ("softmax", labels, True, False, False, "softmax", 2.0),
+        ("softmax", soft, False, False, True, "sigmoid", 0.0),
+    ]
     for activation, target, label_map, squared, soft_form, voxel_term, gamma in cases:
         options = (activation, label_map, squared, soft_form, voxel_term, gamma)
         got = _forward(lib, x, target, mask, *options)
@@ -172,8 +179,22 @@ def _arguments(x, target, mask, activation, label_map, squared, soft, voxel_term
     options = (_OPT_SQUARED if squared else 0) | (_OPT_SOFT if soft else 0) | _TERM_OPTIONS[voxel_term]
 
     def args(n0: int, n1: int) -> list:
-        return [x.data_ptr(), _X_CODES[x.dtype], target.data_ptr(), t_code, mask_ptr, b, c, n, n0, n1,
-                _ACTIVATION_CODES[activation], options, float(gamma), layout]
+        return [
+            x.data_ptr(),
+            _X_CODES[x.dtype],
+            target.data_ptr(),
+            t_code,
+            mask_ptr,
+            b,
+            c,
+            n,
+            n0,
+            n1,
+            _ACTIVATION_CODES[activation],
+            options,
+            float(gamma),
+            layout,
+        ]
 
     return args
 
@@ -201,19 +222,23 @@ def _backward(lib, grad, x, target, mask, activation, label_map, squared, soft, 
         lib.mgdl_prefer_huge_pages(grad_x.data_ptr(), grad_x.nbytes)
     args = _arguments(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
     _run_split(
-        lib.mgdl_backward, x.shape[2], x.numel(),
+        lib.mgdl_backward,
+        x.shape[2],
+        x.numel(),
         lambda _i, n0, n1: [*args(n0, n1), upstream.data_ptr(), grad_x.data_ptr()],
     )
     return grad_x
 
 
-def forward(x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str,
-            gamma: float) -> torch.Tensor:
+def forward(
+    x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str, gamma: float
+) -> torch.Tensor:
     """``6 x B x C`` float32 statistics of ``x`` (``B x C x N``): one C pass."""
     return _forward(load()[0], x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
 
 
-def backward(grad, x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str,
-             gamma: float) -> torch.Tensor:
+def backward(
+    grad, x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str, gamma: float
+) -> torch.Tensor:
     """``dL/dx`` in ``x``'s dtype and layout from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ)``: one C pass."""
     return _backward(load()[0], grad, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)

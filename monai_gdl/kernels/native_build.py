@@ -70,16 +70,22 @@ def _cache_dir() -> Path:
     explicit = os.environ.get("MONAI_GDL_CACHE_DIR")
     xdg = os.environ.get("XDG_CACHE_HOME")
     user = os.getuid() if hasattr(os, "getuid") else os.getlogin()
-    candidates = [Path(explicit)] if explicit else [
-        (Path(xdg) if xdg else Path.home() / ".cache") / "monai_gdl",
-        Path(tempfile.gettempdir()) / f"monai_gdl-{user}",
-    ]
+    candidates = (
+        [Path(explicit)]
+        if explicit
+        else [
+            (Path(xdg) if xdg else Path.home() / ".cache") / "monai_gdl",
+            Path(tempfile.gettempdir()) / f"monai_gdl-{user}",
+        ]
+    )
     for folder in candidates:
         if _usable_cache(folder):
             return folder
-    logger.warning("monai_gdl: no private cache folder for the native kernel among %s (each must belong to you and "
-                   "be writable by nobody else); building into a temporary folder of this process.",
-                   [str(c) for c in candidates])
+    logger.warning(
+        "monai_gdl: no private cache folder for the native kernel among %s (each must belong to you and "
+        "be writable by nobody else); building into a temporary folder of this process.",
+        [str(c) for c in candidates],
+    )
     return _process_folder()
 
 
@@ -114,7 +120,7 @@ def _verified(folder: Path, key: str) -> Path | None:
     """A cached library for ``key`` whose content still has the checksum its name records (written at build
     time); a truncated or corrupt one (disk full, a killed copy, a shared cache) is removed, with a warning."""
     for candidate in sorted(folder.glob(f"native-{key}-*.so")):
-        recorded = candidate.name[len(f"native-{key}-"):-len(".so")]
+        recorded = candidate.name[len(f"native-{key}-") : -len(".so")]
         try:
             private = _private(candidate.stat())
             ok = private and _digest(candidate) == recorded
@@ -123,8 +129,11 @@ def _verified(folder: Path, key: str) -> Path | None:
         if ok:
             return candidate
         if private:
-            logger.warning("monai_gdl: the cached native kernel %s does not match the checksum recorded when it was "
-                           "built (truncated or corrupt); removing it and building again.", candidate)
+            logger.warning(
+                "monai_gdl: the cached native kernel %s does not match the checksum recorded when it was "
+                "built (truncated or corrupt); removing it and building again.",
+                candidate,
+            )
         with contextlib.suppress(OSError):
             candidate.unlink()
     return None
@@ -154,8 +163,9 @@ def library_path() -> Path | None:
     cc = _compiler()
     if cc is None:
         return None
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=build_timeout_s(),
-                             check=False).stdout
+    version = subprocess.run(
+        [cc, "--version"], capture_output=True, text=True, timeout=build_timeout_s(), check=False
+    ).stdout
     key = hashlib.sha256(
         "\0".join([SOURCE.read_text(), cc, version, " ".join(_FLAGS), _cpu_signature()]).encode()
     ).hexdigest()[:16]
@@ -167,8 +177,9 @@ def library_path() -> Path | None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".build-{key}-", suffix=".so")
     os.close(fd)
     try:
-        subprocess.run([cc, *_FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, text=True,
-                       timeout=build_timeout_s())
+        subprocess.run(
+            [cc, *_FLAGS, "-o", tmp, str(SOURCE)], check=True, capture_output=True, text=True, timeout=build_timeout_s()
+        )
         os.chmod(tmp, 0o700)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())

@@ -118,8 +118,9 @@ def _target_gradient(grad_sums, x, target, mask, activation, label_map, squared,
             part = slice(start, start + step)
             t = target[..., part].detach().requires_grad_(True)
             m = None if mask is None else mask[..., part]
-            sums = torch.stack(forward_chunk(x[..., part].detach(), t, m, activation, label_map, squared, soft,
-                                             voxel_term, gamma))
+            sums = torch.stack(
+                forward_chunk(x[..., part].detach(), t, m, activation, label_map, squared, soft, voxel_term, gamma)
+            )
             (grad_part,) = torch.autograd.grad((sums * weights).sum(), t, allow_unused=True)
             grad_target[..., part] = 0 if grad_part is None else grad_part
     return grad_target
@@ -135,8 +136,9 @@ def _no_double_backward(ctx, grad):
     )
 
 
-torch.library.register_autograd("monai_gdl::fused_sums_backward", _no_double_backward,
-                                setup_context=lambda ctx, inputs, output: None)
+torch.library.register_autograd(
+    "monai_gdl::fused_sums_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
+)
 
 
 def fused_sums(
@@ -166,6 +168,7 @@ def fused_sums(
     chosen = get_backend() if backend is None else backend
     if chosen == "auto" and not torch.compiler.is_compiling():
         chosen = resolve_backend(x, t, m, label_map, chosen)
-    stacked = torch.ops.monai_gdl.fused_sums(x, t, m, activation, label_map, squared, soft, voxel_term,
-                                             float(gamma), chosen)
+    stacked = torch.ops.monai_gdl.fused_sums(
+        x, t, m, activation, label_map, squared, soft, voxel_term, float(gamma), chosen
+    )
     return DiceStatistics.from_stacked(stacked), VoxelTermSums.from_stacked(stacked)

@@ -164,8 +164,9 @@ def forward_chunk(
     return inter, pred, tsum, tvol, (elements * g).sum(-1), (elements * (1.0 - g)).sum(-1)
 
 
-def _voxel_term_gradient(xa: torch.Tensor, p: torch.Tensor, g: torch.Tensor, w: torch.Tensor, voxel_term: str,
-                         gamma: float) -> torch.Tensor:
+def _voxel_term_gradient(
+    xa: torch.Tensor, p: torch.Tensor, g: torch.Tensor, w: torch.Tensor, voxel_term: str, gamma: float
+) -> torch.Tensor:
     """The voxel term's share: ``e`` to add before the softmax chain (``"softmax"``), or ``dL/dx`` (``"sigmoid"``)."""
     if voxel_term == "softmax":
         if gamma == 0:

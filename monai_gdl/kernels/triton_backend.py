@@ -43,8 +43,21 @@ def why_not(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, la
 if triton is not None:
 
     @triton.jit
-    def _load_tile(x_ptr, t_ptr, m_ptr, b, n0, C, N, T_CHANNELS, C_PAD: tl.constexpr, BLOCK: tl.constexpr,
-                   ACTIVATION: tl.constexpr, LABEL_MAP: tl.constexpr, HAS_MASK: tl.constexpr):
+    def _load_tile(
+        x_ptr,
+        t_ptr,
+        m_ptr,
+        b,
+        n0,
+        C,
+        N,
+        T_CHANNELS,
+        C_PAD: tl.constexpr,
+        BLOCK: tl.constexpr,
+        ACTIVATION: tl.constexpr,
+        LABEL_MAP: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+    ):
         """Probabilities, target and voxel weight of one C_PAD x BLOCK tile (padding contributes 0)."""
         cls = tl.arange(0, C_PAD)
         vox = n0 + tl.arange(0, BLOCK)
@@ -90,14 +103,40 @@ if triton is not None:
         return tl.where(gamma == 0.0, bce, tl.exp(-gamma * _softplus(x * (2.0 * g - 1.0))) * bce)
 
     @triton.jit
-    def _forward_kernel(x_ptr, t_ptr, m_ptr, stats_ptr, C, N, T_CHANNELS, C_PAD: tl.constexpr,
-                        BLOCK: tl.constexpr, ACTIVATION: tl.constexpr, LABEL_MAP: tl.constexpr,
-                        HAS_MASK: tl.constexpr, SQUARED: tl.constexpr, SOFT: tl.constexpr, TERM: tl.constexpr,
-                        gamma):
+    def _forward_kernel(
+        x_ptr,
+        t_ptr,
+        m_ptr,
+        stats_ptr,
+        C,
+        N,
+        T_CHANNELS,
+        C_PAD: tl.constexpr,
+        BLOCK: tl.constexpr,
+        ACTIVATION: tl.constexpr,
+        LABEL_MAP: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+        SQUARED: tl.constexpr,
+        SOFT: tl.constexpr,
+        TERM: tl.constexpr,
+        gamma,
+    ):
         b = tl.program_id(1).to(tl.int64)
         p, g, m, x, lse, cls, cls_ok, vox, tile_ok = _load_tile(
-            x_ptr, t_ptr, m_ptr, b, tl.program_id(0) * BLOCK, C, N, T_CHANNELS, C_PAD, BLOCK, ACTIVATION,
-            LABEL_MAP, HAS_MASK)
+            x_ptr,
+            t_ptr,
+            m_ptr,
+            b,
+            tl.program_id(0) * BLOCK,
+            C,
+            N,
+            T_CHANNELS,
+            C_PAD,
+            BLOCK,
+            ACTIVATION,
+            LABEL_MAP,
+            HAS_MASK,
+        )
         pm = p * m[None, :]
         gm = g * m[None, :]
         if SOFT:
@@ -123,14 +162,42 @@ if triton is not None:
             tl.atomic_add(base + 5 * stride, tl.sum(el * (1.0 - g), axis=1), mask=cls_ok)
 
     @triton.jit
-    def _backward_kernel(x_ptr, t_ptr, m_ptr, grad_ptr, out_ptr, B, C, N, T_CHANNELS, C_PAD: tl.constexpr,
-                         BLOCK: tl.constexpr, ACTIVATION: tl.constexpr, LABEL_MAP: tl.constexpr,
-                         HAS_MASK: tl.constexpr, SQUARED: tl.constexpr, SOFT: tl.constexpr, TERM: tl.constexpr,
-                         gamma):
+    def _backward_kernel(
+        x_ptr,
+        t_ptr,
+        m_ptr,
+        grad_ptr,
+        out_ptr,
+        B,
+        C,
+        N,
+        T_CHANNELS,
+        C_PAD: tl.constexpr,
+        BLOCK: tl.constexpr,
+        ACTIVATION: tl.constexpr,
+        LABEL_MAP: tl.constexpr,
+        HAS_MASK: tl.constexpr,
+        SQUARED: tl.constexpr,
+        SOFT: tl.constexpr,
+        TERM: tl.constexpr,
+        gamma,
+    ):
         b = tl.program_id(1).to(tl.int64)
         p, g, m, x, lse, cls, cls_ok, vox, tile_ok = _load_tile(
-            x_ptr, t_ptr, m_ptr, b, tl.program_id(0) * BLOCK, C, N, T_CHANNELS, C_PAD, BLOCK, ACTIVATION,
-            LABEL_MAP, HAS_MASK)
+            x_ptr,
+            t_ptr,
+            m_ptr,
+            b,
+            tl.program_id(0) * BLOCK,
+            C,
+            N,
+            T_CHANNELS,
+            C_PAD,
+            BLOCK,
+            ACTIVATION,
+            LABEL_MAP,
+            HAS_MASK,
+        )
         if SOFT:  # dI/dp of min(p, g): 1 below the target, 1/2 at a tie
             di = tl.where(p < g, 1.0, tl.where(p == g, 0.5, 0.0))
         else:
@@ -182,23 +249,38 @@ def _prepared(x, target, mask):
     return x, target, mask_arg
 
 
-def forward(x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str,
-            gamma: float) -> torch.Tensor:
+def forward(
+    x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str, gamma: float
+) -> torch.Tensor:
     """``6 x B x C`` float32 statistics of ``x`` (``B x C x N``): one kernel launch."""
     b, c, n = x.shape
     x, target, mask_arg = _prepared(x, target, mask)
     c_pad, block = _launch_shape(c, n)
     stats = torch.zeros(NUM_STATISTICS, b, c, dtype=torch.float32, device=x.device)
     _forward_kernel[(triton.cdiv(n, block), b)](
-        x, target, mask_arg, stats, c, n, target.shape[1], C_PAD=c_pad, BLOCK=block,
-        ACTIVATION=_ACTIVATION_CODES[activation], LABEL_MAP=label_map, HAS_MASK=mask is not None,
-        SQUARED=squared, SOFT=soft and not label_map, TERM=_TERM_CODES[voxel_term], gamma=float(gamma),
+        x,
+        target,
+        mask_arg,
+        stats,
+        c,
+        n,
+        target.shape[1],
+        C_PAD=c_pad,
+        BLOCK=block,
+        ACTIVATION=_ACTIVATION_CODES[activation],
+        LABEL_MAP=label_map,
+        HAS_MASK=mask is not None,
+        SQUARED=squared,
+        SOFT=soft and not label_map,
+        TERM=_TERM_CODES[voxel_term],
+        gamma=float(gamma),
     )
     return stats
 
 
-def backward(grad, x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str,
-             gamma: float) -> torch.Tensor:
+def backward(
+    grad, x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str, gamma: float
+) -> torch.Tensor:
     """``dL/dx`` in ``x``'s dtype from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ)`` (``4 x B x C``): one kernel launch."""
     b, c, n = x.shape
     x, target, mask_arg = _prepared(x, target, mask)
@@ -206,9 +288,23 @@ def backward(grad, x, target, mask, activation: str, label_map: bool, squared: b
     grad_x = torch.empty_like(x)
     c_pad, block = _launch_shape(c, n)
     _backward_kernel[(triton.cdiv(n, block), b)](
-        x, target, mask_arg, upstream, grad_x, b, c, n, target.shape[1], C_PAD=c_pad,
-        BLOCK=block, ACTIVATION=_ACTIVATION_CODES[activation], LABEL_MAP=label_map,
-        HAS_MASK=mask is not None, SQUARED=squared, SOFT=soft and not label_map, TERM=_TERM_CODES[voxel_term],
+        x,
+        target,
+        mask_arg,
+        upstream,
+        grad_x,
+        b,
+        c,
+        n,
+        target.shape[1],
+        C_PAD=c_pad,
+        BLOCK=block,
+        ACTIVATION=_ACTIVATION_CODES[activation],
+        LABEL_MAP=label_map,
+        HAS_MASK=mask is not None,
+        SQUARED=squared,
+        SOFT=soft and not label_map,
+        TERM=_TERM_CODES[voxel_term],
         gamma=float(gamma),
     )
     return grad_x

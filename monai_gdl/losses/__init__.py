@@ -22,7 +22,15 @@ from monai_gdl.losses.formulas import (
 from monai_gdl.losses.functional import all_reduce_statistics, dice_statistics, generalized_dice_loss, vnet_dice_loss
 from monai_gdl.losses.modules import DiceFamilyLoss, SudreGeneralizedDiceLoss, VNetDiceLoss
 from monai_gdl.losses.options import DiceOptions
-from monai_gdl.losses.terms import BinaryCrossEntropy, CrossEntropy, Focal, GeneralizedDice, LossKind, LossOptions, VNetDice
+from monai_gdl.losses.terms import (
+    BinaryCrossEntropy,
+    CrossEntropy,
+    Focal,
+    GeneralizedDice,
+    LossKind,
+    LossOptions,
+    VNetDice,
+)
 from monai_gdl.losses.validation import LossInputError
 
 __all__ = [

@@ -85,11 +85,14 @@ class SudreGeneralizedDiceCELoss(DiceFamilyLoss):
         1.1931
     """
 
-    kind = LossKind("SudreGeneralizedDiceCELoss", GeneralizedDice, CrossEntropy, defaults={"softmax": True, "squared_pred": False})
+    kind = LossKind(
+        "SudreGeneralizedDiceCELoss", GeneralizedDice, CrossEntropy, defaults={"softmax": True, "squared_pred": False}
+    )
 
 
 class VNetDiceBCELoss(DiceFamilyLoss):
-    r"""V-Net Dice + binary cross-entropy for sigmoid (multi-label / region) outputs, fused (nnU-Net's ``DC_and_BCE_loss``).
+    r"""V-Net Dice + binary cross-entropy for sigmoid (multi-label / region) outputs, fused (nnU-Net's
+    ``DC_and_BCE_loss``).
 
     ``lambda_dice * VNetDiceLoss(sigmoid=True) + lambda_ce * BCE``, with ``BCE`` the mean of
     ``binary_cross_entropy_with_logits`` over every scored element (``B x C' x spatial``, masked
@@ -114,7 +117,8 @@ class VNetDiceBCELoss(DiceFamilyLoss):
 
 
 class VNetDiceFocalLoss(DiceFamilyLoss):
-    r"""V-Net Dice + focal loss, fused: ``lambda_dice * VNetDiceLoss + lambda_focal * FocalLoss`` (MONAI's ``DiceFocalLoss``).
+    r"""V-Net Dice + focal loss, fused: ``lambda_dice * VNetDiceLoss + lambda_focal * FocalLoss`` (MONAI's
+    ``DiceFocalLoss``).
 
     Focal part: MONAI's ``FocalLoss`` over the scored channels, ``alpha_t (1 - p_t)^gamma bce`` per
     element with the sigmoid of each channel (MONAI's ``DiceFocalLoss`` does this whatever the Dice

@@ -101,11 +101,12 @@ class DeepSupervisionWrapper(nn.Module):
             )
         return self.weights
 
-    def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         levels = _as_levels(outputs, target)
         total = None
-        for i, (output, weight) in enumerate(zip(levels, self.level_weights(len(levels)))):
+        for output, weight in zip(levels, self.level_weights(len(levels))):
             if weight == 0:
                 continue
             size = output.shape[2:]

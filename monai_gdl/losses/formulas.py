@@ -7,11 +7,11 @@ compound losses, to the voxel term's sums :class:`~monai_gdl.kernels.VoxelTermSu
 
 from __future__ import annotations
 
+from typing import get_args
+
 import torch
 
 from monai_gdl.kernels import DiceStatistics, VoxelTermSums
-from typing import get_args
-
 from monai_gdl.losses.options import AbsentClass, AllAbsent, WType, check_choice
 
 __all__ = [
@@ -116,7 +116,10 @@ def generalized_dice_from_statistics(
         tensor([[0.3500]])
     """
     w = generalized_dice_weights(
-        stats.target_volume, w_type=w_type, absent_class=absent_class, all_absent=all_absent,
+        stats.target_volume,
+        w_type=w_type,
+        absent_class=absent_class,
+        all_absent=all_absent,
         normalize=normalize_weights,
     ).to(stats.intersection.dtype)
     numerator = 2.0 * (w * stats.intersection).sum(dim=1, keepdim=True) + smooth_nr
@@ -195,8 +198,11 @@ def focal_from_sums(
 
     ``C'`` is the number of scored channels in ``sums``.
     """
-    per_class = sums.on_target + sums.off_target if alpha is None else (
-        alpha * sums.on_target + (1.0 - alpha) * sums.off_target)
+    per_class = (
+        sums.on_target + sums.off_target
+        if alpha is None
+        else (alpha * sums.on_target + (1.0 - alpha) * sums.off_target)
+    )
     if weight is not None:
         per_class = per_class * weight.to(per_class)
     count = voxel_count.to(per_class)
@@ -225,5 +231,6 @@ def softmax_focal_from_sums(
         per_class = per_class * factor
     if not include_background:
         per_class = per_class[:, 1:]
-    return focal_from_sums(VoxelTermSums(per_class, torch.zeros_like(per_class)), voxel_count, weight=weight,
-                           reduction=reduction)
+    return focal_from_sums(
+        VoxelTermSums(per_class, torch.zeros_like(per_class)), voxel_count, weight=weight, reduction=reduction
+    )

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from monai_gdl.kernels import DiceStatistics
-from monai_gdl.losses.options import DiceOptions
+from monai_gdl.losses.options import DiceOptions, Implementation
 from monai_gdl.losses.sums import all_reduce_statistics, scored_sums, volume_sums
 from monai_gdl.losses.terms import GeneralizedDice, LossKind, LossOptions, VNetDice
 from monai_gdl.losses.validation import LossInputError
@@ -70,13 +70,16 @@ def compute_loss(
 def _functional(kind: LossKind) -> Callable[..., torch.Tensor]:
     """The functional form of a loss kind: ``loss(input, target, *, mask=None, **options)``."""
 
-    def loss(input: torch.Tensor, target: torch.Tensor, *, mask: torch.Tensor | None = None,
-             **options: Any) -> torch.Tensor:
+    def loss(
+        input: torch.Tensor, target: torch.Tensor, *, mask: torch.Tensor | None = None, **options: Any
+    ) -> torch.Tensor:
         checked, weight = kind.build(**options)
         return compute_loss(checked, weight, input, target, mask)
 
-    tensors = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="torch.Tensor")
-               for name in ("input", "target")]
+    tensors = [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="torch.Tensor")
+        for name in ("input", "target")
+    ]
     keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in kind.signature.parameters.values()]
     mask = inspect.Parameter("mask", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="torch.Tensor | None")
     loss.__signature__ = inspect.Signature([*tensors, *keyword, mask], return_annotation="torch.Tensor")  # type: ignore[attr-defined]
@@ -98,8 +101,8 @@ vnet_dice_loss.__doc__ = """V-Net soft Dice loss; see :class:`monai_gdl.VNetDice
 
 generalized_dice_loss = _functional(GENERALIZED_DICE)
 generalized_dice_loss.__name__ = generalized_dice_loss.__qualname__ = "generalized_dice_loss"
-generalized_dice_loss.__doc__ = """Generalized Dice loss; see :class:`monai_gdl.SudreGeneralizedDiceLoss` for the arguments and
-    the math.
+generalized_dice_loss.__doc__ = """Generalized Dice loss; see :class:`monai_gdl.SudreGeneralizedDiceLoss` for the
+    arguments and the math.
 
     Example:
         >>> import torch
@@ -123,7 +126,7 @@ def dice_statistics(
     soft_label: bool = True,
     ignore_index: int | None = None,
     mask: torch.Tensor | None = None,
-    implementation: str = "auto",
+    implementation: Implementation = "auto",
 ) -> DiceStatistics:
     """Per-(sample, class) sums of the activated ``input`` against ``target``, for all C channels (options
     checked, tensors not).
@@ -144,8 +147,15 @@ def dice_statistics(
         >>> stats.intersection.tolist(), stats.target_volume.tolist()
         ([[0.0, 1.0]], [[0.0, 2.0]])
     """
-    options = DiceOptions(to_onehot_y=to_onehot_y, softmax=softmax, sigmoid=sigmoid, other_act=other_act,
-                          squared_pred=squared, soft_label=soft_label, ignore_index=ignore_index,
-                          implementation=implementation)  # type: ignore[arg-type]
+    options = DiceOptions(
+        to_onehot_y=to_onehot_y,
+        softmax=softmax,
+        sigmoid=sigmoid,
+        other_act=other_act,
+        squared_pred=squared,
+        soft_label=soft_label,
+        ignore_index=ignore_index,
+        implementation=implementation,
+    )
     stats, _, _ = volume_sums(input, target, mask, options)
     return stats

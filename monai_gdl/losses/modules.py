@@ -55,8 +55,11 @@ class DiceFamilyLoss(_Loss):
 
     def extra_repr(self) -> str:
         defaults = self.kind.signature.parameters
-        changed = {k: v for k, v in self.options.values().items()
-                   if k in self._option_names and defaults[k].default is not v and defaults[k].default != v}
+        changed = {
+            k: v
+            for k, v in self.options.values().items()
+            if k in self._option_names and defaults[k].default is not v and defaults[k].default != v
+        }
         return ", ".join(f"{k}={v!r}" for k, v in changed.items())
 
     def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

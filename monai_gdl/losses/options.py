@@ -75,7 +75,12 @@ def check_number(name: str, value: Any, *, minimum: float = 0.0, below: float | 
         number = float(value)
     except (TypeError, ValueError):
         number = math.nan
-    if isinstance(value, bool) or not math.isfinite(number) or number < minimum or (below is not None and number >= below):
+    if (
+        isinstance(value, bool)
+        or not math.isfinite(number)
+        or number < minimum
+        or (below is not None and number >= below)
+    ):
         bound = f"lie in [{minimum:g}, {below:g})" if below is not None else f"be >= {minimum:g}"
         raise LossInputError(f"{name}={value}: {what or name} must {bound} (a finite number).")
     return number

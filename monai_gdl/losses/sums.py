@@ -15,8 +15,14 @@ from typing import Any, NamedTuple
 import torch
 from monai.data import MetaTensor
 
-from monai_gdl.kernels import DiceStatistics, VoxelTermSums, accumulation_dtype, fused_sums, reference_statistics
-from monai_gdl.kernels import reference_voxel_term
+from monai_gdl.kernels import (
+    DiceStatistics,
+    VoxelTermSums,
+    accumulation_dtype,
+    fused_sums,
+    reference_statistics,
+    reference_voxel_term,
+)
 from monai_gdl.losses.options import DiceOptions
 from monai_gdl.losses.validation import LossInputError, check_loss_inputs, check_loss_values, checked_sums
 
@@ -93,7 +99,9 @@ def _unwrapped(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _voxel_count(stats: DiceStatistics, input: torch.Tensor, keep: torch.Tensor | None, label_map: bool) -> torch.Tensor:
+def _voxel_count(
+    stats: DiceStatistics, input: torch.Tensor, keep: torch.Tensor | None, label_map: bool
+) -> torch.Tensor:
     """Counted voxels per sample (``B``): for a label map the class volumes' sum (each counted voxel has one
     class in range), else the mask's count or every voxel."""
     if label_map:
@@ -131,8 +139,18 @@ def volume_sums(
     soft = options.soft_label and not squared and not label_map
     if options.other_act is None and implementation != "reference":
         backend = None if implementation in ("auto", "fused") else implementation
-        stats, sums = fused_sums(input, target, activation=options.activation, label_map=label_map, squared=squared,
-                                 soft=soft, mask=keep, voxel_term=voxel_term, gamma=gamma, backend=backend)
+        stats, sums = fused_sums(
+            input,
+            target,
+            activation=options.activation,
+            label_map=label_map,
+            squared=squared,
+            soft=soft,
+            mask=keep,
+            voxel_term=voxel_term,
+            gamma=gamma,
+            backend=backend,
+        )
     else:
         probs = activate(input, softmax=options.softmax, sigmoid=options.sigmoid, other_act=options.other_act)
         stats = reference_statistics(probs, target, label_map=label_map, squared=squared, soft=soft, mask=keep)
@@ -140,8 +158,9 @@ def volume_sums(
             zero = torch.zeros_like(stats.target)
             sums = VoxelTermSums(zero, zero)
         else:
-            sums = reference_voxel_term(input, target, label_map=label_map, voxel_term=voxel_term, gamma=gamma,
-                                        mask=keep)
+            sums = reference_voxel_term(
+                input, target, label_map=label_map, voxel_term=voxel_term, gamma=gamma, mask=keep
+            )
     return stats, sums, _voxel_count(stats, input, keep, label_map) if voxel_term != "none" else None
 
 
@@ -172,13 +191,22 @@ def _all_reduce_sums(
 ) -> tuple[DiceStatistics, VoxelTermSums, torch.Tensor | None]:
     """Every per-(sample, class) sum and the voxel counts summed over processes, in one all-reduce
     (differentiable in ``I, P, F, Q``; ``G, V`` and the counts, a seventh row, carry no gradient)."""
-    rows = [stats.intersection, stats.prediction, stats.target.detach(), stats.target_volume.detach(),
-            sums.on_target, sums.off_target]
+    rows = [
+        stats.intersection,
+        stats.prediction,
+        stats.target.detach(),
+        stats.target_volume.detach(),
+        sums.on_target,
+        sums.off_target,
+    ]
     if count is not None:
         rows.append(count.detach()[:, None].expand_as(stats.target).to(stats.target.dtype))
     summed = _AllReduceSum.apply(torch.stack(rows))
-    return (DiceStatistics(summed[0], summed[1], summed[2].detach(), summed[3].detach()),
-            VoxelTermSums(summed[4], summed[5]), None if count is None else summed[6, :, 0].detach())
+    return (
+        DiceStatistics(summed[0], summed[1], summed[2].detach(), summed[3].detach()),
+        VoxelTermSums(summed[4], summed[5]),
+        None if count is None else summed[6, :, 0].detach(),
+    )
 
 
 def all_reduce_statistics(stats: DiceStatistics) -> DiceStatistics:
@@ -208,9 +236,16 @@ def scored_sums(
     """Checked sums: the Dice statistics of the scored classes, pooled for ``batch``, and what the voxel
     term needs (all classes, per sample). With ``batch`` under ``torch.distributed`` all of them are
     all-reduced (global-batch Dice and a global-mean CE). ``weight`` is only checked against the classes."""
-    check_loss_inputs(input, target, to_onehot_y=options.to_onehot_y, softmax=options.softmax,
-                      ignore_index=options.ignore_index, mask=mask, weight=weight,
-                      include_background=options.include_background)
+    check_loss_inputs(
+        input,
+        target,
+        to_onehot_y=options.to_onehot_y,
+        softmax=options.softmax,
+        ignore_index=options.ignore_index,
+        mask=mask,
+        weight=weight,
+        include_background=options.include_background,
+    )
     stats, sums, count = volume_sums(input, target, mask, options, voxel_term=voxel_term, gamma=gamma)
     if options.validate:
         value_options = (options.to_onehot_y, options.softmax, options.activation != "none", options.ignore_index)

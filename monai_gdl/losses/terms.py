@@ -60,6 +60,7 @@ __all__ = [
     "VoxelTerm",
 ]
 
+
 def _check_fields(term: Any) -> None:
     """Every field of a term by its declared type: flags, choices, numbers (the lambdas >= 0)."""
     for f in fields(term):
@@ -130,8 +131,13 @@ class GeneralizedDice:
 
     def loss(self, stats: DiceStatistics, dice: DiceOptions, weight: torch.Tensor | None, spatial_dims: int):
         f = generalized_dice_from_statistics(
-            stats, w_type=self.w_type, absent_class=self.absent_class, all_absent=self.all_absent,
-            normalize_weights=self.normalize_weights, smooth_nr=dice.smooth_nr, smooth_dr=dice.smooth_dr,
+            stats,
+            w_type=self.w_type,
+            absent_class=self.absent_class,
+            all_absent=self.all_absent,
+            normalize_weights=self.normalize_weights,
+            smooth_nr=dice.smooth_nr,
+            smooth_dr=dice.smooth_dr,
         )
         return reduce_loss(f, dice.reduction, spatial_dims=spatial_dims, batch=dice.batch)
 
@@ -189,8 +195,15 @@ class CrossEntropy:
             )
 
     def loss(self, term: VoxelTermInputs, dice: DiceOptions, weight: torch.Tensor | None) -> torch.Tensor:
-        return cross_entropy_from_sums(term.sums, term.class_volume, _counted(term), label_map=dice.to_onehot_y,
-                                       weight=weight, label_smoothing=self.label_smoothing, reduction=dice.reduction)
+        return cross_entropy_from_sums(
+            term.sums,
+            term.class_volume,
+            _counted(term),
+            label_map=dice.to_onehot_y,
+            weight=weight,
+            label_smoothing=self.label_smoothing,
+            reduction=dice.reduction,
+        )
 
 
 @dataclass(frozen=True)
@@ -214,7 +227,8 @@ class BinaryCrossEntropy:
     def check(self, loss_name: str, dice: DiceOptions) -> None:
         if dice.softmax or not dice.sigmoid:
             raise LossInputError(
-                f"{loss_name} is the sigmoid (multi-label) compound and needs sigmoid=True (got softmax={dice.softmax}, "
+                f"{loss_name} is the sigmoid (multi-label) compound and needs sigmoid=True "
+                f"(got softmax={dice.softmax}, "
                 f"sigmoid={dice.sigmoid}); for one class per voxel with softmax use VNetDiceCELoss."
             )
 
@@ -222,8 +236,9 @@ class BinaryCrossEntropy:
         return None
 
     def loss(self, term: VoxelTermInputs, dice: DiceOptions, weight: torch.Tensor | None) -> torch.Tensor:
-        return focal_from_sums(term.sums.select_classes(dice.include_background), _counted(term), weight=weight,
-                               reduction=dice.reduction)
+        return focal_from_sums(
+            term.sums.select_classes(dice.include_background), _counted(term), weight=weight, reduction=dice.reduction
+        )
 
 
 @dataclass(frozen=True)
@@ -243,7 +258,9 @@ class Focal:
         if self.alpha is not None:
             alpha = check_number("alpha", self.alpha, what="the focal balance")
             if alpha > 1.0:
-                raise LossInputError(f"alpha={alpha}: the focal balance must lie in [0, 1] (or be None for no balancing).")
+                raise LossInputError(
+                    f"alpha={alpha}: the focal balance must lie in [0, 1] (or be None for no balancing)."
+                )
             object.__setattr__(self, "alpha", alpha)
 
     @property
@@ -258,17 +275,30 @@ class Focal:
             raise LossInputError(f"{loss_name}: softmax=True and sigmoid=True; choose one.")
         _needs_logits(loss_name, dice)
         if self.use_softmax and not dice.softmax:
-            raise LossInputError(f"{loss_name}: use_softmax=True (softmax focal) needs softmax=True for the Dice part too.")
+            raise LossInputError(
+                f"{loss_name}: use_softmax=True (softmax focal) needs softmax=True for the Dice part too."
+            )
 
     def check_input(self, loss_name: str, input: torch.Tensor) -> None:
         return None
 
     def loss(self, term: VoxelTermInputs, dice: DiceOptions, weight: torch.Tensor | None) -> torch.Tensor:
         if self.use_softmax:
-            return softmax_focal_from_sums(term.sums, _counted(term), include_background=dice.include_background,
-                                           alpha=self.alpha, weight=weight, reduction=dice.reduction)
-        return focal_from_sums(term.sums.select_classes(dice.include_background), _counted(term), alpha=self.alpha,
-                               weight=weight, reduction=dice.reduction)
+            return softmax_focal_from_sums(
+                term.sums,
+                _counted(term),
+                include_background=dice.include_background,
+                alpha=self.alpha,
+                weight=weight,
+                reduction=dice.reduction,
+            )
+        return focal_from_sums(
+            term.sums.select_classes(dice.include_background),
+            _counted(term),
+            alpha=self.alpha,
+            weight=weight,
+            reduction=dice.reduction,
+        )
 
 
 DiceTerm = Union[VNetDice, GeneralizedDice]
@@ -298,7 +328,9 @@ class LossOptions:
         lambdas = {_lambda_name(self.dice_term): self.dice_term.scale, _lambda_name(voxel): voxel.scale}
         if all(value == 0 for value in lambdas.values()):
             names = " and ".join(f"{name}=0" for name in lambdas)
-            raise LossInputError(f"{names}: the loss would be 0 whatever the prediction; give at least one term a weight.")
+            raise LossInputError(
+                f"{names}: the loss would be 0 whatever the prediction; give at least one term a weight."
+            )
 
     def _parts(self) -> tuple[Any, ...]:
         return (self.dice, self.dice_term) + (() if self.voxel_term is None else (self.voxel_term,))
@@ -351,6 +383,7 @@ class LossKind:
     @property
     def signature(self) -> inspect.Signature:
         """The constructor's parameters, each from the dataclass field that defines it."""
+
         def params(cls: type, skip: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
             return [(f.name, f.type, f.default) for f in fields(cls) if f.name not in skip]
 
@@ -359,14 +392,25 @@ class LossKind:
         own = [p for cls in terms for p in params(cls) if not p[0].startswith("lambda_")]
         lambdas = [p for cls in terms for p in params(cls) if p[0].startswith("lambda_")] if len(terms) > 1 else []
         weight = [("weight", "Sequence[float] | float | torch.Tensor | None", None)] if self.takes_weight else []
-        ordered = ([p for p in dice if p[0] not in self.ENGINE] + weight + own + lambdas
-                   + [p for p in dice if p[0] in self.ENGINE])
+        ordered = (
+            [p for p in dice if p[0] not in self.ENGINE]
+            + weight
+            + own
+            + lambdas
+            + [p for p in dice if p[0] in self.ENGINE]
+        )
         kind = inspect.Parameter
-        return inspect.Signature([
-            kind(name, kind.POSITIONAL_OR_KEYWORD if name in self.POSITIONAL else kind.KEYWORD_ONLY,
-                 default=self.defaults.get(name, default), annotation=annotation)
-            for name, annotation, default in ordered
-        ])
+        return inspect.Signature(
+            [
+                kind(
+                    name,
+                    kind.POSITIONAL_OR_KEYWORD if name in self.POSITIONAL else kind.KEYWORD_ONLY,
+                    default=self.defaults.get(name, default),
+                    annotation=annotation,
+                )
+                for name, annotation, default in ordered
+            ]
+        )
 
     def build(self, *args: Any, **kwargs: Any) -> tuple[LossOptions, torch.Tensor | None]:
         """The checked options and class weights from constructor arguments."""
@@ -378,6 +422,10 @@ class LossKind:
         def part(cls: type) -> Any:
             return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
-        options = LossOptions(self.name, part(DiceOptions), part(self.dice_term),
-                              None if self.voxel_term is None else part(self.voxel_term))
+        options = LossOptions(
+            self.name,
+            part(DiceOptions),
+            part(self.dice_term),
+            None if self.voxel_term is None else part(self.voxel_term),
+        )
         return options, options.check_weight(weight)

@@ -8,7 +8,7 @@ what was seen and how to fix it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Optional
 
 import torch
@@ -114,7 +114,9 @@ def _check_label_map_shape(input: torch.Tensor, target: torch.Tensor) -> None:
             f"(B x 1 x spatial, matching input {_shape_str(input)}), got {_shape_str(target)}.{hint}"
         )
     if target.dtype == torch.bool or target.dtype.is_complex:
-        raise LossInputError(f"label map target has dtype {target.dtype}; use an integer or float tensor of class indices.")
+        raise LossInputError(
+            f"label map target has dtype {target.dtype}; use an integer or float tensor of class indices."
+        )
 
 
 def _check_label_map_values(num_classes: int, target: torch.Tensor, ignore_index: int | None) -> None:
