@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -28,3 +32,21 @@ def random_case(
         flat[:, :c] = torch.arange(c)
     onehot = torch.nn.functional.one_hot(labels[:, 0], c).movedim(-1, 1).to(torch.float64)
     return logits, labels, onehot
+
+
+def _native_available() -> bool:
+    from monai_gdl.kernels import native
+
+    return native.available()
+
+
+#: Tests of the native CPU kernel: skipped where no C compiler could build it.
+needs_native = pytest.mark.skipif(not _native_available(), reason="no C compiler for the native CPU kernel")
+
+
+def run_python(code: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``code`` (dedented) in a fresh interpreter with ``env`` added to this one's environment."""
+    full = dict(os.environ, **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout, env=full
+    )

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monai_gdl import kernels, use_backend, vnet_dice_loss
+from monai_gdl import use_backend, vnet_dice_loss
 from monai_gdl.kernels import chunked, fused_sums, native
 from monai_gdl.kernels.reference import reference_statistics, reference_voxel_term
 from monai_gdl.losses.sums import activate
@@ -209,19 +209,6 @@ def test_loss_backends_agree_on_large_odd_volume(monkeypatch):
         results.append((value.detach(), torch.autograd.grad(value, xx)[0]))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-10, atol=1e-12)
-
-
-def test_auto_backend_on_cpu():
-    """auto: the native kernel where it applies and builds; float64 (which it does not cover) stays off it."""
-    labels = torch.zeros(1, 1, 3, dtype=torch.long)
-    with use_backend("auto"):
-        expected = "native" if native.available() else "eager"
-        assert kernels.resolve_backend(torch.zeros(1, 2, 3), labels, None, True) == expected
-        assert kernels.resolve_backend(torch.zeros(1, 2, 3, dtype=torch.float64), labels, None, True) == "eager"
-        assert (
-            kernels.resolve_backend(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3, dtype=torch.float64), None, False)
-            == "eager"
-        )
 
 
 _PEAK_SCRIPT = textwrap.dedent(

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import pytest
 import torch
 
 from monai_gdl import LossInputError, VNetDiceLoss, kernels, use_backend
-from monai_gdl.kernels import native, native_build
+from monai_gdl.kernels import native
 from monai_gdl.kernels.reference import backward_chunk, forward_chunk
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler for the native CPU kernel")
@@ -151,25 +148,6 @@ def test_soft_intersection_with_mask_and_ties():
         _assert_matches(*_native_and_reference(x, soft, mask, activation, False, False, grads, soft=True))
 
 
-def test_auto_steps_aside_for_what_the_kernel_does_not_cover():
-    """It takes contiguous and channels-last logits; strided views with gaps, float64 and int16 go elsewhere."""
-    x = torch.randn(2, 3, 10)
-    labels = torch.randint(0, 3, (2, 1, 10))
-    with use_backend("auto"):
-        assert kernels.resolve_backend(x, labels, None, True) == "native"
-        assert kernels.resolve_backend(x.double(), labels, None, True) == "eager"
-        assert kernels.resolve_backend(x.transpose(1, 2).contiguous().transpose(1, 2), labels, None, True) == "native"
-        assert kernels.resolve_backend(torch.randn(2, 3, 20)[:, :, ::2], labels, None, True) == "eager"  # gaps
-        assert kernels.resolve_backend(x, labels.to(torch.int16), None, True) == "eager"
-        assert kernels.resolve_backend(x, torch.rand(2, 3, 10, dtype=torch.float64), None, False) == "eager"
-
-
-def test_explicit_native_backend_names_what_it_cannot_take():
-    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
-    with use_backend("native"), pytest.raises(RuntimeError, match=r"backend 'native'.*dtype torch.float64.*'auto'"):
-        VNetDiceLoss(softmax=True, to_onehot_y=True)(x, torch.randint(0, 3, (2, 1, 4, 4)))
-
-
 def test_nan_logits_are_caught_through_the_native_statistics():
     x = torch.randn(1, 3, 8, 8)
     x[0, 1, 2, 2] = float("nan")
@@ -197,91 +175,6 @@ def test_loss_on_native_backend_matches_monai():
         grads.append(xx.grad)
     torch.testing.assert_close(values[0], values[1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-8)
-
-
-def test_build_is_cached_and_keyed_by_source(monkeypatch, tmp_path):
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("MONAI_GDL_CACHE_DIR", str(cache))
-    first = native_build.library_path()
-    assert first is not None and first.parent == cache and first.exists()
-    stamp = first.stat().st_mtime_ns
-    assert native_build.library_path() == first and first.stat().st_mtime_ns == stamp  # not rebuilt
-    assert [p.name for p in cache.iterdir()] == [first.name]  # no temporary left behind
-    assert cache.stat().st_mode & 0o077 == 0  # created private
-    edited = tmp_path / "native.c"
-    edited.write_text(native_build.SOURCE.read_text() + "\n/* edited */\n")
-    monkeypatch.setattr(native_build, "SOURCE", edited)
-    assert native_build.library_path() != first
-
-
-def test_a_cache_folder_others_can_write_is_not_used(monkeypatch, tmp_path, caplog):
-    """A shared folder (group/other-writable) could hold a planted binary: never load from it."""
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o777)
-    monkeypatch.setenv("MONAI_GDL_CACHE_DIR", str(shared))
-    native_build._process_folder.cache_clear()
-    with caplog.at_level("WARNING", logger="monai_gdl.kernels.native"):
-        path = native_build.library_path()
-    assert path.parent != shared and path.parent.stat().st_mode & 0o077 == 0
-    assert "no private cache folder" in caplog.text
-    assert not list(shared.iterdir())
-
-
-def test_a_planted_binary_others_can_write_is_rebuilt(monkeypatch, tmp_path):
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("MONAI_GDL_CACHE_DIR", str(cache))
-    path = native_build.library_path()
-    path.write_bytes(b"not a library")
-    path.chmod(0o666)  # writable by others: not trusted, built again
-    assert native_build.library_path() == path
-    assert path.read_bytes() != b"not a library" and path.stat().st_mode & 0o022 == 0
-
-
-def test_no_compiler_warns_once_with_cost_and_fix_and_falls_back(monkeypatch, caplog):
-    from monai_gdl.kernels import backends as dispatch
-
-    monkeypatch.setattr(native_build, "_compiler", lambda: None)
-    monkeypatch.setattr(dispatch, "_warned", set())
-    native.load.cache_clear()
-    try:
-        assert not native.available()
-        with use_backend("auto"), caplog.at_level("WARNING", logger="monai_gdl.kernels"):
-            assert (
-                kernels.resolve_backend(torch.randn(1, 2, 5), torch.zeros(1, 1, 5, dtype=torch.long), None, True)
-                == "eager"
-            )
-            for _ in range(3):
-                value = VNetDiceLoss(softmax=True, to_onehot_y=True)(
-                    torch.randn(1, 2, 5), torch.randint(0, 2, (1, 1, 5))
-                )
-                assert 0.0 <= float(value) <= 1.0
-        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
-        assert len(warnings) == 1, [r.getMessage() for r in warnings]
-        text = warnings[0].getMessage()
-        assert (
-            "no C compiler found" in text
-            and "about 3-5x" in text
-            and "python -m monai_gdl.benchmark" in text
-            and "install a C compiler" in text
-        )
-        assert "MONAI_GDL_BACKEND" in text
-        caplog.clear()
-        with use_backend("eager"), caplog.at_level("WARNING", logger="monai_gdl.kernels"):
-            monkeypatch.setattr(dispatch, "_warned", set())
-            VNetDiceLoss(softmax=True, to_onehot_y=True)(torch.randn(1, 2, 5), torch.randint(0, 2, (1, 1, 5)))
-        assert not caplog.records  # an explicit choice is silent
-    finally:
-        native.load.cache_clear()
-
-
-def test_unwritable_cache_home_falls_back_to_a_temp_folder(monkeypatch, tmp_path):
-    blocker = tmp_path / "not_a_folder"
-    blocker.write_text("")
-    monkeypatch.delenv("MONAI_GDL_CACHE_DIR", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # mkdir under a file fails
-    folder = native_build._cache_dir()
-    assert folder.parent == Path(tempfile.gettempdir())
 
 
 def test_empty_volume_matches_eager():
@@ -347,25 +240,3 @@ def test_channels_last_logits_and_permuted_one_hot(dtype, activation):
         torch.testing.assert_close(v_fused, v_ref, rtol=1e-5, atol=1e-6)
         tol = dict(rtol=1e-4, atol=1e-7) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-5)
         torch.testing.assert_close(g_fused.float(), g_ref.float(), **tol)
-
-
-def test_float16_goes_elsewhere_where_the_compiler_lacks_it(monkeypatch):
-    monkeypatch.setattr(native, "_float16_supported", lambda: False)
-    labels = torch.zeros(1, 1, 10, dtype=torch.long)
-    with use_backend("auto"):
-        assert kernels.resolve_backend(torch.zeros(1, 2, 10, dtype=torch.float16), labels, None, True) == "eager"
-        assert kernels.resolve_backend(torch.zeros(1, 2, 10, dtype=torch.bfloat16), labels, None, True) == "native"
-
-
-def test_a_failing_build_is_reported_and_falls_back(monkeypatch, tmp_path):
-    broken = tmp_path / "native.c"
-    broken.write_text("this is not C\n")
-    monkeypatch.setattr(native_build, "SOURCE", broken)
-    monkeypatch.setenv("MONAI_GDL_CACHE_DIR", str(tmp_path / "cache"))
-    native.load.cache_clear()
-    try:
-        assert not native.available()
-        assert "the C compiler failed on the kernel source" in native.unavailable_reason()
-        assert not list((tmp_path / "cache").glob("*"))  # no half-written library left behind
-    finally:
-        native.load.cache_clear()

@@ -7,7 +7,14 @@ import itertools
 import pytest
 import torch
 
-from monai_gdl import SudreGeneralizedDiceLoss, VNetDiceLoss
+from monai_gdl import (
+    SudreGeneralizedDiceCELoss,
+    SudreGeneralizedDiceLoss,
+    VNetDiceBCELoss,
+    VNetDiceCELoss,
+    VNetDiceLoss,
+    use_backend,
+)
 
 LOSSES = [
     ("vnet_plain", lambda **kw: VNetDiceLoss(squared_pred=False, **kw)),
@@ -82,3 +89,63 @@ def test_hard_targets_same_value_and_gradient_with_either_intersection(implement
         results.append((value.detach(), torch.autograd.grad(value, xx)[0]))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-6, atol=1e-9)
+
+
+def _soft_target(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(shape, generator=g, dtype=torch.float64) ** 2
+    return t / t.sum(1, keepdim=True)
+
+
+SOFT_TARGET_LOSSES = [
+    lambda **kw: VNetDiceLoss(softmax=True, squared_pred=False, **kw),  # min(p, g) intersection
+    lambda **kw: VNetDiceLoss(softmax=True, squared_pred=True, **kw),
+    lambda **kw: SudreGeneralizedDiceLoss(softmax=True, **kw),
+    lambda **kw: VNetDiceCELoss(**kw),
+    lambda **kw: SudreGeneralizedDiceCELoss(**kw),
+    lambda **kw: VNetDiceBCELoss(**kw),
+]
+
+
+@pytest.mark.parametrize("make", SOFT_TARGET_LOSSES)
+@pytest.mark.parametrize("backend", ["auto", "eager"])
+def test_a_soft_target_gets_the_reference_gradient_on_the_fused_path(make, backend):
+    shape = (2, 3, 7, 6, 5)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    target = _soft_target(shape, 4)
+    grads = {}
+    for impl, dtype in (("reference", torch.float64), ("auto", torch.float32)):
+        xx = x.to(dtype).detach().clone().requires_grad_(True)
+        tt = target.to(dtype).detach().clone().requires_grad_(True)
+        with use_backend(backend):
+            make(implementation=impl)(xx, tt).backward()
+        assert tt.grad is not None, f"{impl}: the target got no gradient"
+        grads[impl] = (xx.grad.double(), tt.grad.double())
+    torch.testing.assert_close(grads["auto"][0], grads["reference"][0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads["auto"][1], grads["reference"][1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: VNetDiceCELoss(implementation="fused", squared_pred=True),
+        lambda: VNetDiceLoss(softmax=True, squared_pred=False, implementation="fused"),
+        lambda: VNetDiceBCELoss(implementation="fused"),
+    ],
+)
+def test_the_soft_target_gradient_matches_finite_differences(make):
+    """Float64 central differences of the loss in the target: the independent check of the fused target gradient
+    (through the intersection, the target's own sums and the voxel term)."""
+    shape = (1, 3, 4, 3, 2)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    target = _soft_target(shape, 6).requires_grad_(True)
+    loss = make()
+    with use_backend("eager"):
+        loss(x, target).backward()
+        eps = 1e-6
+        for index in [(0, 0, 0, 0, 0), (0, 1, 2, 1, 1), (0, 2, 3, 2, 0)]:
+            plus, minus = target.detach().clone(), target.detach().clone()
+            plus[index] += eps
+            minus[index] -= eps
+            numeric = (loss(x, plus) - loss(x, minus)) / (2 * eps)
+            assert abs(float(numeric) - float(target.grad[index])) < 1e-6

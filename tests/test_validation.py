@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import needs_native, run_python
+from monai.losses import DiceLoss
 
-from monai_gdl import LossInputError, SudreGeneralizedDiceLoss, VNetDiceLoss
+from monai_gdl import (
+    LossInputError,
+    SudreGeneralizedDiceLoss,
+    VNetDiceCELoss,
+    VNetDiceLoss,
+)
 from monai_gdl.losses import validation
 
 
@@ -186,3 +193,77 @@ def test_shape_checks_run_even_with_validate_false():
         VNetDiceLoss(softmax=True, to_onehot_y=True, validate=False)(x, torch.rand(2, 6, 6, 6))
     with pytest.raises(LossInputError, match=r"target has shape 2x3x6x6 but input has 2x3x6x6x6"):
         SudreGeneralizedDiceLoss(softmax=True, validate=False)(x, torch.rand(2, 3, 6, 6))
+
+
+# 1. validate=False keeps every shape/dtype/layout check: a wrong target is an error, never SIGSEGV or NaN.
+@needs_native
+def test_validate_false_with_wrong_shapes_is_an_error_not_a_crash():
+    result = run_python("""
+        import torch
+        from monai_gdl import LossInputError, VNetDiceLoss, SudreGeneralizedDiceLoss, VNetDiceCELoss
+        cases = 0
+        for size in (5, 16, 33, 64):
+            x = torch.randn(2, 3, size, size, size)
+            float_map = torch.randint(0, 3, (2, 1, size, size, size)).float()
+            for loss in (VNetDiceLoss(softmax=True, validate=False), SudreGeneralizedDiceLoss(softmax=True,
+                         validate=False), VNetDiceCELoss(validate=False)):
+                for target in (float_map, float_map[:, :, :-1], torch.zeros(2, 3, size, size, 1),
+                               torch.zeros(1, 3, size, size, size)):
+                    try:
+                        loss(x, target)
+                    except LossInputError:
+                        cases += 1
+            labels = torch.randint(0, 3, (2, 1, size, size, size))
+            for bad in (labels[:, :, :-1], labels.expand(2, 3, -1, -1, -1), labels[:1]):
+                try:
+                    VNetDiceLoss(softmax=True, to_onehot_y=True, validate=False)(x, bad)
+                except LossInputError:
+                    cases += 1
+        print("refused", cases)
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "refused 60" in result.stdout
+
+
+# 4. Empty inputs, torch.func transforms, double backward.
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: VNetDiceLoss(softmax=True, to_onehot_y=True),
+        lambda: SudreGeneralizedDiceLoss(softmax=True, to_onehot_y=True),
+        lambda: VNetDiceCELoss(to_onehot_y=True),
+    ],
+)
+@pytest.mark.parametrize("shape", [(0, 3, 8, 8, 8), (2, 3, 0, 8, 8), (2, 3, 8, 0)])
+def test_an_empty_batch_or_volume_is_a_loss_input_error(make, shape):
+    x = torch.randn(shape)
+    y = torch.zeros((shape[0], 1, *shape[2:]), dtype=torch.long)
+    with pytest.raises(LossInputError, match=r"no voxels to score"):
+        make()(x, y)
+
+
+# 5. ignore_index equal to a scored class: refused; ignoring an unscored background is allowed.
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: VNetDiceLoss(softmax=True, to_onehot_y=True, **kw),
+        lambda **kw: SudreGeneralizedDiceLoss(softmax=True, to_onehot_y=True, **kw),
+        lambda **kw: VNetDiceCELoss(to_onehot_y=True, **kw),
+    ],
+)
+@pytest.mark.parametrize("ignore_index,include_background", [(2, True), (1, False), (0, True)])
+def test_ignore_index_of_a_scored_class_is_refused(make, ignore_index, include_background):
+    x = torch.randn(2, 3, 6, 6)
+    y = torch.randint(0, 3, (2, 1, 6, 6))
+    with pytest.raises(LossInputError, match=rf"ignore_index={ignore_index} is one of the classes the loss scores"):
+        make(ignore_index=ignore_index, include_background=include_background)(x, y)
+
+
+def test_ignoring_the_unscored_background_equals_monai():
+    x = torch.randn(2, 3, 6, 7, 5, dtype=torch.float64)
+    y = torch.randint(0, 3, (2, 1, 6, 7, 5))
+    ours = VNetDiceLoss(
+        softmax=True, to_onehot_y=True, include_background=False, ignore_index=0, squared_pred=False, soft_label=False
+    )(x, y)
+    theirs = DiceLoss(softmax=True, to_onehot_y=True, include_background=False, ignore_index=0)(x, y)
+    torch.testing.assert_close(ours, theirs)
