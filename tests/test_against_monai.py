@@ -75,28 +75,16 @@ def test_plain_denominator_and_weights_equal_monai(path):
     "shape,act,include_background,batch,reduction,w_type,label_map,path",
     list(
         itertools.product(
-            SHAPES[:2],
-            ACTS,
-            [True, False],
-            [False, True],
-            ["mean", "none"],
-            ["square", "simple", "uniform"],
-            [True, False],
-            PATHS,
+            SHAPES[:2], ACTS, [True, False], [False, True], ["mean", "none"], ["square", "simple", "uniform"],
+            [True, False], PATHS,
         )
     ),
 )
 def test_gdl_equals_monai(shape, act, include_background, batch, reduction, w_type, label_map, path):
     logits, labels, onehot = random_case(shape, seed=sum(shape) + 1)
     target = labels if label_map else onehot
-    common = dict(
-        include_background=include_background,
-        to_onehot_y=label_map,
-        batch=batch,
-        reduction=reduction,
-        w_type=w_type,
-        **act,
-    )
+    common = dict(include_background=include_background, to_onehot_y=label_map, batch=batch, reduction=reduction,
+                  w_type=w_type, **act)
     impl = "reference" if path == "reference" else "auto"
     ours = SudreGeneralizedDiceLoss(normalize_weights=False, implementation=impl, **common)
     _compare(ours, GeneralizedDiceLoss(**common), logits, target, path)
@@ -126,13 +114,8 @@ def test_normalized_weights_equal_monai_without_smoothing():
     """Normalising the weights changes nothing but the smoothing terms' scale."""
     logits, labels, _ = random_case((2, 5, 8, 7, 6), seed=9)
     common = dict(softmax=True, to_onehot_y=True, smooth_nr=0.0, smooth_dr=0.0)
-    _compare(
-        SudreGeneralizedDiceLoss(normalize_weights=True, **common),
-        GeneralizedDiceLoss(**common),
-        logits,
-        labels,
-        "reference",
-    )
+    _compare(SudreGeneralizedDiceLoss(normalize_weights=True, **common), GeneralizedDiceLoss(**common), logits,
+             labels, "reference")
 
 
 def _soft_case(seed, shape=(2, 3, 6, 5, 4)):
@@ -171,20 +154,10 @@ def test_soft_labels_equal_monai_soft_label_gdl(path, w_type, batch):
 def test_soft_label_false_is_monai_default_product_form(path):
     logits, soft = _soft_case(6)
     impl = "reference" if path == "reference" else "auto"
-    _compare(
-        VNetDiceLoss(sigmoid=True, squared_pred=False, soft_label=False, implementation=impl),
-        DiceLoss(sigmoid=True, squared_pred=False),
-        logits,
-        soft,
-        path,
-    )
-    _compare(
-        SudreGeneralizedDiceLoss(sigmoid=True, normalize_weights=False, soft_label=False, implementation=impl),
-        GeneralizedDiceLoss(sigmoid=True),
-        logits,
-        soft,
-        path,
-    )
+    _compare(VNetDiceLoss(sigmoid=True, squared_pred=False, soft_label=False, implementation=impl),
+             DiceLoss(sigmoid=True, squared_pred=False), logits, soft, path)
+    _compare(SudreGeneralizedDiceLoss(sigmoid=True, normalize_weights=False, soft_label=False, implementation=impl),
+             GeneralizedDiceLoss(sigmoid=True), logits, soft, path)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -203,13 +176,8 @@ def test_reduction_none_shapes_are_monai_shapes(batch, spatial):
     """Compared as returned, without flattening: broadcastable against the input like MONAI's."""
     logits, labels, onehot = random_case((2, 3, *spatial), seed=12)
     for ours, theirs in (
-        (
-            VNetDiceLoss(softmax=True, reduction="none", batch=batch),
-            DiceLoss(softmax=True, reduction="none", batch=batch),
-        ),
-        (
-            SudreGeneralizedDiceLoss(softmax=True, reduction="none", batch=batch),
-            GeneralizedDiceLoss(softmax=True, reduction="none", batch=batch),
-        ),
+        (VNetDiceLoss(softmax=True, reduction="none", batch=batch), DiceLoss(softmax=True, reduction="none", batch=batch)),
+        (SudreGeneralizedDiceLoss(softmax=True, reduction="none", batch=batch),
+         GeneralizedDiceLoss(softmax=True, reduction="none", batch=batch)),
     ):
         assert ours(logits, onehot).shape == theirs(logits, onehot).shape
