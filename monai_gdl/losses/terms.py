@@ -76,6 +76,40 @@ def _check_fields(term: Any) -> None:
 _CHOICES = {"WType": WType, "AbsentClass": AbsentClass, "AllAbsent": AllAbsent}
 
 
+class _Term:
+    """What every term shares: its fields checked by type when built, and its weight in the sum (the one
+    field named ``lambda_*``)."""
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
+    @classmethod
+    def lambda_name(cls) -> str:
+        return next(f.name for f in fields(cls) if f.name.startswith("lambda_"))  # type: ignore[arg-type]
+
+    @property
+    def scale(self) -> float:
+        return getattr(self, self.lambda_name())
+
+
+class _VoxelTerm(_Term):
+    """A voxel term: which per-voxel term the fused pass computes (``kernel``), what it needs of the options and
+    the input (nothing unless a term says so), and whether its class weights cover every channel."""
+
+    kernel: ClassVar[str]
+    weight_per_channel: ClassVar[bool] = False
+
+    def kernel_term(self) -> tuple[str, float]:
+        """The fused pass's ``(voxel_term, gamma)``."""
+        return self.kernel, 0.0
+
+    def check(self, loss_name: str, dice: DiceOptions) -> None:
+        return None
+
+    def check_input(self, loss_name: str, input: torch.Tensor) -> None:
+        return None
+
+
 def apply_class_weight(f: torch.Tensor, weight: torch.Tensor | None, rescale: bool) -> torch.Tensor:
     """``f`` (``N x C``) times the class weights, rescaled to average 1 when ``rescale`` (so ``mean``
     stays a weighted average in [0, 1]); a scalar (``rescale=False`` only) multiplies every class."""
@@ -88,7 +122,7 @@ def apply_class_weight(f: torch.Tensor, weight: torch.Tensor | None, rescale: bo
 
 
 @dataclass(frozen=True)
-class VNetDice:
+class VNetDice(_Term):
     """V-Net soft Dice (Milletari et al. 2016): ``1 - (2 I + smooth_nr) / (P + G + smooth_dr)`` per class,
     class-weighted, reduced as MONAI's ``DiceLoss``."""
 
@@ -97,13 +131,6 @@ class VNetDice:
 
     uses_class_weight: ClassVar[bool] = True
 
-    def __post_init__(self) -> None:
-        _check_fields(self)
-
-    @property
-    def scale(self) -> float:
-        return self.lambda_dice
-
     def loss(self, stats: DiceStatistics, dice: DiceOptions, weight: torch.Tensor | None, spatial_dims: int):
         f = vnet_dice_from_statistics(stats, smooth_nr=dice.smooth_nr, smooth_dr=dice.smooth_dr)
         f = apply_class_weight(f, weight, self.rescale_weight)
@@ -111,7 +138,7 @@ class VNetDice:
 
 
 @dataclass(frozen=True)
-class GeneralizedDice:
+class GeneralizedDice(_Term):
     """Generalized Dice (Sudre et al. 2017): one ratio over classes weighted by ``w_type`` of their volume."""
 
     w_type: WType = "square"
@@ -121,13 +148,6 @@ class GeneralizedDice:
     lambda_gdl: float = 1.0
 
     uses_class_weight: ClassVar[bool] = False
-
-    def __post_init__(self) -> None:
-        _check_fields(self)
-
-    @property
-    def scale(self) -> float:
-        return self.lambda_gdl
 
     def loss(self, stats: DiceStatistics, dice: DiceOptions, weight: torch.Tensor | None, spatial_dims: int):
         f = generalized_dice_from_statistics(
@@ -157,26 +177,19 @@ def _needs_logits(loss_name: str, dice: DiceOptions) -> None:
 
 
 @dataclass(frozen=True)
-class CrossEntropy:
+class CrossEntropy(_VoxelTerm):
     """PyTorch's ``cross_entropy`` over all C classes (softmax), with class weights and label smoothing."""
 
     label_smoothing: float = 0.0
     lambda_ce: float = 1.0
 
+    kernel = "softmax"
     #: the class weights cover every channel (not only the scored ones)
-    weight_per_channel: ClassVar[bool] = True
+    weight_per_channel = True
 
     def __post_init__(self) -> None:
-        _check_fields(self)
+        super().__post_init__()
         check_number("label_smoothing", self.label_smoothing, below=1.0, what="it")
-
-    @property
-    def scale(self) -> float:
-        return self.lambda_ce
-
-    def kernel_term(self) -> tuple[str, float]:
-        """The fused pass's ``(voxel_term, gamma)``."""
-        return "softmax", 0.0
 
     def check(self, loss_name: str, dice: DiceOptions) -> None:
         if dice.sigmoid or not dice.softmax:
@@ -207,33 +220,20 @@ class CrossEntropy:
 
 
 @dataclass(frozen=True)
-class BinaryCrossEntropy:
+class BinaryCrossEntropy(_VoxelTerm):
     """``binary_cross_entropy_with_logits`` per scored channel (sigmoid), mean over elements."""
 
     lambda_ce: float = 1.0
 
-    weight_per_channel: ClassVar[bool] = False
-
-    def __post_init__(self) -> None:
-        _check_fields(self)
-
-    @property
-    def scale(self) -> float:
-        return self.lambda_ce
-
-    def kernel_term(self) -> tuple[str, float]:
-        return "sigmoid", 0.0
+    kernel = "sigmoid"
 
     def check(self, loss_name: str, dice: DiceOptions) -> None:
         if dice.softmax or not dice.sigmoid:
             raise LossInputError(
-                f"{loss_name} is the sigmoid (multi-label) compound and needs sigmoid=True "
-                f"(got softmax={dice.softmax}, "
-                f"sigmoid={dice.sigmoid}); for one class per voxel with softmax use VNetDiceCELoss."
+                f"{loss_name} is the sigmoid (multi-label) compound and needs sigmoid=True (got "
+                f"softmax={dice.softmax}, sigmoid={dice.sigmoid}); for one class per voxel with softmax use "
+                "VNetDiceCELoss."
             )
-
-    def check_input(self, loss_name: str, input: torch.Tensor) -> None:
-        return None
 
     def loss(self, term: VoxelTermInputs, dice: DiceOptions, weight: torch.Tensor | None) -> torch.Tensor:
         return focal_from_sums(
@@ -242,7 +242,7 @@ class BinaryCrossEntropy:
 
 
 @dataclass(frozen=True)
-class Focal:
+class Focal(_VoxelTerm):
     """MONAI's ``FocalLoss``: sigmoid focal per scored channel, or softmax focal (``use_softmax``)."""
 
     gamma: float = 2.0
@@ -250,10 +250,8 @@ class Focal:
     use_softmax: bool = False
     lambda_focal: float = 1.0
 
-    weight_per_channel: ClassVar[bool] = False
-
     def __post_init__(self) -> None:
-        _check_fields(self)
+        super().__post_init__()
         object.__setattr__(self, "gamma", check_number("gamma", self.gamma, what="the focal exponent (0 gives BCE/CE)"))
         if self.alpha is not None:
             alpha = check_number("alpha", self.alpha, what="the focal balance")
@@ -262,10 +260,6 @@ class Focal:
                     f"alpha={alpha}: the focal balance must lie in [0, 1] (or be None for no balancing)."
                 )
             object.__setattr__(self, "alpha", alpha)
-
-    @property
-    def scale(self) -> float:
-        return self.lambda_focal
 
     def kernel_term(self) -> tuple[str, float]:
         return ("softmax" if self.use_softmax else "sigmoid"), self.gamma
@@ -278,9 +272,6 @@ class Focal:
             raise LossInputError(
                 f"{loss_name}: use_softmax=True (softmax focal) needs softmax=True for the Dice part too."
             )
-
-    def check_input(self, loss_name: str, input: torch.Tensor) -> None:
-        return None
 
     def loss(self, term: VoxelTermInputs, dice: DiceOptions, weight: torch.Tensor | None) -> torch.Tensor:
         if self.use_softmax:
@@ -325,7 +316,7 @@ class LossOptions:
                 "VNetDiceLoss(reduction='none')."
             )
         voxel.check(self.name, self.dice)
-        lambdas = {_lambda_name(self.dice_term): self.dice_term.scale, _lambda_name(voxel): voxel.scale}
+        lambdas = {self.dice_term.lambda_name(): self.dice_term.scale, voxel.lambda_name(): voxel.scale}
         if all(value == 0 for value in lambdas.values()):
             names = " and ".join(f"{name}=0" for name in lambdas)
             raise LossInputError(
@@ -356,10 +347,6 @@ class LossOptions:
             return None
         rescale = isinstance(self.dice_term, VNetDice) and self.dice_term.rescale_weight
         return check_class_weight(weight, rescale_weight=rescale, per_class_only=self.voxel_term is not None)
-
-
-def _lambda_name(term: Any) -> str:
-    return next(f.name for f in fields(term) if f.name.startswith("lambda_"))
 
 
 @dataclass(frozen=True)
