@@ -5,8 +5,9 @@ Generalized Dice losses, their fused compounds with CE / BCE / focal, and the de
 wrapper) as attributes of ``monai.losses`` (no MONAI name is replaced), so bundle configs with
 ``"imports": ["$import monai_gdl"]`` can use ``"_target_": "VNetDiceCELoss"``.
 
-Subpackages: :mod:`monai_gdl.losses` (formulas, modules, validation), :mod:`monai_gdl.kernels`
-(statistics contract, reference math, backends, dispatch, operators), :mod:`monai_gdl.bundle`
+Subpackages: :mod:`monai_gdl.losses` (options, terms, checks, sums, formulas, modules),
+:mod:`monai_gdl.kernels` (statistics contract, reference math, backends and their registry, operators),
+:mod:`monai_gdl.bundle`
 (what the bundle configs import). Tools: ``python -m monai_gdl.benchmark | data | report``.
 """
 
@@ -32,7 +33,7 @@ from monai_gdl.losses import (
     vnet_dice_loss,
 )
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "BACKENDS",

@@ -65,3 +65,14 @@ def test_public_api_is_curated():
         assert hasattr(monai_gdl, name), name
     assert "generalized_dice_weights" in monai_gdl.__all__
     assert not [n for n in monai_gdl.__all__ if n.startswith("_")]
+
+
+def test_the_kernels_have_one_face():
+    """Outside ``monai_gdl.kernels`` nothing imports its modules directly: the losses (and the tools) use what
+    ``monai_gdl/kernels/__init__.py`` exports, so a backend can move without touching them."""
+    graph = _import_graph()
+    for module, targets in graph.items():
+        if module.startswith("monai_gdl.kernels"):
+            continue
+        inner = {t for t in targets if t.startswith("monai_gdl.kernels.")}
+        assert not inner, f"{module} imports {sorted(inner)}; import from monai_gdl.kernels instead"

@@ -64,7 +64,7 @@ def compute_loss(
     value = dice_term.loss(stats, dice, dice_weight, input.ndim - 2)
     if voxel is None:
         return value
-    return dice_term.scale * value + voxel.scale * voxel.loss(term, dice, weight)
+    return options.dice_scale * value + options.voxel_scale * voxel.loss(term, dice, weight)
 
 
 def _functional(kind: LossKind) -> Callable[..., torch.Tensor]:

@@ -304,8 +304,13 @@ class LossOptions:
     dice: DiceOptions
     dice_term: DiceTerm
     voxel_term: VoxelTerm | None = None
+    #: the terms' weights (``lambda_*``), read once here so the forward needs no field lookups
+    dice_scale: float = field(init=False, repr=False, compare=False)
+    voxel_scale: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "dice_scale", self.dice_term.scale)
+        object.__setattr__(self, "voxel_scale", 0.0 if self.voxel_term is None else self.voxel_term.scale)
         voxel = self.voxel_term
         if voxel is None:
             return
