@@ -17,6 +17,7 @@ from monai.data import MetaTensor
 
 from monai_gdl.kernels import (
     DiceStatistics,
+    Row,
     VoxelTermSums,
     accumulation_dtype,
     fused_sums,
@@ -202,11 +203,9 @@ def _all_reduce_sums(
     if count is not None:
         rows.append(count.detach()[:, None].expand_as(stats.target).to(stats.target.dtype))
     summed = _AllReduceSum.apply(torch.stack(rows))
-    return (
-        DiceStatistics(summed[0], summed[1], summed[2].detach(), summed[3].detach()),
-        VoxelTermSums(summed[4], summed[5]),
-        None if count is None else summed[6, :, 0].detach(),
-    )
+    stats = DiceStatistics.from_stacked(summed)
+    stats = stats._replace(target=stats.target.detach(), target_volume=stats.target_volume.detach())
+    return stats, VoxelTermSums.from_stacked(summed), None if count is None else summed[len(Row), :, 0].detach()
 
 
 def all_reduce_statistics(stats: DiceStatistics) -> DiceStatistics:
