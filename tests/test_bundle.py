@@ -280,6 +280,7 @@ def tiny_dataset(tmp_path_factory):
     return write_synthetic_dataset(str(tmp_path_factory.mktemp("data") / "ds"), num_cases=5, shape=(24, 24, 16), seed=2)
 
 
+@pytest.mark.slow
 def test_verify_net_in_out_passes():
     run = _bundle(
         ["inference.json"],

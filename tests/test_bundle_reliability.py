@@ -217,6 +217,7 @@ def _data_check(dataset: str, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "change,what",
     [
@@ -257,6 +258,7 @@ def test_training_refuses_a_label_shifted_by_10_mm_before_any_step(tmp_path, dat
     assert not os.path.exists(tmp_path / "out" / "models" / "last.pt")
 
 
+@pytest.mark.slow
 def test_data_check_reports_every_problem_one_line_each(dataset, tmp_path):
     images, labels = os.path.join(dataset, "imagesTr"), os.path.join(dataset, "labelsTr")
     case = lambda i, kind: os.path.join(images if kind == "image" else labels, f"synth_{i:03d}.nii.gz")  # noqa: E731
@@ -296,6 +298,7 @@ def test_data_check_reports_every_problem_one_line_each(dataset, tmp_path):
     assert _data_check(dataset, "--num_classes", "8").stderr.count("holds class 7") == 0
 
 
+@pytest.mark.slow
 def test_data_check_passes_a_clean_dataset(dataset):
     result = _data_check(dataset)
     assert result.returncode == 0, result.stderr

@@ -248,6 +248,7 @@ def _peak_extra(impl: str, size: int, backend: str = "eager") -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux peak-RSS reset")
 @pytest.mark.parametrize("backend", ["eager", pytest.param("native", marks=needs_native)])
 def test_fused_path_allocates_no_volume_sized_temporaries(backend):
