@@ -482,3 +482,17 @@ def test_multi_gpu_config_runs_under_torchrun_on_two_cpu_ranks(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert run.stdout.count("epoch 1/1 loss") == 1  # rank 0 alone reports and writes
     assert torch.load(os.path.join(out, "models", "last.pt"), weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_inference_with_the_checkpoint_loader_disabled_needs_no_checkpoint(tiny_dataset, tmp_path):
+    """The model-zoo's unit-test convention (``--handlers#0#_disabled_ true``): inference runs the network as
+    configured, so the checkpoint that will not be loaded is not checked either (it once was, and failed)."""
+    pred = str(tmp_path / "pred")
+    args = ["--bundle_root", str(tmp_path), "--input_dir", os.path.join(tiny_dataset, "imagesTr")]
+    args += ["--output_dir", str(tmp_path / "out"), "--prediction_dir", pred, *TINY]
+    run = _bundle(["inference.json"], *args, "--handlers#0#_disabled_", "true", cwd=str(tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"wrote 5 segmentation(s) of 5 image(s) to {pred}" in run.stdout
+    enabled = _bundle(["inference.json"], *args, cwd=str(tmp_path))  # the loader on: the missing file is named
+    assert enabled.returncode == 1 and "no checkpoint at" in enabled.stderr.strip().splitlines()[-1]

@@ -148,9 +148,13 @@ def check_output_dir(output_dir: str) -> str:
     return output_dir
 
 
-def check_checkpoint(path: str, network: torch.nn.Module) -> None:
+def check_checkpoint(path: str, network: torch.nn.Module, loaded: bool = True) -> None:
     """Before any data is loaded: ``path`` exists, can be read and fits ``network`` (MONAI's
-    ``CheckpointLoader`` then loads it), else a :class:`CheckpointError` saying what to do."""
+    ``CheckpointLoader`` then loads it), else a :class:`CheckpointError` saying what to do. Nothing is
+    checked when the loader is disabled (``loaded=False``: ``--handlers#0#_disabled_ true``, the model-zoo's
+    convention for running a bundle's inference without weights, or with a network given whole)."""
+    if not loaded:
+        return
     if not os.path.isfile(path):
         raise CheckpointError(
             f"no checkpoint at {path}; train first (configs/train.json with the same --output_dir or --bundle_root), "
