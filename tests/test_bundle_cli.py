@@ -3,6 +3,7 @@ and the fix as the last thing printed, exit code 1 (never MONAI's wrapper as the
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -97,6 +98,15 @@ def test_classes_never_seen_are_a_warning_naming_them(data, tmp_path):
     first = run.stdout.splitlines()[0]
     assert first.startswith("warning: num_classes=4 but class(es) 3 (class_3) never appear in the 4 label files")
     assert "pass --num_classes 3" in first
+    # what the warning says is what the numbers show: nan for the absent class, left out of the mean
+    assert "scores a class absent from a label as nan and leaves it out of the mean" in first
+    epoch_line = next(line for line in run.stdout.splitlines() if line.startswith("epoch 1/1"))
+    assert "class_3 nan" in epoch_line
+    with open(tmp_path / "logs" / "history.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["val_dice_class_3"] == "nan"
+    present = [float(row[f"val_dice_{n}"]) for n in ("class_1", "class_2")]
+    assert float(row["val_mean_dice"]) == pytest.approx(sum(present) / 2, abs=1e-4)
 
 
 @pytest.mark.slow

@@ -307,7 +307,8 @@ def check_labels(dataset_dir: str, num_classes: int, cases: Sequence[dict]) -> l
     A label holding values outside ``0 .. num_classes - 1`` (or non-integer values), or a
     ``dataset.json`` whose ``labels`` name more classes than ``num_classes``, is a
     :class:`DatasetError` naming the files and the fix. Classes that no label holds are a warning
-    naming them: they would be trained as always absent and score Dice 0.
+    naming them: they would be trained as always absent, and their Dice is nan (no voxel to match), left out
+    of the mean Dice.
     """
     meta = _load_dataset_json(dataset_dir) if dataset_dir and os.path.isdir(dataset_dir) else None
     listed = (meta or {}).get("labels")
@@ -341,7 +342,9 @@ def check_labels(dataset_dir: str, num_classes: int, cases: Sequence[dict]) -> l
         names, seen = class_names(dataset_dir, num_classes), max(found, default=0) + 1
         logging.getLogger("monai_gdl.bundle").warning(
             "warning: num_classes=%d but class(es) %s never appear in the %d label files: the network will learn them "
-            "as absent and they score Dice 0; pass --num_classes %d if the data has %d classes.",
+            "as absent, and they have no Dice (MONAI's MeanDice scores a class absent from a label as nan and leaves "
+            "it out of the mean Dice; the epoch line, history.csv and the evaluation CSVs show nan for them); pass "
+            "--num_classes %d if the data has %d classes.",
             num_classes,
             ", ".join(f"{c} ({names[c]})" for c in never),
             len(cases),
