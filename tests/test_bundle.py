@@ -4,6 +4,7 @@ export); train / evaluate / infer end to end through MONAI's CLI."""
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import signal
@@ -496,3 +497,28 @@ def test_inference_with_the_checkpoint_loader_disabled_needs_no_checkpoint(tiny_
     assert f"wrote 5 segmentation(s) of 5 image(s) to {pred}" in run.stdout
     enabled = _bundle(["inference.json"], *args, cwd=str(tmp_path))  # the loader on: the missing file is named
     assert enabled.returncode == 1 and "no checkpoint at" in enabled.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_each_ranks_error_is_printed_under_torchrun(tmp_path):
+    """torch.distributed's excepthook swaps stderr for a buffer while ours runs, and ours ends the process:
+    the error was lost (both ranks exited 1 and printed nothing). Each rank now prints it, prefixed once."""
+    data = write_synthetic_dataset(str(tmp_path / "ds"), num_cases=4, shape=(24, 24, 16), seed=1)
+    path = sorted(glob.glob(os.path.join(data, "imagesTr", "*.nii*")))[0]
+    image = nib.load(path)
+    voxels = np.asarray(image.dataobj).astype(np.float32)
+    voxels[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(voxels, image.affine), path)
+    files = "[" + ",".join(f"'{os.path.join(CONFIGS, f)}'" for f in ["train.json", "multi_gpu_train.json"]) + "]"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "monai.bundle", "run"]
+    cmd += ["--config_file", files, "--bundle_root", str(tmp_path), "--dataset_dir", data, "--epochs", "1", *TINY]
+    for verbose in ("false", "true"):
+        run = subprocess.run(
+            cmd + ["--verbose", verbose], cwd=str(tmp_path), capture_output=True, text=True, timeout=600
+        )
+        assert run.returncode != 0
+        for rank in (0, 1):
+            lines = [line for line in run.stderr.splitlines() if line.startswith(f"[rank {rank}] error: ")]
+            assert len(lines) == 1, run.stderr[-3000:]
+            assert os.path.basename(path) in lines[0] and "NaN" in lines[0]
+        assert ("Traceback" in run.stderr.split("[rank")[0]) == (verbose == "true")

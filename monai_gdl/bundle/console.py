@@ -62,14 +62,24 @@ def project_error(exc: BaseException | None) -> BaseException | None:
     return None
 
 
+def _rank_prefix() -> str:
+    """``[rank N] `` in a multi-process run (torchrun sets RANK and WORLD_SIZE), else nothing."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    return f"[rank {os.environ.get('RANK', '0')}] " if world.isdigit() and int(world) > 1 else ""
+
+
 def _excepthook(exc_type, exc, tb, verbose: bool = False) -> None:
+    # Written to the process's own stderr: torch.distributed's excepthook runs this one with sys.stderr swapped
+    # for a buffer that it prints afterwards, and the os._exit below would drop that buffer (torchrun showed
+    # nothing at all).
+    stderr = sys.__stderr__ or sys.stderr
     ours = project_error(exc)
     if ours is None or verbose:
-        traceback.print_exception(exc_type, exc, tb)
+        traceback.print_exception(exc_type, exc, tb, file=stderr)
     if ours is not None:
-        print(f"\nerror: {ours}", file=sys.stderr)
+        print(f"\n{_rank_prefix()}error: {ours}", file=stderr)
     sys.stdout.flush()
-    sys.stderr.flush()
+    stderr.flush()
     # Not sys.exit: interpreter shutdown with a CacheDataset worker thread still running aborts (exit 134).
     os._exit(1)
 
