@@ -242,3 +242,35 @@ def test_old_module_paths_forward_with_a_warning():
         assert monai_gdl.bundle.cli.as_bool("false") is False
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         monai_gdl.bundle.handlers.nothing  # noqa: B018
+
+
+@pytest.mark.slow
+def test_a_second_training_into_the_same_output_dir_is_refused_until_the_first_ends(data, tmp_path):
+    """Two runs into one folder once both exited 0 with their history.csv rows mixed. The lock is the OS's: a
+    killed holder (kill -9) frees it, so the next run trains."""
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from monai_gdl.bundle.lock import hold_output_dir; "
+            f"hold_output_dir({str(out)!r}); print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ["--bundle_root", str(tmp_path), "--dataset_dir", data["bare"], "--output_dir", str(out)]
+        second = _run(["train.json"], *args, "--epochs", "1", cwd=str(tmp_path))
+        assert second.returncode == 1
+        last = second.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: output_dir={str(out)!r} is in use by another training (pid {holder.pid}")
+        assert "pass another --output_dir" in last and not (out / "logs").exists()  # refused before training
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs in the holder
+        holder.wait()
+    third = _run(["train.json"], *args, "--epochs", "1", cwd=str(tmp_path))
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert (out / "logs" / "history.csv").exists()

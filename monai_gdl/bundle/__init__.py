@@ -7,7 +7,8 @@ loading), :mod:`.datasets` (MSD-layout datasets: find, split, check, synthesise)
 (loading that names the bad file), :mod:`.checkpoints` (kill-safe checkpoints and resume),
 :mod:`.seeding` (every epoch seeded), :mod:`.epoch_summary` (the epoch line and ``history.csv``),
 :mod:`.curves` (``training_curves.png``), :mod:`.overlays` (evaluation overlays),
-:mod:`.predictions` (the inference summary), :mod:`.atomic` (atomic writes) and :mod:`.ranks`
+:mod:`.predictions` (the inference summary), :mod:`.lock` (one training per output folder),
+:mod:`.atomic` (atomic writes) and :mod:`.ranks`
 (which process writes). The network, transforms and metrics themselves are written in the JSON
 configs. ``cli`` and ``handlers`` are the 0.4 paths, forwarding with a warning until 0.6.
 """
@@ -23,6 +24,7 @@ from monai_gdl.bundle import (
     datasets,
     epoch_summary,
     files,
+    lock,
     overlays,
     predictions,
     ranks,
@@ -39,6 +41,7 @@ __all__ = [
     "datasets",
     "epoch_summary",
     "files",
+    "lock",
     "overlays",
     "predictions",
     "ranks",

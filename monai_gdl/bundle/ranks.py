@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 __all__ = ["rank", "unwrap"]
 
 
 def rank() -> int:
-    """This process's rank (0 without ``torch.distributed``)."""
+    """This process's rank: the process group's, else the launcher's ``RANK`` (the configs' checks run before
+    ``init_process_group``; torchrun sets it), else 0."""
     dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    value = os.environ.get("RANK", "0")
+    return int(value) if value.isdigit() else 0
 
 
 def unwrap(network: torch.nn.Module) -> torch.nn.Module:
