@@ -522,3 +522,14 @@ def test_each_ranks_error_is_printed_under_torchrun(tmp_path):
             assert len(lines) == 1, run.stderr[-3000:]
             assert os.path.basename(path) in lines[0] and "NaN" in lines[0]
         assert ("Traceback" in run.stderr.split("[rank")[0]) == (verbose == "true")
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(CONFIGS)))
+def test_configs_are_in_the_model_zoo_formatting(name):
+    """The model-zoo's pre-commit: pretty-format-json --no-sort-keys --indent=4 (ASCII-escaped), final newline."""
+    if not name.endswith(".json"):
+        pytest.skip("not JSON")
+    with open(os.path.join(CONFIGS, name), encoding="utf-8") as f:
+        text = f.read()
+    expected = json.dumps(json.loads(text), indent=4, ensure_ascii=True) + "\n"
+    assert text == expected, f"configs/{name}: reformat with indent 4, key order kept, a final newline"
