@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monai_gdl import use_backend, vnet_dice_loss
+from monai_gdl import VNetDiceCELoss, VNetDiceLoss, use_backend, vnet_dice_loss
 from monai_gdl.kernels import chunked, fused_sums, native
 from monai_gdl.kernels.reference import reference_statistics, reference_voxel_term
 from monai_gdl.losses.sums import activate
@@ -305,3 +305,24 @@ def test_compiled_failure_falls_back_to_eager():
     run = chunked._eager_fallback(broken, lambda *args: "eager")
     assert run(1) == "eager" and run(2) == "eager"
     assert calls == ["compiled"]  # tried once, then eager for good
+
+
+@pytest.mark.parametrize("implementation", ["eager", pytest.param("native", marks=needs_native), "triton", "reference"])
+def test_float_labels_one_step_off_an_integer_are_their_class_with_validate_false(implementation):
+    """A float32 label map stored a float step off its integers (1.0000001, 0.99999994) was read as "no class"
+    by some backends with validate=False: those voxels silently left every sum. Every backend rounds now."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 6, 7, generator=g)
+    labels = torch.randint(0, 4, (2, 1, 6, 7), generator=g)
+    labels[0, 0, 0, :3] = 255  # ignored
+    off = labels.float()
+    off[..., ::2] = torch.nextafter(off[..., ::2], torch.tensor(1e9))
+    off[..., 1::2] = torch.nextafter(off[..., 1::2], torch.tensor(-1e9))
+    assert not torch.equal(off, off.round())
+    for make in (
+        lambda **kw: VNetDiceLoss(softmax=True, to_onehot_y=True, ignore_index=255, **kw),
+        lambda **kw: VNetDiceCELoss(to_onehot_y=True, ignore_index=255, **kw),
+    ):
+        want = make(implementation="reference")(x, labels)
+        got = make(implementation=implementation, validate=False)(x, off)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -20,7 +20,7 @@ from monai_gdl.kernels.contract import (
     accumulation_dtype,
 )
 from monai_gdl.kernels.ops import fused_sums
-from monai_gdl.kernels.reference import reference_statistics, reference_voxel_term
+from monai_gdl.kernels.reference import reference_statistics, reference_voxel_term, rounded_labels
 
 __all__ = [
     "BACKENDS",
@@ -35,6 +35,7 @@ __all__ = [
     "reference_statistics",
     "reference_voxel_term",
     "resolve_backend",
+    "rounded_labels",
     "set_backend",
     "use_backend",
 ]

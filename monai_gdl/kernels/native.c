@@ -17,6 +17,7 @@
  * split the volume between threads. Sums are per tile in float32 vector lanes, across tiles in
  * double.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -218,10 +219,12 @@ static void labels_tile(const void *t, int ttype, int64_t off, int len, int64_t 
     else if (ttype == T_LABEL_I32) INT_LABEL_LOOP(int32_t)
     else if (ttype == T_LABEL_I64) INT_LABEL_LOOP(int64_t)
     else {
+        /* float labels are rounded to the nearest class (halves up), as every backend does: a label stored
+         * one float step off an integer (1.0000001) is still its class */
         const float *src = (const float *)t + off, top = (float)C;
         for (int v = 0; v < len; ++v) {
-            float y = src[v] >= 0.0f && src[v] < top ? src[v] : -1.0f; /* NaN fails both tests */
-            lab[v] = y == (float)(int32_t)y ? (int32_t)y : -1;
+            float y = floorf(src[v] + 0.5f);
+            lab[v] = y >= 0.0f && y < top ? (int32_t)y : -1; /* NaN fails both tests */
         }
     }
 }

@@ -28,12 +28,20 @@ import torch.nn.functional as F
 from monai_gdl.kernels.contract import DiceStatistics, VoxelTermSums, accumulation_dtype
 
 __all__ = [
+    "rounded_labels",
     "backward_chunk",
     "forward_chunk",
     "reference_statistics",
     "reference_voxel_term",
     "voxel_term_elements",
 ]
+
+
+def rounded_labels(labels: torch.Tensor) -> torch.Tensor:
+    """A label map as class indices: float labels rounded to the nearest integer (halves up), as every backend
+    reads them, so a label stored one float step off an integer (1.0000001) is still its class; integer
+    labels as they are."""
+    return torch.floor(labels + 0.5) if labels.is_floating_point() else labels
 
 
 def reference_statistics(
@@ -58,8 +66,8 @@ def reference_statistics(
     p_masked = p if mf is None else p * mf
     prediction = (p_masked * p).sum(-1) if squared else p_masked.sum(-1)
     if label_map:
-        labels = target.reshape(b, -1)
-        valid = (labels >= 0) & (labels < c) & (labels == labels.round() if labels.is_floating_point() else True)
+        labels = rounded_labels(target.reshape(b, -1))
+        valid = (labels >= 0) & (labels < c)  # NaN fails both
         if mask is not None:
             valid = valid & mask.reshape(b, -1)
         index = torch.where(valid, labels, torch.zeros_like(labels)).long()
@@ -125,7 +133,7 @@ def _target_chunk(target: torch.Tensor, num_classes: int, label_map: bool, acc: 
     fuses into the reductions (labels outside 0..C-1, e.g. ``ignore_index``, match no class)."""
     if label_map:
         classes = torch.arange(num_classes, device=target.device)[None, :, None]
-        return (target == classes).to(acc)
+        return (rounded_labels(target) == classes).to(acc)
     return target.to(acc)
 
 

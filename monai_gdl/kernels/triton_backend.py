@@ -79,7 +79,10 @@ if triton is not None:
             p = x
         p = tl.where(tile_ok, p, 0.0)
         if LABEL_MAP:
-            y = tl.load(t_ptr + b * N + vox, mask=vox_ok, other=-1).to(tl.int32)
+            y = tl.load(t_ptr + b * N + vox, mask=vox_ok, other=-1)
+            if t_ptr.dtype.element_ty.is_floating():  # rounded to the nearest class (halves up); NaN: no class
+                y = tl.where(y == y, tl.floor(y.to(tl.float32) + 0.5), -1.0)
+            y = y.to(tl.int32)
             g = tl.where(cls[:, None] == y[None, :], 1.0, 0.0)
         else:
             g = tl.load(t_ptr + b * T_CHANNELS * N + cls[:, None] * N + vox[None, :], mask=tile_ok, other=0.0)

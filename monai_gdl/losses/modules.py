@@ -92,7 +92,9 @@ class VNetDiceLoss(DiceFamilyLoss):
     Args:
         include_background: score class 0; if False it is dropped *after* the activation.
         to_onehot_y: the target is a label map ``B x 1 x spatial`` of class indices (int or float);
-            it is never expanded to a float one-hot tensor.
+            it is never expanded to a float one-hot tensor. Float labels are read as the nearest integer
+            (halves up) on every path, so one stored a float step off (1.0000001) is still its class;
+            ``validate=True`` refuses labels that are not integers at all (1.5: interpolated labels).
         sigmoid: apply a sigmoid (independent, multi-label classes).
         softmax: apply a softmax over channels (exactly one class per voxel).
         other_act: any other callable activation (runs the reference path).

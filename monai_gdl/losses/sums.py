@@ -23,6 +23,7 @@ from monai_gdl.kernels import (
     fused_sums,
     reference_statistics,
     reference_voxel_term,
+    rounded_labels,
 )
 from monai_gdl.losses.options import DiceOptions
 from monai_gdl.losses.validation import LossInputError, check_loss_inputs, check_loss_values, checked_sums
@@ -72,7 +73,7 @@ def voxel_mask(
     """``B x 1 x N`` bool mask combining ``ignore_index`` and ``mask`` (None when every voxel counts)."""
     keep = None
     if label_map and ignore_index is not None:
-        keep = target.reshape(target.shape[0], 1, -1) != ignore_index
+        keep = rounded_labels(target.reshape(target.shape[0], 1, -1)) != ignore_index
     if mask is not None:
         given = mask.reshape(mask.shape[0], 1, -1) != 0
         keep = given if keep is None else keep & given
