@@ -327,3 +327,41 @@ def test_the_training_lists_refuse_a_4d_image_and_accept_a_trailing_unit_axis(da
     _rewrite(path, volume[..., None].repeat(2, -1))
     with pytest.raises(DatasetError, match=r"synth_001.nii.gz: a 4-D image of shape \(24, 24, 16, 2\)"):
         msd_datalist(dataset, "training") + msd_datalist(dataset, "validation")
+
+
+_FULL_DISK = """
+import errno, os
+_fsync = os.fsync
+def fsync(fd):
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        target = ""
+    if "last.pt.tmp-" in target:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return _fsync(fd)
+os.fsync = fsync
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to find the file being synced")
+def test_a_full_disk_ends_with_its_cause_the_path_and_the_fix(dataset, tmp_path):
+    """The disk fills while last.pt is written: the run's last lines say so (not MONAI's generic "Failed to
+    evaluate ConfigExpression" with the cause buried mid-traceback), and the rerun trains on."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_FULL_DISK)
+    out = str(tmp_path / "out")
+    env = dict(os.environ, PYTHONPATH=str(hook))
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", os.path.join(CONFIGS, "train.json")]
+    cmd += ["--bundle_root", REPO, *TINY, "--dataset_dir", dataset, "--output_dir", out, "--epochs", "2"]
+    full = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert full.returncode == 1
+    last = full.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: could not write {os.path.join(out, 'models', 'last.pt')}: no space left on device")
+    assert "run the same command again" in last and "Traceback" not in full.stderr
+    assert not [f for f in os.listdir(os.path.join(out, "models")) if ".tmp-" in f]  # no half-written file left
+    again = _train("--dataset_dir", dataset, "--output_dir", out, "--epochs", "2", cwd=str(tmp_path))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [int(r["epoch"]) for r in _history(out)] == [1, 2]

@@ -19,6 +19,7 @@ import os
 import sys
 import traceback
 
+from monai_gdl.bundle.atomic import disk_full, disk_full_message
 from monai_gdl.bundle.checks import flag
 
 __all__ = ["UnknownKeyError", "project_error", "start", "unknown_keys"]
@@ -74,10 +75,13 @@ def _excepthook(exc_type, exc, tb, verbose: bool = False) -> None:
     # nothing at all).
     stderr = sys.__stderr__ or sys.stderr
     ours = project_error(exc)
-    if ours is None or verbose:
+    full = disk_full(exc) if ours is None else None
+    if (ours is None and full is None) or verbose:
         traceback.print_exception(exc_type, exc, tb, file=stderr)
     if ours is not None:
         print(f"\n{_rank_prefix()}error: {ours}", file=stderr)
+    elif full is not None:  # a write of MONAI's or a library's (TensorBoard, a saver) on a full disk
+        print(f"\n{_rank_prefix()}error: {disk_full_message(full.filename or 'an output file')}", file=stderr)
     sys.stdout.flush()
     stderr.flush()
     # Not sys.exit: interpreter shutdown with a CacheDataset worker thread still running aborts (exit 134).
