@@ -223,7 +223,7 @@ def _data_check(dataset: str, *extra: str) -> subprocess.CompletedProcess:
     [
         ("shift", "origin"),
         ("spacing", "spacing"),
-        ("flip", "direction"),
+        ("flip", "orientation"),
         ("shape", "shape"),
     ],
 )
@@ -365,3 +365,25 @@ def test_a_full_disk_ends_with_its_cause_the_path_and_the_fix(dataset, tmp_path)
     again = _train("--dataset_dir", dataset, "--output_dir", out, "--epochs", "2", cwd=str(tmp_path))
     assert again.returncode == 0, again.stderr[-3000:]
     assert [int(r["epoch"]) for r in _history(out)] == [1, 2]
+
+
+def test_a_label_stored_in_another_orientation_over_the_same_voxels_is_accepted(dataset):
+    """LPS vs RAS: the same voxels, stored mirrored, with the affine that says so. The pipeline reorients both to
+    RAS, so the pair is fine (it was refused as "shifted by 55 mm ... misaligned"); a grid really turned round
+    is still refused, naming the orientation and what differs once both are reoriented."""
+    from monai_gdl.bundle.datasets import msd_datalist, pair_mismatch
+
+    image = nib.load(os.path.join(dataset, "imagesTr", "synth_001.nii.gz"))
+    path = os.path.join(dataset, "labelsTr", "synth_001.nii.gz")
+    label = nib.load(path)
+    to_ras = nib.orientations.ornt_transform(nib.io_orientation(label.affine), nib.orientations.axcodes2ornt("RAS"))
+    ras = label.as_reoriented(to_ras)  # the synthetic cases are stored LPS: this label now RAS, same voxels
+    assert nib.aff2axcodes(ras.affine) == ("R", "A", "S") and nib.aff2axcodes(image.affine) == ("L", "P", "S")
+    assert pair_mismatch(image, ras) is None
+    nib.save(ras, path)
+    assert len(msd_datalist(dataset, "training", 0.2, 0)) + len(msd_datalist(dataset, "validation", 0.2, 0)) == 5
+    flipped = label.affine.copy()
+    flipped[:, 1] *= -1  # one axis turned round about the origin: other voxels in world space
+    diff = pair_mismatch(image, nib.Nifti1Image(np.asarray(label.dataobj), flipped))
+    assert diff is not None and diff.startswith("orientation LPS vs LAS, and reoriented to RAS alike they still differ")
+    assert "origin" in diff

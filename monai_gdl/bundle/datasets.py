@@ -87,28 +87,50 @@ ORIGIN_TOLERANCE_MM = 1e-2
 DIRECTION_TOLERANCE = 1e-4
 
 
-def _geometry(img) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
-    """Spatial shape, voxel size (mm), origin (mm) and direction cosines (columns) of a NIfTI image."""
-    affine = np.asarray(img.affine, dtype=np.float64)
+def _geometry(affine: np.ndarray, shape: Sequence[int]) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """Spatial shape, voxel size (mm), origin (mm) and direction cosines (columns) of a voxel grid."""
+    affine = np.asarray(affine, dtype=np.float64)
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     direction = affine[:3, :3] / np.where(spacing > 0, spacing, 1.0)
-    return tuple(int(n) for n in img.shape[:3]), spacing, affine[:3, 3], direction
+    return tuple(int(n) for n in shape), spacing, affine[:3, 3], direction
+
+
+def _as_ras(img) -> tuple[str, tuple[np.ndarray, tuple[int, ...]]]:
+    """The image's axis codes (e.g. ``"LPS"``) and its voxel grid reoriented to RAS (affine, shape): what the
+    bundle's ``Orientationd(axcodes="RAS")`` makes of it."""
+    import nibabel as nib
+
+    affine, shape = np.asarray(img.affine, dtype=np.float64), tuple(int(n) for n in img.shape[:3])
+    ornt = nib.orientations.io_orientation(affine)
+    ras_shape = [0, 0, 0]
+    for axis, (target, _) in enumerate(ornt):
+        ras_shape[int(target)] = shape[axis]
+    ras_affine = affine @ nib.orientations.inv_ornt_aff(ornt, shape)
+    return "".join(nib.orientations.aff2axcodes(affine)), (ras_affine, tuple(ras_shape))
 
 
 def pair_mismatch(image, label) -> str | None:
-    """What differs between an image and its label (shape, spacing, origin, direction), or None when they
-    share one voxel grid within the tolerances; ``image``/``label`` are loaded nibabel images."""
-    (s1, sp1, o1, d1), (s2, sp2, o2, d2) = _geometry(image), _geometry(label)
+    """What differs between an image and its label, compared in world space as the pipeline sees them (both
+    reoriented to RAS), or None when they cover the same voxels within the tolerances. A label stored in
+    another orientation (LPS vs RAS) over the same voxels matches; a real difference is named: orientation,
+    shape, spacing, origin or direction. ``image``/``label`` are loaded nibabel images."""
+    (codes1, grid1), (codes2, grid2) = _as_ras(image), _as_ras(label)
+    (s1, sp1, o1, d1), (s2, sp2, o2, d2) = _geometry(*grid1), _geometry(*grid2)
     fmt = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
+    diff = None
     if s1 != s2:
-        return f"shape {s1} vs {s2}"
-    if np.abs(sp1 - sp2).max() > SPACING_TOLERANCE_MM:
-        return f"spacing {fmt(sp1)} vs {fmt(sp2)} mm"
-    if np.abs(o1 - o2).max() > ORIGIN_TOLERANCE_MM:
-        return f"origin {fmt(o1)} vs {fmt(o2)} mm (shifted by {np.linalg.norm(o1 - o2):.3g} mm)"
-    if np.abs(d1 - d2).max() > DIRECTION_TOLERANCE:
-        return f"direction {np.round(d1, 4).tolist()} vs {np.round(d2, 4).tolist()}"
-    return None
+        diff = f"shape {s1} vs {s2}"
+    elif np.abs(sp1 - sp2).max() > SPACING_TOLERANCE_MM:
+        diff = f"spacing {fmt(sp1)} vs {fmt(sp2)} mm"
+    elif np.abs(o1 - o2).max() > ORIGIN_TOLERANCE_MM:
+        diff = f"origin {fmt(o1)} vs {fmt(o2)} mm (shifted by {np.linalg.norm(o1 - o2):.3g} mm)"
+    elif np.abs(d1 - d2).max() > DIRECTION_TOLERANCE:
+        diff = f"direction {np.round(d1, 4).tolist()} vs {np.round(d2, 4).tolist()}"
+    if diff is None:
+        return None
+    if codes1 != codes2:
+        return f"orientation {codes1} vs {codes2}, and reoriented to RAS alike they still differ: {diff}"
+    return diff
 
 
 def _check_pair(image_path: str, label_path: str) -> None:
