@@ -7,6 +7,7 @@ import csv
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -533,3 +534,48 @@ def test_configs_are_in_the_model_zoo_formatting(name):
         text = f.read()
     expected = json.dumps(json.loads(text), indent=4, ensure_ascii=True) + "\n"
     assert text == expected, f"configs/{name}: reformat with indent 4, key order kept, a final newline"
+
+
+def test_metadata_validates_against_the_bundle_schema(tmp_path):
+    """MONAI's ``verify_metadata`` with the mandatory fields of the bundle specification (the schema file is the
+    test's own, tests/data/bundle_meta_schema.json: nothing is downloaded). The metadata once lacked
+    ``optional_packages_version``; a copy without it fails, so the check can fail."""
+    from monai.bundle import verify_metadata
+
+    schema = str(tmp_path / "schema.json")
+    shutil.copyfile(os.path.join(REPO, "tests", "data", "bundle_meta_schema.json"), schema)
+    verify_metadata(meta_file=os.path.join(CONFIGS, "metadata.json"), filepath=schema)
+    with open(os.path.join(CONFIGS, "metadata.json")) as f:
+        broken = json.load(f)
+    del broken["optional_packages_version"]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(Exception, match="optional_packages_version"):
+        verify_metadata(meta_file=str(tmp_path / "broken.json"), filepath=schema)
+
+
+def test_metadata_pins_are_what_the_tests_ran_with_and_agree_with_pyproject():
+    """The pins install together: each is the version installed here (what this suite runs with) and satisfies
+    pyproject.toml's requirement for it; monai_gdl's is this package's version."""
+    import importlib.metadata as md
+
+    import tomllib
+    from packaging.requirements import Requirement
+
+    import monai_gdl
+
+    with open(os.path.join(CONFIGS, "metadata.json")) as f:
+        meta = json.load(f)
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    declared = {}
+    for line in project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]:
+        requirement = Requirement(line)
+        declared.setdefault(requirement.name.lower(), requirement.specifier)
+    pins = {"monai": meta["monai_version"], "torch": meta["pytorch_version"], "numpy": meta["numpy_version"]}
+    pins.update(meta["required_packages_version"])
+    pins.update(meta["optional_packages_version"])
+    assert pins.pop("monai_gdl") == monai_gdl.__version__ == project["version"]
+    for name, version in pins.items():
+        assert name.lower() in declared, f"{name} is pinned by the metadata but pyproject.toml does not require it"
+        assert declared[name.lower()].contains(version), f"{name}=={version} outside pyproject's {declared[name]}"
+        assert md.version(name).split("+")[0] == version, f"{name}: the tests ran with {md.version(name)}"
