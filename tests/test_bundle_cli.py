@@ -274,3 +274,40 @@ def test_a_second_training_into_the_same_output_dir_is_refused_until_the_first_e
     third = _run(["train.json"], *args, "--epochs", "1", cwd=str(tmp_path))
     assert third.returncode == 0, third.stderr[-3000:]
     assert (out / "logs" / "history.csv").exists()
+
+
+@pytest.mark.slow
+def test_a_boolean_typed_as_text_is_understood_or_refused_before_loading(data, tmp_path):
+    """``--include_background false`` reached the loss as the truthy string "false" (background silently scored);
+    ``--loss#softmax true`` failed at the first step with a type error, after loading the data."""
+    nested = _run(
+        ["train.json"],
+        "--bundle_root",
+        str(tmp_path),
+        "--dataset_dir",
+        data["bare"],
+        "--loss#softmax",
+        "true",
+        cwd=str(tmp_path),
+    )
+    assert nested.returncode == 1
+    last = nested.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --loss#softmax true: loss#softmax is a boolean") and "--loss#softmax True" in last
+    assert not (tmp_path / "logs").exists()  # refused before any data was loaded
+
+
+def test_top_level_boolean_knobs_parse_text_as_the_command_line_gives_it():
+    import monai_gdl  # noqa: F401  (the configs' expressions name it)
+    from monai_gdl.bundle.files import load_config
+
+    for text, expected in (("false", False), ("TRUE", True), (False, False)):
+        loss = load_config("train", include_background=text).get_parsed_content("loss")
+        assert loss.include_background is expected
+    from monai_gdl.bundle.checks import ArgumentError
+
+    with pytest.raises(Exception) as info:
+        load_config("train", include_background="flase").get_parsed_content("loss")
+    err = info.value
+    while err is not None and not isinstance(err, ArgumentError):
+        err = err.__cause__ or err.__context__
+    assert err is not None and "include_background='flase' is not a boolean" in str(err)

@@ -20,9 +20,9 @@ import sys
 import traceback
 
 from monai_gdl.bundle.atomic import disk_full, disk_full_message
-from monai_gdl.bundle.checks import flag
+from monai_gdl.bundle.checks import ArgumentError, flag
 
-__all__ = ["UnknownKeyError", "project_error", "start", "unknown_keys"]
+__all__ = ["UnknownKeyError", "project_error", "start", "text_booleans", "unknown_keys"]
 
 #: Arguments of ``monai.bundle run`` / ``create_workflow`` that are not config keys.
 RUN_ARGUMENTS = {
@@ -88,8 +88,9 @@ def _excepthook(exc_type, exc, tb, verbose: bool = False) -> None:
     os._exit(1)
 
 
-def _command_line() -> tuple[list[str], list[str], dict]:
-    """(config files, override keys, args_file content) of the running ``monai.bundle run`` command."""
+def _command_line() -> tuple[list[str], list[str], dict, dict]:
+    """(config files, override keys, args_file content, the overrides' values as typed) of the running
+    ``monai.bundle run`` command."""
     args = sys.argv[1:]
     keys, values = [], {}
     i = 0
@@ -111,7 +112,47 @@ def _command_line() -> tuple[list[str], list[str], dict]:
     files = values.get("config_file") or extra.get("config_file") or []
     if isinstance(files, str):
         files = ast.literal_eval(files) if files.strip().startswith(("[", "(")) else files.split(",")
-    return [str(f) for f in files], keys, extra
+    values.update({k: v for k, v in extra.items() if k not in values})
+    return [str(f) for f in files], keys, extra, values
+
+
+def _as_fire_reads(value: object) -> object:
+    """A command-line value as MONAI's CLI (fire) passes it on: Python literals parsed (``True``, ``1``), the
+    rest as text (``true``, ``false``)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def text_booleans(config_files: list[str], overrides: dict) -> list[str]:
+    """Overrides of a boolean the configs hold as a literal (``--loss#softmax true``) whose value is not a
+    boolean as it arrives (the text ``"true"``, the number 1): one line each, naming the knob and the fix.
+    The top-level knobs the configs parse with :func:`~monai_gdl.bundle.checks.flag` (amp, progress, resume,
+    include_background, verbose) take true/false/1/0 and are not listed."""
+    from monai.bundle import ConfigParser
+
+    if not config_files:
+        return []
+    parser = ConfigParser(ConfigParser.load_config_files(config_files))
+    text = json.dumps(parser.config)
+    lines = []
+    for key, raw in overrides.items():
+        if key in RUN_ARGUMENTS or f"flag('{key}'" in text:
+            continue
+        try:
+            current = parser.get(key.lstrip("+"))
+        except (KeyError, IndexError, TypeError, ValueError):
+            continue
+        value = _as_fire_reads(raw)
+        if isinstance(current, bool) and not isinstance(value, bool):
+            lines.append(
+                f"--{key} {raw}: {key} is a boolean, but MONAI's command line passes {raw!r} on as "
+                f"{type(value).__name__} {value!r} (read as {bool(value)}). Write --{key} True or --{key} False."
+            )
+    return lines
 
 
 def unknown_keys(config_files: list[str], override_keys: list[str], tracking: bool = False) -> list[str]:
@@ -142,7 +183,7 @@ def start(verbose=False) -> None:
     if not _under_bundle_cli():
         return
     sys.excepthook = lambda *exc: _excepthook(*exc, verbose=verbose)
-    files, keys, extra = _command_line()
+    files, keys, extra, values = _command_line()
     tracking = bool(extra.get("tracking")) or any(k == "tracking" for k in keys)
     unknown = unknown_keys(files, keys, tracking=tracking)
     if unknown:
@@ -150,3 +191,6 @@ def start(verbose=False) -> None:
             f"unknown key(s) on the command line: {'; '.join(unknown)}. No config in {json.dumps(files)} defines "
             "them, so they would change nothing; every knob is listed in the README (The bundle)."
         )
+    refused = text_booleans(files, {k: v for k, v in values.items() if k in keys})
+    if refused:
+        raise ArgumentError(" ".join(refused))
