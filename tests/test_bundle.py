@@ -537,9 +537,9 @@ def test_configs_are_in_the_model_zoo_formatting(name):
 
 
 def test_metadata_validates_against_the_bundle_schema(tmp_path):
-    """MONAI's ``verify_metadata`` with the mandatory fields of the bundle specification (the schema file is the
-    test's own, tests/data/bundle_meta_schema.json: nothing is downloaded). The metadata once lacked
-    ``optional_packages_version``; a copy without it fails, so the check can fail."""
+    """MONAI's ``verify_metadata`` with the mandatory fields of the bundle specification as MONAI 1.6 reads it
+    (the schema file is the test's own, tests/data/bundle_meta_schema.json: nothing is downloaded). A copy
+    without ``required_packages_version`` fails, so the check can fail."""
     from monai.bundle import verify_metadata
 
     schema = str(tmp_path / "schema.json")
@@ -547,10 +547,24 @@ def test_metadata_validates_against_the_bundle_schema(tmp_path):
     verify_metadata(meta_file=os.path.join(CONFIGS, "metadata.json"), filepath=schema)
     with open(os.path.join(CONFIGS, "metadata.json")) as f:
         broken = json.load(f)
-    del broken["optional_packages_version"]
+    del broken["required_packages_version"]
     (tmp_path / "broken.json").write_text(json.dumps(broken))
-    with pytest.raises(Exception, match="optional_packages_version"):
+    with pytest.raises(Exception, match="required_packages_version"):
         verify_metadata(meta_file=str(tmp_path / "broken.json"), filepath=schema)
+
+
+def test_metadata_as_monai_reads_it_keeps_every_pin():
+    """MONAI 1.6 renames the deprecated ``optional_packages_version`` to ``required_packages_version`` when it
+    reads a bundle, replacing the latter: the metadata names only the current field, so no pin is lost."""
+    from monai.bundle import ConfigParser
+    from monai.bundle.utils import DEPRECATED_ID_MAPPING
+
+    with open(os.path.join(CONFIGS, "metadata.json")) as f:
+        written = json.load(f)
+    assert not set(DEPRECATED_ID_MAPPING) & set(written)
+    parser = ConfigParser()
+    parser.read_meta(os.path.join(CONFIGS, "metadata.json"))
+    assert parser.get("_meta_#required_packages_version") == written["required_packages_version"]
 
 
 def test_metadata_pins_are_what_the_tests_ran_with_and_agree_with_pyproject():
@@ -573,9 +587,42 @@ def test_metadata_pins_are_what_the_tests_ran_with_and_agree_with_pyproject():
         declared.setdefault(requirement.name.lower(), requirement.specifier)
     pins = {"monai": meta["monai_version"], "torch": meta["pytorch_version"], "numpy": meta["numpy_version"]}
     pins.update(meta["required_packages_version"])
-    pins.update(meta["optional_packages_version"])
     assert pins.pop("monai_gdl") == monai_gdl.__version__ == project["version"]
     for name, version in pins.items():
         assert name.lower() in declared, f"{name} is pinned by the metadata but pyproject.toml does not require it"
         assert declared[name.lower()].contains(version), f"{name}=={version} outside pyproject's {declared[name]}"
         assert md.version(name).split("+")[0] == version, f"{name}: the tests ran with {md.version(name)}"
+
+
+@pytest.mark.slow
+def test_evaluation_scores_the_cases_training_held_out(tmp_path):
+    """Trained with --seed 2 and evaluated as the README shows (no --seed): evaluation used to derive its split
+    again from its own default seed and scored training cases. It now scores the recorded validation cases;
+    asking for another split, at evaluation or on resume, is refused naming both."""
+    from monai_gdl.bundle.datasets import case_id, msd_datalist
+
+    data = write_synthetic_dataset(str(tmp_path / "ds"), num_cases=8, shape=(24, 24, 16), seed=4)
+    held_out = {s: sorted(case_id(c["image"]) for c in msd_datalist(data, "validation", 0.3, s)) for s in (0, 2)}
+    assert held_out[0] != held_out[2]
+    out = str(tmp_path / "out")
+    common = ["--bundle_root", str(tmp_path), "--dataset_dir", data, "--output_dir", out, "--val_fraction", "0.3"]
+    train = _bundle(["train.json"], *common, "--seed", "2", "--epochs", "1", *TINY, cwd=str(tmp_path))
+    assert train.returncode == 0, train.stderr[-3000:]
+    with open(os.path.join(out, "split.json")) as f:
+        recorded = json.load(f)
+    assert recorded["validation"] == held_out[2] and recorded["seed"] == 2
+    assert torch.load(os.path.join(out, "models", "last.pt"), weights_only=True)["split"] == recorded
+
+    evaluate = _bundle(["train.json", "evaluate.json"], *common, *TINY, cwd=str(tmp_path))
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    raw = os.path.join(out, "eval", "val_mean_dice_raw.csv")
+    with open(raw) as f:
+        scored = sorted(case_id(row.split("\t")[0].split(",")[0]) for row in f.read().splitlines()[1:] if row)
+    assert scored == held_out[2]
+
+    other = _bundle(["train.json", "evaluate.json"], *common, "--seed", "0", *TINY, cwd=str(tmp_path))
+    assert other.returncode == 1
+    last = other.stderr.strip().splitlines()[-1]
+    assert "--seed asks to evaluate on another split (seed 0" in last and "(seed 2," in last
+    resumed = _bundle(["train.json"], *common, "--seed", "0", "--epochs", "2", *TINY, cwd=str(tmp_path))
+    assert resumed.returncode == 1 and "Pass --seed 2" in resumed.stderr.strip().splitlines()[-1]

@@ -5,7 +5,9 @@ path|init``), :mod:`.console` (the first ``initialize`` step: readable errors, t
 level), :mod:`.checks` (arguments, boolean knobs, output folder and checkpoint, checked before data
 loading), :mod:`.datasets` (MSD-layout datasets: find, split, check, synthesise), :mod:`.transforms`
 (loading that names the bad file), :mod:`.checkpoints` (kill-safe checkpoints and resume),
-:mod:`.seeding` (every epoch seeded), :mod:`.epoch_summary` (the epoch line and ``history.csv``),
+:mod:`.seeding` (every epoch seeded),
+:mod:`.split` (the train/validation split, recorded for evaluation),
+:mod:`.epoch_summary` (the epoch line and ``history.csv``),
 :mod:`.curves` (``training_curves.png``), :mod:`.overlays` (evaluation overlays),
 :mod:`.predictions` (the inference summary), :mod:`.lock` (one training per output folder),
 :mod:`.atomic` (atomic writes) and :mod:`.ranks`
@@ -29,6 +31,7 @@ from monai_gdl.bundle import (
     predictions,
     ranks,
     seeding,
+    split,
     transforms,
 )
 
@@ -46,6 +49,7 @@ __all__ = [
     "predictions",
     "ranks",
     "seeding",
+    "split",
     "transforms",
 ]
 

@@ -71,9 +71,9 @@ class TrainingCheckpoints:
     can leave a torn file), nor replay the LR schedule to a raised ``--epochs``, nor carry the best
     metric over a resume.
 
-    ``last.pt`` holds network, optimizer, scheduler, trainer state (epoch, iteration) and the best
-    metric so far. Attach to the trainer *after* the ValidationHandler, so the epoch's validation has
-    run when ``last.pt`` is written.
+    ``last.pt`` holds network, optimizer, scheduler, trainer state (epoch, iteration), the best
+    metric so far and the train/validation split. Attach to the trainer *after* the ValidationHandler, so
+    the epoch's validation has run when ``last.pt`` is written.
     """
 
     def __init__(
@@ -85,6 +85,7 @@ class TrainingCheckpoints:
         lr_scheduler=None,
         key_metric: str = "val_mean_dice",
         resume: bool = True,
+        split: dict | None = None,
     ) -> None:
         self.ckpt_dir = ckpt_dir
         self.network = network
@@ -94,6 +95,7 @@ class TrainingCheckpoints:
         self.key_metric = key_metric
         self.resume = bool(resume)  # the config parses the knob (checks.flag)
         self.best = -math.inf
+        self.split = split  # the train/validation cases (monai_gdl.bundle.split), kept in last.pt
 
     def attach(self, trainer) -> None:
         from ignite.engine import Events
@@ -187,6 +189,8 @@ class TrainingCheckpoints:
             "iteration": trainer.state.iteration,
             "best_metric": self.best,
         }
+        if self.split is not None:
+            state["split"] = self.split
         scaler = getattr(trainer, "scaler", None)
         if scaler is not None:
             state["grad_scaler"] = scaler.state_dict()

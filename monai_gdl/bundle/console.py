@@ -116,6 +116,11 @@ def _command_line() -> tuple[list[str], list[str], dict, dict]:
     return [str(f) for f in files], keys, extra, values
 
 
+def command_line_keys() -> list[str]:
+    """The override keys of the running ``monai.bundle`` command (none when the bundle runs from Python)."""
+    return _command_line()[1] if _under_bundle_cli() else []
+
+
 def _as_fire_reads(value: object) -> object:
     """A command-line value as MONAI's CLI (fire) passes it on: Python literals parsed (``True``, ``1``), the
     rest as text (``true``, ``false``)."""

@@ -1,0 +1,110 @@
+"""The train/validation split a run used, recorded, so evaluation scores the cases training held out.
+
+An MSD folder without a ``validation`` list is split by a seeded shuffle (``--seed``, ``--val_fraction``);
+evaluation derived it again from its own arguments, so ``--seed 2`` at training and the default at
+evaluation scored training cases and inflated the Dice. Training now writes ``OUTPUT_DIR/split.json``
+(the dataset folder, the seed and fraction, and every case by name; also in ``models/last.pt``), and
+evaluation uses it: with no ``--seed``/``--val_fraction`` on the command line the recorded split is
+used; asking for a different one is refused, naming both. A resumed run must use the same split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+from monai_gdl.bundle.atomic import atomic_write
+from monai_gdl.bundle.datasets import DatasetError, case_id, msd_datalist
+from monai_gdl.bundle.ranks import rank
+
+__all__ = ["SPLIT_FILE", "SplitError", "evaluation_datalist", "record_split", "recorded_split"]
+
+SPLIT_FILE = "split.json"
+
+
+class SplitError(DatasetError):
+    """An evaluation or a resumed training on another split than the one recorded."""
+
+
+def _describe(split: dict) -> str:
+    return f"seed {split['seed']}, val_fraction {split['val_fraction']}, {len(split['validation'])} validation cases"
+
+
+def recorded_split(output_dir: str) -> dict | None:
+    """The split recorded in ``output_dir`` (None before the first training there)."""
+    path = os.path.join(output_dir, SPLIT_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _given_on_the_command_line() -> set[str]:
+    """Which of ``seed``/``val_fraction`` the running ``monai.bundle`` command sets (none from Python)."""
+    from monai_gdl.bundle.console import command_line_keys
+
+    return {k for k in command_line_keys() if k in ("seed", "val_fraction")}
+
+
+def record_split(
+    output_dir: str,
+    dataset_dir: str,
+    seed: int,
+    val_fraction: float,
+    training: Sequence[dict],
+    validation: Sequence[dict],
+) -> dict:
+    """Write ``output_dir/split.json`` (rank 0) and return it; a folder that already records another split (a
+    resumed run with another ``--seed``) is refused, naming both."""
+    split = {
+        "dataset_dir": os.path.abspath(dataset_dir),
+        "seed": int(seed),
+        "val_fraction": float(val_fraction),
+        "training": sorted(case_id(c["image"]) for c in training),
+        "validation": sorted(case_id(c["image"]) for c in validation),
+    }
+    recorded = recorded_split(output_dir)
+    cases = ("training", "validation")
+    if recorded is not None and [recorded[k] for k in cases] != [split[k] for k in cases]:
+        raise SplitError(
+            f"{os.path.join(output_dir, SPLIT_FILE)} records the split this folder's run trained on "
+            f"({_describe(recorded)}), but this run asks for another ({_describe(split)}): resuming would train on "
+            f"former validation cases. Pass --seed {recorded['seed']} --val_fraction {recorded['val_fraction']}, or "
+            "another --output_dir."
+        )
+    if rank() == 0 and recorded != split:
+        os.makedirs(output_dir, exist_ok=True)
+        atomic_write(os.path.join(output_dir, SPLIT_FILE), lambda f: f.write(json.dumps(split, indent=2).encode()))
+    return split
+
+
+def evaluation_datalist(output_dir: str, dataset_dir: str, val_fraction: float, seed: int) -> list[dict]:
+    """The validation cases of the run in ``output_dir``: the recorded split when there is one (an explicit
+    ``--seed``/``--val_fraction`` that disagrees with it is refused), else the split from the arguments."""
+    asked = msd_datalist(dataset_dir, "validation", val_fraction, seed)
+    recorded = recorded_split(output_dir)
+    if recorded is None:
+        return asked
+    if sorted(case_id(c["image"]) for c in asked) == recorded["validation"]:
+        return asked
+    asked_for = {"seed": seed, "val_fraction": val_fraction}
+    conflicting = sorted(k for k in _given_on_the_command_line() if float(asked_for[k]) != float(recorded[k]))
+    if conflicting:
+        raise SplitError(
+            f"--{' --'.join(conflicting)} asks to evaluate on another split (seed {seed}, val_fraction "
+            f"{val_fraction}) than the model in {output_dir} was trained with ({_describe(recorded)}, recorded in "
+            f"{os.path.join(output_dir, SPLIT_FILE)}): some evaluated cases would be training cases. Drop "
+            f"{'that argument' if len(conflicting) == 1 else 'those arguments'} to evaluate on the recorded "
+            "validation cases."
+        )
+    every = msd_datalist(dataset_dir, "training", val_fraction, seed, check_files=False) + asked
+    by_id = {case_id(c["image"]): c for c in every}
+    missing = [c for c in recorded["validation"] if c not in by_id]
+    if missing:
+        raise SplitError(
+            f"{os.path.join(output_dir, SPLIT_FILE)} names validation cases that {dataset_dir} does not hold "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): evaluate with the --dataset_dir the "
+            f"model was trained on ({recorded['dataset_dir']})."
+        )
+    return [by_id[c] for c in recorded["validation"]]
