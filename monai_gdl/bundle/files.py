@@ -1,7 +1,8 @@
 """Where the bundle's files are, and a copy of them a user can edit.
 
 The one source of the bundle is the repository's top level (``configs/``, ``docs/README.md``,
-``docs/data_license.txt``, ``models/``, ``LICENSE``); this package links to them and the wheel ships
+``docs/data_license.txt``, ``models/`` with the shipped weights, ``large_files.yml``, ``LICENSE``); this
+package links to them and the wheel ships
 them as package data, so an installed ``monai_gdl`` carries the same bundle as the checkout.
 """
 
@@ -13,7 +14,16 @@ import shutil
 __all__ = ["BUNDLE_FILES", "bundle_dir", "config_file", "init_bundle", "load_config"]
 
 #: What a bundle folder holds (model-zoo layout), relative to its root.
-BUNDLE_FILES = ("configs", "docs/README.md", "docs/data_license.txt", "models/README.md", "LICENSE")
+BUNDLE_FILES = (
+    "configs",
+    "docs/README.md",
+    "docs/data_license.txt",
+    "models/README.md",
+    "models/model.pt",
+    "models/model.ts",
+    "large_files.yml",
+    "LICENSE",
+)
 
 
 def bundle_dir() -> str:
@@ -49,11 +59,13 @@ def init_bundle(destination: str, overwrite: bool = False) -> list[str]:
     if existing and not overwrite:
         raise FileExistsError(
             f"{destination} already holds {', '.join(existing)}; choose an empty folder, or pass --overwrite to "
-            "replace the configs and docs (models/*.pt are never touched)."
+            "replace the configs and docs (weights already in models/ are never touched)."
         )
     written = []
     for name in BUNDLE_FILES:
         source, target = os.path.join(bundle_dir(), name), os.path.join(destination, name)
+        if name.startswith("models/model.") and os.path.exists(target):
+            continue  # the user's own weights (trained into this bundle) stay
         os.makedirs(os.path.dirname(target), exist_ok=True)
         if os.path.isdir(source):
             shutil.copytree(source, target, dirs_exist_ok=True)
