@@ -50,3 +50,8 @@ def run_python(code: str, env: dict | None = None, timeout: float = 300) -> subp
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout, env=full
     )
+
+
+#: Bundle CLI arguments for a tiny, fast network and patch (end-to-end tests of the configs).
+TINY = ["--patch_size", "[16,16,16]", "--network_def#channels", "[4,8,16,32]", "--spacing", "[2.0,2.0,2.0]"]
+TINY += ["--progress", "false"]

@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from monai_gdl.bundle.checks import CheckpointError, check_checkpoint
@@ -24,16 +25,6 @@ from monai_gdl.bundle.datasets import write_synthetic_dataset
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CONFIGS = os.path.join(REPO, "configs")
-TINY = [
-    "--patch_size",
-    "[16,16,16]",
-    "--network_def#channels",
-    "[4,8,16,32]",
-    "--spacing",
-    "[2.0,2.0,2.0]",
-    "--progress",
-    "false",
-]
 TINY_OVERRIDES = {"patch_size": [16, 16, 16], "network_def#channels": [4, 8, 16, 32], "spacing": [2.0, 2.0, 2.0]}
 KNOBS = [
     "dataset_dir",

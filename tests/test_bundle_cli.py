@@ -12,21 +12,12 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import TINY
 
 from monai_gdl.bundle.datasets import write_synthetic_dataset
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CONFIGS = os.path.join(REPO, "configs")
-TINY = [
-    "--patch_size",
-    "[16,16,16]",
-    "--network_def#channels",
-    "[4,8,16,32]",
-    "--spacing",
-    "[2.0,2.0,2.0]",
-    "--progress",
-    "false",
-]
 
 
 @pytest.fixture(scope="module")

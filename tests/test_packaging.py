@@ -9,6 +9,7 @@ import sys
 import zipfile
 
 import pytest
+from conftest import TINY
 
 REPO = os.path.join(os.path.dirname(__file__), "..")
 
@@ -157,16 +158,7 @@ def test_the_wheel_in_a_fresh_venv_trains_and_infers_outside_any_checkout(wheel,
         "models/README.md",
     ):
         assert (work / "my_bundle" / name).is_file(), name
-    tiny = [
-        "--patch_size",
-        "[16,16,16]",
-        "--network_def#channels",
-        "[4,8,16,32]",
-        "--spacing",
-        "[2.0,2.0,2.0]",
-        "--progress",
-        "false",
-    ]
+    tiny = list(TINY)
     run("-m", "monai_gdl.data", "synth", "--out", "data", "--cases", "3", "--shape", "24", "24", "16")
     tiny += ["--dataset_dir", "data"]
     train = run(

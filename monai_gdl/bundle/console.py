@@ -145,7 +145,7 @@ def text_booleans(config_files: list[str], overrides: dict) -> list[str]:
     text = json.dumps(parser.config)
     lines = []
     for key, raw in overrides.items():
-        if key in RUN_ARGUMENTS or f"flag('{key}'" in text:
+        if key in RUN_ARGUMENTS or key == "verbose" or f"flag('{key}'" in text:  # start() parses verbose
             continue
         try:
             current = parser.get(key.lstrip("+"))
