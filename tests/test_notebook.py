@@ -58,6 +58,9 @@ def test_training_notebook_trains_and_runs_the_bundle():
     assert stderr == []
     final = text.split("final validation Dice: large ")[1].split()
     assert float(final[0].rstrip(",")) > 0.5  # the large structure is learnt in a few CPU epochs
-    assert "['logs', 'models', 'split.json'] ['last.pt', 'model.pt'] ['history.csv', 'tensorboard', 'training_curves.png']" in text
+    listing = (
+        "['logs', 'models', 'split.json'] ['last.pt', 'model.pt'] ['history.csv', 'tensorboard', 'training_curves.png']"
+    )
+    assert listing in text
     assert "epoch 3 loss" in text and "at epoch 3" in text
     assert images == 2
