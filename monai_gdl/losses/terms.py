@@ -18,6 +18,7 @@ option is written once: in its dataclass.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -372,9 +373,10 @@ class LossKind:
     def takes_weight(self) -> bool:
         return self.dice_term.uses_class_weight or self.voxel_term is not None
 
-    @property
+    @functools.cached_property
     def signature(self) -> inspect.Signature:
-        """The constructor's parameters, each from the dataclass field that defines it."""
+        """The constructor's parameters, each from the dataclass field that defines it (built once per kind:
+        the functional forms bind their arguments to it on every call)."""
 
         def params(cls: type, skip: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
             return [(f.name, f.type, f.default) for f in fields(cls) if f.name not in skip]
