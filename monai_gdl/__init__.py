@@ -1,7 +1,7 @@
 """monai_gdl: V-Net Dice and Generalized Dice losses for MONAI, fused, validated and explained.
 
-Importing the package registers the losses (:data:`REGISTERED_LOSSES`: the V-Net Dice and
-Generalized Dice losses, their fused compounds with CE / BCE / focal, and the deep-supervision
+Importing the package registers the losses (:data:`REGISTERED_LOSSES`: the V-Net Dice (and Jaccard),
+Generalized Dice and Tversky losses, their fused compounds with CE / BCE / focal, and the deep-supervision
 wrapper) as attributes of ``monai.losses`` (no MONAI name is replaced), so bundle configs with
 ``"imports": ["$import monai_gdl"]`` can use ``"_target_": "VNetDiceCELoss"``.
 
@@ -16,7 +16,10 @@ from __future__ import annotations
 from monai_gdl.kernels import BACKENDS, DiceStatistics, get_backend, set_backend, use_backend
 from monai_gdl.losses import (
     DeepSupervisionWrapper,
+    FocalTverskyLoss,
     LossInputError,
+    SalehiTverskyLoss,
+    SalehiTverskyCELoss,
     SudreGeneralizedDiceCELoss,
     SudreGeneralizedDiceFocalLoss,
     SudreGeneralizedDiceLoss,
@@ -29,6 +32,8 @@ from monai_gdl.losses import (
     generalized_dice_from_statistics,
     generalized_dice_loss,
     generalized_dice_weights,
+    tversky_from_statistics,
+    tversky_loss,
     vnet_dice_from_statistics,
     vnet_dice_loss,
 )
@@ -40,6 +45,9 @@ __all__ = [
     "DeepSupervisionWrapper",
     "DiceStatistics",
     "LossInputError",
+    "FocalTverskyLoss",
+    "SalehiTverskyCELoss",
+    "SalehiTverskyLoss",
     "SudreGeneralizedDiceCELoss",
     "SudreGeneralizedDiceFocalLoss",
     "SudreGeneralizedDiceLoss",
@@ -56,6 +64,8 @@ __all__ = [
     "register_with_monai",
     "set_backend",
     "use_backend",
+    "tversky_from_statistics",
+    "tversky_loss",
     "vnet_dice_from_statistics",
     "vnet_dice_loss",
 ]
@@ -68,6 +78,9 @@ REGISTERED_LOSSES = (
     VNetDiceBCELoss,
     VNetDiceFocalLoss,
     SudreGeneralizedDiceFocalLoss,
+    SalehiTverskyLoss,
+    FocalTverskyLoss,
+    SalehiTverskyCELoss,
     DeepSupervisionWrapper,
 )
 

@@ -67,7 +67,7 @@ def _stats_and_grad(fn, x, target, mask, activation, kind, squared, soft=False):
 
 
 def _fused(x, target, mask, activation, label_map, squared, soft=False):
-    stats, _ = fused_sums(x, target, activation=activation, label_map=label_map, squared=squared, soft=soft, mask=mask)
+    stats, _, _ = fused_sums(x, target, activation=activation, label_map=label_map, squared=squared, soft=soft, mask=mask)
     return stats
 
 
@@ -145,7 +145,7 @@ def test_voxel_term_matches_autograd_reference(monkeypatch, backend, case):
         xx = x.clone().requires_grad_(True)
         if fused:
             with use_backend(backend):
-                stats, sums = fused_sums(
+                stats, sums, _ = fused_sums(
                     xx,
                     target,
                     activation=activation,

@@ -7,6 +7,7 @@ import torch
 
 from monai_gdl import LossInputError, VNetDiceLoss, kernels, use_backend
 from monai_gdl.kernels import native
+from monai_gdl.kernels.contract import LOGIT_ROWS
 from monai_gdl.kernels.reference import backward_chunk, forward_chunk
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler for the native CPU kernel")
@@ -17,7 +18,7 @@ def _native_and_reference(
 ):
     """(stats, grad) from the C kernel and from the float64 reference chunk math; ``grads`` the upstream
     gradients of (I, P) or of (I, P, F, Q)."""
-    upstream = torch.stack([*grads, *[torch.zeros_like(grads[0])] * (4 - len(grads))])
+    upstream = torch.stack([*grads, *[torch.zeros_like(grads[0])] * (len(LOGIT_ROWS) - len(grads))])
     options = (activation, label_map, squared, soft, voxel_term, gamma)
     got = native.forward(x, target, mask, *options)
     got_grad = native.backward(upstream, x, target, mask, *options)
@@ -186,7 +187,7 @@ def test_empty_volume_matches_eager():
     labels = torch.zeros(1, 1, 0, dtype=torch.long)
     values = []
     for backend in ("native", "eager"):
-        stats, _ = fused_sums(x, labels, activation="softmax", label_map=True, squared=True, backend=backend)
+        stats, _, _ = fused_sums(x, labels, activation="softmax", label_map=True, squared=True, backend=backend)
         (grad,) = torch.autograd.grad(stats.prediction.sum() + stats.intersection.sum(), x, allow_unused=True)
         values.append(torch.stack(list(stats)))
         assert grad is None or grad.shape == x.shape

@@ -3,7 +3,7 @@
 Layout (each module imports only those above it):
 
 - :mod:`~monai_gdl.kernels.contract`: what every backend computes (:class:`DiceStatistics`,
-  :class:`VoxelTermSums`, the rows).
+  :class:`VoxelTermSums`, :class:`WeightMapSums`, the rows).
 - :mod:`~monai_gdl.kernels.reference`: the same math in plain PyTorch (whole volume and per chunk).
 - :mod:`~monai_gdl.kernels.chunked`, :mod:`~monai_gdl.kernels.native` (built by
   :mod:`~monai_gdl.kernels.native_build`), :mod:`~monai_gdl.kernels.triton_backend`: the backends.
@@ -17,10 +17,16 @@ from monai_gdl.kernels.contract import (
     DiceStatistics,
     Row,
     VoxelTermSums,
+    WeightMapSums,
     accumulation_dtype,
 )
 from monai_gdl.kernels.ops import fused_sums
-from monai_gdl.kernels.reference import reference_statistics, reference_voxel_term, rounded_labels
+from monai_gdl.kernels.reference import (
+    reference_statistics,
+    reference_voxel_term,
+    reference_weight_map_sums,
+    rounded_labels,
+)
 
 __all__ = [
     "BACKENDS",
@@ -29,11 +35,13 @@ __all__ = [
     "DiceStatistics",
     "Row",
     "VoxelTermSums",
+    "WeightMapSums",
     "accumulation_dtype",
     "fused_sums",
     "get_backend",
     "reference_statistics",
     "reference_voxel_term",
+    "reference_weight_map_sums",
     "resolve_backend",
     "rounded_labels",
     "set_backend",

@@ -34,18 +34,23 @@ logger = logging.getLogger("monai_gdl.kernels")
 #: eager chunk loop is already fast and a compile (seconds) would not pay for itself.
 COMPILE_MIN_ELEMENTS = 1 << 22
 
-WhyNot = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", bool], "str | None"]
+#: ``why_not(x, target, mask, label_map, weight_map=None, map_labels=False) -> reason | None``
+WhyNot = Callable[..., "str | None"]
 
 
-def _runs_anything(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, label_map: bool) -> None:
+def _runs_anything(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, label_map: bool, *map) -> None:
     return None
 
 
-def _cuda_for_auto(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, label_map: bool) -> str | None:
+def _cuda_for_auto(
+    x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, label_map: bool, *map
+) -> str | None:
     return None if x.is_cuda else "auto uses Triton for CUDA tensors only (the interpreter is for tests)"
 
 
-def _compile_for_auto(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, label_map: bool) -> str | None:
+def _compile_for_auto(
+    x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, label_map: bool, *map
+) -> str | None:
     if x.device.type != "cpu":
         return "auto compiles the chunk math for CPU tensors only"
     if x.numel() < COMPILE_MIN_ELEMENTS:
@@ -58,7 +63,7 @@ def _compile_for_auto(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
 @dataclass(frozen=True)
 class Backend:
     """One way to run the fused passes: ``forward(x, target, mask, activation, label_map, squared, soft,
-    voxel_term, gamma) -> 6 x B x C`` and ``backward(grad, x, ...) -> dL/dx``."""
+    voxel_term, gamma, weight_map, map_labels) -> 8 x B x C`` and ``backward(grad, x, ...) -> dL/dx``."""
 
     name: str
     why_not: WhyNot
@@ -122,16 +127,23 @@ def _warn_once(reason: str) -> None:
 
 
 def resolve_backend(
-    x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, label_map: bool, requested: str | None = None
+    x: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    label_map: bool,
+    requested: str | None = None,
+    weight_map: torch.Tensor | None = None,
+    map_labels: bool = False,
 ) -> str:
-    """The backend that runs for logits ``x`` (``B x C x N``), ``target`` and ``mask``: the requested (else
-    the process's) one, or for ``"auto"`` the first in :data:`REGISTRY` that can. An explicit choice that
-    cannot run these tensors is an error that names why."""
+    """The backend that runs for logits ``x`` (``B x C x N``), ``target``, ``mask`` and a structure term's
+    ``weight_map``: the requested (else the process's) one, or for ``"auto"`` the first in :data:`REGISTRY`
+    that can. An explicit choice that cannot run these tensors is an error that names why."""
     requested = get_backend() if requested is None else requested
+    tensors = (x, target, mask, label_map, weight_map, map_labels)
     if requested != "auto":
         if requested not in REGISTRY:
             raise ValueError(f"backend={requested!r}; use one of {BACKENDS}.")
-        reason = REGISTRY[requested].why_not(x, target, mask, label_map)
+        reason = REGISTRY[requested].why_not(*tensors)
         if reason is not None:
             raise RuntimeError(
                 f"backend {requested!r} cannot run these tensors ({x.dtype} logits on {x.device.type}):"
@@ -139,7 +151,7 @@ def resolve_backend(
             )
         return requested
     for backend in REGISTRY.values():
-        reason = backend.why_not(x, target, mask, label_map) or backend.why_not_auto(x, target, mask, label_map)
+        reason = backend.why_not(*tensors) or backend.why_not_auto(*tensors)
         if reason is None:
             return backend.name
         if backend.name == "native" and x.device.type == "cpu" and x.numel() > 0:

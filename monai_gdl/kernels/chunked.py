@@ -100,15 +100,27 @@ def forward(
     soft: bool,
     voxel_term: str,
     gamma: float,
+    weight_map=None,
+    map_labels: bool = False,
     compiled: bool = False,
 ):
-    """``6 x B x C`` statistics of ``x`` (``B x C x N``) against ``target``, chunk by chunk."""
+    """``8 x B x C`` statistics of ``x`` (``B x C x N``) against ``target``, chunk by chunk."""
     b, c, n = x.shape
     fwd, _ = _chunk_functions(compiled)
     sums = torch.zeros(NUM_STATISTICS, b, c, dtype=accumulation_dtype(x.dtype), device=x.device)
     for s, e in _chunk_bounds(n, b * c):
         parts = fwd(
-            x[:, :, s:e], target[:, :, s:e], _slice(mask, s, e), activation, label_map, squared, soft, voxel_term, gamma
+            x[:, :, s:e],
+            target[:, :, s:e],
+            _slice(mask, s, e),
+            activation,
+            label_map,
+            squared,
+            soft,
+            voxel_term,
+            gamma,
+            _slice(weight_map, s, e),
+            map_labels,
         )
         for total, part in zip(sums, parts):
             total += part
@@ -126,9 +138,12 @@ def backward(
     soft: bool,
     voxel_term: str,
     gamma: float,
+    weight_map=None,
+    map_labels: bool = False,
     compiled: bool = False,
 ):
-    """``dL/dx`` from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ)`` (``4 x B x C``), chunk by chunk, into one buffer."""
+    """``dL/dx`` from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ, dL/dW)`` (``5 x B x C``), chunk by chunk, into one
+    buffer."""
     _, bwd = _chunk_functions(compiled)
     upstream = grad.to(accumulation_dtype(x.dtype)).unsqueeze(-1)
     grad_x = torch.empty_like(x)
@@ -145,6 +160,8 @@ def backward(
             soft,
             voxel_term,
             gamma,
+            _slice(weight_map, s, e),
+            map_labels,
         )
     return grad_x
 

@@ -21,10 +21,17 @@ plain CE/BCE) and reduced to two more sums:
 the losses apply afterwards (class weights, focal ``alpha``, label smoothing, the mean's
 denominator) is a combination of ``F``, ``Q`` and ``V`` (:mod:`monai_gdl.losses.formulas`).
 
-Backends return them stacked as one ``6 x B x C`` tensor (rows :class:`Row`: ``I, P, G, V, F, Q``)
-in :func:`accumulation_dtype` (``F = Q = 0`` without a voxel term); only ``I, P, F, Q`` depend on
-the logits (:data:`LOGIT_ROWS`), so the backward takes their gradients ``dL/dI, dL/dP, dL/dF, dL/dQ``
-as a ``4 x B x C`` tensor. :func:`check_pass_options` refuses an unknown activation or voxel term.
+A loss with a structure term (Skeleton Recall, boundary loss) passes one more per-voxel map ``a``
+(``weight_map``), precomputed in the data pipeline: a label map (``map_labels``, ``a_c = [map == c]``,
+e.g. a tubed skeleton) or a dense ``B x C x spatial`` float map (``a_c = map_c``, e.g. signed distances).
+The pass adds ``W = sum(m * a * p)`` and ``S = sum(m * a)``; the loss's gradient through ``W`` is
+``dL/dW * a`` on ``dL/dp``, added in the same backward pass.
+
+Backends return them stacked as one ``8 x B x C`` tensor (rows :class:`Row`: ``I, P, G, V, F, Q, W, S``)
+in :func:`accumulation_dtype` (``F = Q = 0`` without a voxel term, ``W = S = 0`` without a map); only
+``I, P, F, Q, W`` depend on the logits (:data:`LOGIT_ROWS`), so the backward takes their gradients
+``dL/dI, dL/dP, dL/dF, dL/dQ, dL/dW`` as a ``5 x B x C`` tensor. :func:`check_pass_options` refuses an
+unknown activation or voxel term.
 """
 
 from __future__ import annotations
@@ -42,13 +49,14 @@ __all__ = [
     "DiceStatistics",
     "Row",
     "VoxelTermSums",
+    "WeightMapSums",
     "accumulation_dtype",
     "check_pass_options",
 ]
 
 
 class Row(IntEnum):
-    """The rows of a backend's ``6 x B x C`` result."""
+    """The rows of a backend's ``8 x B x C`` result."""
 
     INTERSECTION = 0
     PREDICTION = 1
@@ -56,11 +64,13 @@ class Row(IntEnum):
     TARGET_VOLUME = 3
     ON_TARGET = 4
     OFF_TARGET = 5
+    MAP_OVERLAP = 6
+    MAP_VOLUME = 7
 
 
 NUM_STATISTICS = len(Row)
 #: The rows that depend on the logits, in the order the backward takes their gradients.
-LOGIT_ROWS = (Row.INTERSECTION, Row.PREDICTION, Row.ON_TARGET, Row.OFF_TARGET)
+LOGIT_ROWS = (Row.INTERSECTION, Row.PREDICTION, Row.ON_TARGET, Row.OFF_TARGET, Row.MAP_OVERLAP)
 #: ``activation`` values of a fused pass.
 ACTIVATIONS = ("none", "softmax", "sigmoid")
 #: ``voxel_term`` values: no voxel-wise term, softmax CE/focal, sigmoid BCE/focal.
@@ -89,7 +99,7 @@ class DiceStatistics(NamedTuple):
 
     @classmethod
     def from_stacked(cls, stacked: torch.Tensor) -> DiceStatistics:
-        """The first four rows of a backend's ``6 x B x C`` result."""
+        """The first four rows of a backend's ``8 x B x C`` result."""
         return cls(stacked[Row.INTERSECTION], stacked[Row.PREDICTION], stacked[Row.TARGET], stacked[Row.TARGET_VOLUME])
 
     def select_classes(self, include_background: bool) -> DiceStatistics:
@@ -113,11 +123,24 @@ class VoxelTermSums(NamedTuple):
 
     @classmethod
     def from_stacked(cls, stacked: torch.Tensor) -> VoxelTermSums:
-        """The last two rows of a backend's ``6 x B x C`` result."""
+        """Rows ``F, Q`` of a backend's ``8 x B x C`` result."""
         return cls(stacked[Row.ON_TARGET], stacked[Row.OFF_TARGET])
 
     def select_classes(self, include_background: bool) -> VoxelTermSums:
         return self if include_background else VoxelTermSums(*(s[:, 1:] for s in self))
+
+
+class WeightMapSums(NamedTuple):
+    """A structure term's sums against its per-voxel map ``a``: ``W = sum(m a p)`` (``overlap``) and
+    ``S = sum(m a)`` (``volume``, no gradient), ``B x C``."""
+
+    overlap: torch.Tensor
+    volume: torch.Tensor
+
+    @classmethod
+    def from_stacked(cls, stacked: torch.Tensor) -> WeightMapSums:
+        """Rows ``W, S`` of a backend's ``8 x B x C`` result."""
+        return cls(stacked[Row.MAP_OVERLAP], stacked[Row.MAP_VOLUME])
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

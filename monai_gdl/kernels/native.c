@@ -11,8 +11,14 @@
  * cross-entropy / focal, see monai_gdl/kernels/contract.py) in the same passes: its sums F and Q in
  * the forward, its gradient added into the same gradient buffer in the backward.
  *
+ * A structure term (Skeleton Recall, boundary loss) adds a per-voxel map a: a label map (a_c = [map == c])
+ * or a dense float32 map (a_c = map_c); the forward adds W = sum m a p and S = sum m a, the backward
+ * m dL/dW a to dL/dp (before the activation's chain).
+ *
  * Layouts: x is B x C x N (contiguous) or B x N x C (channels-last, then so is the gradient), a
- * label map B x N, a dense target (float32) B x C x N or B x N x C, a mask B x N (uint8).
+ * label map B x N, a dense target (float32) B x C x N or B x N x C, a mask B x N (uint8), a map
+ * B x N (labels) or B x C x N (dense). Label maps, dense targets stored B x C x N and maps may have any
+ * batch stride (t_bstride, w_bstride, in elements: e.g. channels of one packed target tensor).
  * Channels-last tiles are transposed into C x T scratch on the way in (and out). Each call covers the voxel range [n0, n1) of every sample, so callers can
  * split the volume between threads. Sums are per tile in float32 vector lanes, across tiles in
  * double.
@@ -248,7 +254,8 @@ static int tile_length(int64_t C) {
 
 typedef struct {
     float *e, *xs, *gs, *d, *scale, *mx, *mk, *dot, *lse;
-    int32_t *lab;
+    int32_t *lab, *wlab; /* target labels and map labels of the tile */
+    const float *w;      /* dense map rows of the tile: w[c * N + v] */
     const float *g;  /* dense target rows of the tile: g[c * g_row + v] */
     const float *lx; /* float logits of the tile (voxel term only): lx[c * lx_row + v] */
     int64_t g_row, lx_row;
@@ -260,7 +267,7 @@ typedef struct {
 static int scratch_alloc(Scratch *s, int64_t C) {
     s->T = tile_length(C);
     const size_t tile = (size_t)C * s->T;
-    s->e = malloc(sizeof(float) * (4 * tile + 5 * (size_t)s->T) + sizeof(int32_t) * s->T);
+    s->e = malloc(sizeof(float) * (4 * tile + 5 * (size_t)s->T) + 2 * sizeof(int32_t) * s->T);
     if (s->e == NULL) return -1;
     s->xs = s->e + tile;
     s->gs = s->xs + tile;
@@ -271,13 +278,20 @@ static int scratch_alloc(Scratch *s, int64_t C) {
     s->dot = s->mk + s->T;
     s->lse = s->dot + s->T;
     s->lab = (int32_t *)(s->lse + s->T);
+    s->wlab = s->lab + s->T;
+    s->w = NULL;
     return 0;
 }
 
+/* No structure map (wtype); otherwise wtype is T_DENSE_F32 or a label code. */
+enum { W_NONE = -1 };
+
 /* Tile setup shared by both passes: activation, mask and labels or target rows of [v0, v0 + len)
- * of sample b; with a voxel term also float logit rows and (softmax) the log-sum-exp per voxel. */
-static void load_tile(Scratch *s, const void *x, int xtype, const void *t, int ttype, const uint8_t *mask,
-                      int layout, int64_t b, int64_t C, int64_t N, int64_t v0, int len, int act, int term) {
+ * of sample b; with a voxel term also float logit rows and (softmax) the log-sum-exp per voxel; with a
+ * map its labels or rows. */
+static void load_tile(Scratch *s, const void *x, int xtype, const void *t, int ttype, int64_t t_bstride,
+                      const uint8_t *mask, const void *wmap, int wtype, int64_t w_bstride, int layout, int64_t b,
+                      int64_t C, int64_t N, int64_t v0, int len, int act, int term) {
     const int T = s->T;
     if (layout & LAYOUT_X_CHANNELS_LAST) {
         if (xtype == X_F32) stage_rows_f32((const float *)x, b, C, N, v0, len, T, s->xs);
@@ -312,15 +326,17 @@ static void load_tile(Scratch *s, const void *x, int xtype, const void *t, int t
         for (int v = 0; v < len; ++v) s->lse[v] = s->mx[v] - log_f32(s->scale[v]);
     mask_tile(mask == NULL ? NULL : mask + b * N, v0, len, s->mk);
     if (ttype != T_DENSE_F32) {
-        labels_tile(t, ttype, b * N + v0, len, C, s->lab);
+        labels_tile(t, ttype, b * t_bstride + v0, len, C, s->lab);
     } else if (layout & LAYOUT_T_CHANNELS_LAST) {
         stage_rows_f32((const float *)t, b, C, N, v0, len, T, s->gs);
         s->g = s->gs;
         s->g_row = T;
     } else {
-        s->g = (const float *)t + b * C * N + v0;
+        s->g = (const float *)t + b * t_bstride + v0;
         s->g_row = N;
     }
+    if (wtype == T_DENSE_F32) s->w = (const float *)wmap + b * w_bstride + v0;
+    else if (wtype != W_NONE) labels_tile(wmap, wtype, b * w_bstride + v0, len, C, s->wlab);
 }
 
 /* Target value of class cls at voxel v: from the label map or the dense rows gc. */
@@ -368,11 +384,12 @@ static inline float sigmoid_focal_hard_share(float x, float g, float gamma) {
     else if (gamma == 0.0f) TERM_SUMS_LOOP(G, SIGMOID_ELEMENT)                                     \
     else TERM_SUMS_LOOP(G, SIGMOID_FOCAL)
 
-/* stats (6 x B x C, double, accumulated into): I = sum m p g (soft: sum m min(p, g)), P = sum m p^k,
+/* stats (8 x B x C, double, accumulated into): I = sum m p g (soft: sum m min(p, g)), P = sum m p^k,
  * G = sum m g^k, V = sum m g, with k = 2 when squared else 1; with a voxel term F = sum m g l and
- * Q = sum m (1 - g) l. */
+ * Q = sum m (1 - g) l; with a map W = sum m a p and S = sum m a. */
 int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8_t *mask, int64_t B, int64_t C,
-                 int64_t N, int64_t n0, int64_t n1, int act, int options, float gamma, int layout, double *stats) {
+                 int64_t N, int64_t n0, int64_t n1, int act, int options, float gamma, int layout, int64_t t_bstride,
+                 const void *wmap, int wtype, int64_t w_bstride, double *stats) {
     const int squared = options & OPT_SQUARED, soft = (options & OPT_SOFT) != 0 && ttype == T_DENSE_F32;
     const int term = options & (OPT_TERM_SOFTMAX | OPT_TERM_SIGMOID);
     Scratch s;
@@ -383,9 +400,11 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
     const float kp = squared ? 1.0f : 0.0f, k1 = 1.0f - kp;
     for (int64_t b = 0; b < B; ++b) {
         double *I = stats + b * C, *P = I + B * C, *G = P + B * C, *V = G + B * C, *Fs = V + B * C, *Qs = Fs + B * C;
+        double *Ws = Qs + B * C, *Ss = Ws + B * C;
         for (int64_t v0 = n0; v0 < n1; v0 += s.T) {
             const int len = (int)(n1 - v0 < s.T ? n1 - v0 : s.T);
-            load_tile(&s, x, xtype, t, ttype, mask, layout, b, C, N, v0, len, act, term);
+            load_tile(&s, x, xtype, t, ttype, t_bstride, mask, wmap, wtype, w_bstride, layout, b, C, N, v0, len, act,
+                      term);
             for (int64_t c = 0; c < C; ++c) {
                 const float *restrict ec = s.e + c * s.T;
                 const float *restrict gc = ttype == T_DENSE_F32 ? s.g + c * s.g_row : NULL;
@@ -449,6 +468,28 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
                 }
                 Fs[c] += sf;
                 Qs[c] += sq;
+                if (wtype != W_NONE) {
+                    float sw = 0.0f, sa = 0.0f;
+                    if (wtype == T_DENSE_F32) {
+                        const float *restrict wc = s.w + c * N;
+#pragma omp simd reduction(+ : sw, sa)
+                        for (int v = 0; v < len; ++v) {
+                            float a = wc[v] * mk[v];
+                            sw += a * ec[v] * scale[v];
+                            sa += a;
+                        }
+                    } else {
+                        const int32_t *restrict wlab = s.wlab;
+#pragma omp simd reduction(+ : sw, sa)
+                        for (int v = 0; v < len; ++v) {
+                            float a = wlab[v] == cls ? mk[v] : 0.0f;
+                            sw += a * ec[v] * scale[v];
+                            sa += a;
+                        }
+                    }
+                    Ws[c] += sw;
+                    Ss[c] += sa;
+                }
             }
         }
     }
@@ -488,12 +529,12 @@ static inline float sigmoid_focal_share(float x, float g, float gamma) {
 }
 
 /* Row d = e (softmax: p dL/dp plus the softmax term's share, summed into dot) or dL/dx (sigmoid,
- * none), one class. */
-#define ROW_LOOP(DI, G, TERM_E)                                                                    \
+ * none), one class; EXTRA is the map term's share of dL/dp (0, or dc[v] written before). */
+#define ROW_LOOP(DI, G, TERM_E, EXTRA)                                                             \
     _Pragma("omp simd")                                                                           \
     for (int v = 0; v < len; ++v) {                                                                \
         float p = ec[v] * scale[v];                                                                \
-        float du = DICE_DU(DI);                                                                    \
+        float du = DICE_DU(DI) + (EXTRA);                                                          \
         float d = act == ACT_SOFTMAX ? p * du + TERM_E(G) : (act == ACT_SIGMOID ? du * p * (1.0f - p) : du); \
         dc[v] = d;                                                                                 \
         dot[v] += d;                                                                               \
@@ -513,24 +554,29 @@ DEFINE_STORE_ROWS(store_rows_f32, float, STORE_F32)
 DEFINE_STORE_ROWS(store_rows_bf16, uint16_t, STORE_BF16)
 DEFINE_STORE_ROWS(store_rows_f16, float16_t, STORE_F16)
 
+#define ROW_FOR_TERM(DI, G, EXTRA)                                                                 \
+    if (term != OPT_TERM_SOFTMAX) ROW_LOOP(DI, G, NO_TERM, EXTRA)                                  \
+    else if (gamma == 0.0f) ROW_LOOP(DI, G, SOFTMAX_TERM_E, EXTRA)                                 \
+    else ROW_LOOP(DI, G, SOFTMAX_FOCAL_TERM_E, EXTRA)
+
 #define ROW_FOR_TARGET(DI, G)                                                                      \
-    if (term != OPT_TERM_SOFTMAX) ROW_LOOP(DI, G, NO_TERM)                                         \
-    else if (gamma == 0.0f) ROW_LOOP(DI, G, SOFTMAX_TERM_E)                                        \
-    else ROW_LOOP(DI, G, SOFTMAX_FOCAL_TERM_E)
+    if (wtype == W_NONE) ROW_FOR_TERM(DI, G, 0.0f)                                                 \
+    else ROW_FOR_TERM(DI, G, dc[v])
 
 #define SIGMOID_TERM_LOOP(G, SHARE)                                                                \
     _Pragma("omp simd")                                                                           \
     for (int v = 0; v < len; ++v) dc[v] += SHARE(G);
 
-/* out = dL/dx for [n0, n1) from grad = (dL/dI, dL/dP, dL/dF, dL/dQ) (4 x B x C, float32). Per tile:
- * rows d as above (and their sum over classes), the sigmoid term's share, then one pass that
- * applies the softmax chain d - p sum_j d_j and stores in the output dtype and layout. */
+/* out = dL/dx for [n0, n1) from grad = (dL/dI, dL/dP, dL/dF, dL/dQ, dL/dW) (5 x B x C, float32). Per
+ * tile: the map term's share of dL/dp (with a map), rows d as above (and their sum over classes), the
+ * sigmoid term's share, then one pass that applies the softmax chain d - p sum_j d_j and stores in the
+ * output dtype and layout. */
 int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint8_t *mask, int64_t B, int64_t C,
-                  int64_t N, int64_t n0, int64_t n1, int act, int options, float gamma, int layout,
-                  const float *grad, void *out) {
+                  int64_t N, int64_t n0, int64_t n1, int act, int options, float gamma, int layout, int64_t t_bstride,
+                  const void *wmap, int wtype, int64_t w_bstride, const float *grad, void *out) {
     const int squared = options & OPT_SQUARED, soft = (options & OPT_SOFT) != 0 && ttype == T_DENSE_F32;
     const int term = options & (OPT_TERM_SOFTMAX | OPT_TERM_SIGMOID);
-    const float *ga = grad, *gb = grad + B * C, *gf = gb + B * C, *gq = gf + B * C;
+    const float *ga = grad, *gb = grad + B * C, *gf = gb + B * C, *gq = gf + B * C, *gw = gq + B * C;
     Scratch s;
     if (scratch_alloc(&s, C) != 0) return -1;
     const float *restrict scale = s.scale, *restrict mk = s.mk, *restrict lse = s.lse;
@@ -541,8 +587,22 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
     for (int64_t b = 0; b < B; ++b) {
         for (int64_t v0 = n0; v0 < n1; v0 += s.T) {
             const int len = (int)(n1 - v0 < s.T ? n1 - v0 : s.T);
-            load_tile(&s, x, xtype, t, ttype, mask, layout, b, C, N, v0, len, act, term);
+            load_tile(&s, x, xtype, t, ttype, t_bstride, mask, wmap, wtype, w_bstride, layout, b, C, N, v0, len, act,
+                      term);
             for (int v = 0; v < len; ++v) dot[v] = 0.0f;
+            if (wtype != W_NONE) /* m dL/dW a into the rows, read back (and overwritten) by the row loops */
+                for (int64_t c = 0; c < C; ++c) {
+                    float *restrict dc = s.d + c * s.T;
+                    const float gwc = gw[b * C + c];
+                    const int32_t cls = (int32_t)c;
+                    if (wtype == T_DENSE_F32) {
+                        const float *restrict wc = s.w + c * N;
+                        for (int v = 0; v < len; ++v) dc[v] = gwc * wc[v] * mk[v];
+                    } else {
+                        const int32_t *restrict wlab = s.wlab;
+                        for (int v = 0; v < len; ++v) dc[v] = wlab[v] == cls ? gwc * mk[v] : 0.0f;
+                    }
+                }
             for (int64_t c = 0; c < C; ++c) {
                 const float *restrict ec = s.e + c * s.T;
                 const float *restrict gc = ttype == T_DENSE_F32 ? s.g + c * s.g_row : NULL;

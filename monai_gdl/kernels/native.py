@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from monai_gdl._env import env_choice
-from monai_gdl.kernels.contract import NUM_STATISTICS
+from monai_gdl.kernels.contract import LOGIT_ROWS, NUM_STATISTICS
 from monai_gdl.kernels.native_build import build_timeout_s, library_path
 from monai_gdl.kernels.reference import backward_chunk, forward_chunk
 
@@ -53,7 +53,7 @@ def load() -> tuple[ctypes.CDLL | None, str | None]:
             return None, "no C compiler found ($CC, cc, gcc or clang)"
         lib = ctypes.CDLL(str(path))
         ptr, i32, i64, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
-        common: list[Any] = [ptr, i32, ptr, i32, ptr, i64, i64, i64, i64, i64, i32, i32, f32, i32]
+        common: list[Any] = [ptr, i32, ptr, i32, ptr, i64, i64, i64, i64, i64, i32, i32, f32, i32, i64, ptr, i32, i64]
         lib.mgdl_forward.argtypes = [*common, ptr]
         lib.mgdl_backward.argtypes = [*common, ptr, ptr]
         lib.mgdl_forward.restype = lib.mgdl_backward.restype = i32
@@ -95,17 +95,20 @@ def _self_check(lib: ctypes.CDLL) -> None:
     labels = torch.randint(0, 6, (2, 1, 77), generator=g)
     mask = torch.rand(2, 1, 77, generator=g) > 0.3
     soft = torch.rand(2, 5, 77, generator=g)
-    grad = torch.randn(4, 2, 5, generator=g)
+    skeleton = torch.randint(0, 5, (2, 1, 77), generator=g, dtype=torch.uint8)
+    distance = torch.randn(2, 5, 77, generator=g)
+    grad = torch.randn(len(LOGIT_ROWS), 2, 5, generator=g)
     cases = [
-        ("none", labels, True, False, False, "sigmoid", 2.0),
-        ("softmax", soft, False, True, False, "none", 0.0),
-        ("sigmoid", labels, True, False, False, "none", 0.0),
-        ("softmax", soft, False, False, True, "softmax", 0.0),
-        ("softmax", labels, True, False, False, "softmax", 2.0),
-        ("softmax", soft, False, False, True, "sigmoid", 0.0),
+        ("none", labels, True, False, False, "sigmoid", 2.0, None, False),
+        ("softmax", soft, False, True, False, "none", 0.0, None, False),
+        ("sigmoid", labels, True, False, False, "none", 0.0, distance, False),
+        ("softmax", soft, False, False, True, "softmax", 0.0, skeleton, True),
+        ("softmax", labels, True, False, False, "softmax", 2.0, None, False),
+        ("softmax", soft, False, False, True, "sigmoid", 0.0, None, False),
+        ("softmax", labels, True, False, False, "softmax", 0.0, skeleton, True),
     ]
-    for activation, target, label_map, squared, soft_form, voxel_term, gamma in cases:
-        options = (activation, label_map, squared, soft_form, voxel_term, gamma)
+    for activation, target, label_map, squared, soft_form, voxel_term, gamma, weight_map, map_labels in cases:
+        options = (activation, label_map, squared, soft_form, voxel_term, gamma, weight_map, map_labels)
         got = _forward(lib, x, target, mask, *options)
         want = forward_chunk(x, target, mask, *options)
         got_grad = _backward(lib, grad, x, target, mask, *options)
@@ -121,7 +124,19 @@ def _channels_last(t: torch.Tensor) -> bool:
     return not t.is_contiguous() and t.transpose(1, 2).is_contiguous()
 
 
-def why_not(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, label_map: bool) -> str | None:
+def _sample_contiguous(t: torch.Tensor) -> bool:
+    """Each sample of ``B x C x N`` stored contiguously (any batch stride: a channel slice of a packed target)."""
+    return t.shape[0] == 0 or t[0].is_contiguous()
+
+
+def why_not(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    label_map: bool,
+    weight_map: torch.Tensor | None = None,
+    map_labels: bool = False,
+) -> str | None:
     """Why the C kernel cannot run these tensors (None when it can): device, dtype or layout, then the
     library itself (not built here), then float16 without ``_Float16``. Each reason says the fix."""
     if x.device.type != "cpu":
@@ -134,10 +149,16 @@ def why_not(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, la
     if target.dtype not in codes:
         kind = "label map" if label_map else "one-hot/soft target"
         return f"it does not take a {kind} of dtype {target.dtype} (it takes {', '.join(str(d) for d in codes)})"
-    if not (target.is_contiguous() or (not label_map and _channels_last(target))):
-        return "it does not take a target that is neither contiguous nor (one-hot) channels-last"
+    if not (_sample_contiguous(target) or (not label_map and _channels_last(target))):
+        return "it does not take a target that is neither contiguous per sample nor (one-hot) channels-last"
     if mask is not None and not mask.is_contiguous():
         return "it does not take a mask that is not contiguous"
+    if weight_map is not None:
+        codes = _LABEL_CODES if map_labels else _DENSE_CODES
+        if weight_map.dtype not in codes:
+            return f"it does not take a structure map of dtype {weight_map.dtype} (it takes {', '.join(map(str, codes))})"
+        if not _sample_contiguous(weight_map):
+            return "it does not take a structure map that is not contiguous per sample"
     reason = unavailable_reason()
     if reason is not None:
         return f"it could not be built here ({reason}; install a C compiler such as gcc, or set CC)"
@@ -170,7 +191,7 @@ def _run_split(fn, n: int, values: int, arguments) -> None:
         raise MemoryError("monai_gdl native kernel: could not allocate its tile buffers")
 
 
-def _arguments(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma):
+def _arguments(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma, weight_map, map_labels):
     b, c, n = x.shape
     t_code = (_LABEL_CODES if label_map else _DENSE_CODES)[target.dtype]
     mask_ptr = None if mask is None else mask.data_ptr()
@@ -194,6 +215,10 @@ def _arguments(x, target, mask, activation, label_map, squared, soft, voxel_term
             options,
             float(gamma),
             layout,
+            target.stride(0),
+            None if weight_map is None else weight_map.data_ptr(),
+            -1 if weight_map is None else (_LABEL_CODES if map_labels else _DENSE_CODES)[weight_map.dtype],
+            0 if weight_map is None else weight_map.stride(0),
         ]
 
     return args
@@ -203,24 +228,28 @@ def _as_bytes(mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if mask is None else mask.contiguous().view(torch.uint8)
 
 
-def _forward(lib, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma) -> torch.Tensor:
+def _forward(
+    lib, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma, weight_map=None, map_labels=False
+) -> torch.Tensor:
     b, c, n = x.shape
     workers = max(1, torch.get_num_threads())
     stats = torch.zeros(workers, NUM_STATISTICS, b, c, dtype=torch.float64)
     mask = _as_bytes(mask)
-    args = _arguments(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
+    args = _arguments(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma, weight_map, map_labels)
     _run_split(lib.mgdl_forward, n, x.numel(), lambda i, n0, n1: [*args(n0, n1), stats[i].data_ptr()])
     return stats.sum(0).to(torch.float32)
 
 
-def _backward(lib, grad, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma) -> torch.Tensor:
-    """``dL/dx`` from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ)`` (``4 x B x C``)."""
+def _backward(
+    lib, grad, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma, weight_map=None, map_labels=False
+) -> torch.Tensor:
+    """``dL/dx`` from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ, dL/dW)`` (``5 x B x C``)."""
     upstream = grad.to(torch.float32).contiguous()
     mask = _as_bytes(mask)
     grad_x = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype)  # the logits' layout, as the kernel writes it
     if grad_x.nbytes >= HUGE_PAGE_MIN_BYTES and env_choice("MONAI_GDL_HUGE_PAGES", "1", ("0", "1")) == "1":
         lib.mgdl_prefer_huge_pages(grad_x.data_ptr(), grad_x.nbytes)
-    args = _arguments(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
+    args = _arguments(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma, weight_map, map_labels)
     _run_split(
         lib.mgdl_backward,
         x.shape[2],
@@ -231,14 +260,37 @@ def _backward(lib, grad, x, target, mask, activation, label_map, squared, soft, 
 
 
 def forward(
-    x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str, gamma: float
+    x,
+    target,
+    mask,
+    activation: str,
+    label_map: bool,
+    squared: bool,
+    soft: bool,
+    voxel_term: str,
+    gamma: float,
+    weight_map=None,
+    map_labels: bool = False,
 ) -> torch.Tensor:
-    """``6 x B x C`` float32 statistics of ``x`` (``B x C x N``): one C pass."""
-    return _forward(load()[0], x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
+    """``8 x B x C`` float32 statistics of ``x`` (``B x C x N``): one C pass."""
+    options = (activation, label_map, squared, soft, voxel_term, gamma, weight_map, map_labels)
+    return _forward(load()[0], x, target, mask, *options)
 
 
 def backward(
-    grad, x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str, gamma: float
+    grad,
+    x,
+    target,
+    mask,
+    activation: str,
+    label_map: bool,
+    squared: bool,
+    soft: bool,
+    voxel_term: str,
+    gamma: float,
+    weight_map=None,
+    map_labels: bool = False,
 ) -> torch.Tensor:
-    """``dL/dx`` in ``x``'s dtype and layout from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ)``: one C pass."""
-    return _backward(load()[0], grad, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma)
+    """``dL/dx`` in ``x``'s dtype and layout from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ, dL/dW)``: one C pass."""
+    options = (activation, label_map, squared, soft, voxel_term, gamma, weight_map, map_labels)
+    return _backward(load()[0], grad, x, target, mask, *options)

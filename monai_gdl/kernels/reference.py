@@ -18,6 +18,9 @@ The voxel-wise term ``l`` of a compound loss (:mod:`monai_gdl.kernels.contract`)
               (at gamma 0: w_c * (p_c - [c == y]) summed, the cross-entropy gradient);
     sigmoid:  dL/dx_c += w_c * (s^gamma * (sigmoid(x_c) - g_c) - gamma * (2 g_c - 1) * s^gamma * (1 - s) * bce_c),
               after the Dice term's own chain (at gamma 0: w_c * (sigmoid(x_c) - g_c)).
+
+A structure term's map ``a`` (``W = sum(m a p)``) adds ``m * (dL/dW)_c * a_c`` to ``dL/dp_c``, before the
+activation's chain.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from monai_gdl.kernels.contract import DiceStatistics, VoxelTermSums, accumulation_dtype
+from monai_gdl.kernels.contract import DiceStatistics, VoxelTermSums, WeightMapSums, accumulation_dtype
 
 __all__ = [
     "rounded_labels",
@@ -33,6 +36,7 @@ __all__ = [
     "forward_chunk",
     "reference_statistics",
     "reference_voxel_term",
+    "reference_weight_map_sums",
     "voxel_term_elements",
 ]
 
@@ -118,6 +122,19 @@ def reference_voxel_term(
     return VoxelTermSums((elements * g).sum(-1), (elements * (1.0 - g)).sum(-1))
 
 
+def reference_weight_map_sums(
+    probs: torch.Tensor, weight_map: torch.Tensor, *, map_labels: bool, mask: torch.Tensor | None = None
+) -> WeightMapSums:
+    """``W = sum(m a p)`` (through autograd) and ``S = sum(m a)`` in plain PyTorch: the reference for the fused
+    kernels. A label map is compared with each class (labels outside ``0..C-1`` match none)."""
+    b, c = probs.shape[:2]
+    p = probs.reshape(b, c, -1)
+    a = _target_chunk(weight_map.reshape(b, weight_map.shape[1], -1), c, map_labels, p.dtype).detach()
+    if mask is not None:
+        a = a * mask.reshape(b, 1, -1).to(p.dtype)
+    return WeightMapSums((a * p).sum(-1), a.sum(-1))
+
+
 def _activate_chunk(x: torch.Tensor, activation: str) -> torch.Tensor:
     if activation == "softmax":
         return torch.softmax(x, dim=1)
@@ -147,8 +164,10 @@ def forward_chunk(
     soft: bool = False,
     voxel_term: str = "none",
     gamma: float = 0.0,
+    weight_map: torch.Tensor | None = None,
+    map_labels: bool = False,
 ) -> tuple[torch.Tensor, ...]:
-    """Partial ``(I, P, G, V, F, Q)`` sums (``B x C``) of one chunk ``x`` (``B x C x L``)."""
+    """Partial ``(I, P, G, V, F, Q, W, S)`` sums (``B x C``) of one chunk ``x`` (``B x C x L``)."""
     acc = accumulation_dtype(x.dtype)
     xa = x.to(acc)
     p = _activate_chunk(xa, activation)
@@ -163,13 +182,19 @@ def forward_chunk(
     pred = (pm * p).sum(-1) if squared else pm.sum(-1)
     tvol = gm.sum(-1)
     tsum = (gm * g).sum(-1) if squared and not label_map else tvol
-    if voxel_term == "none":
-        zero = torch.zeros_like(inter)
-        return inter, pred, tsum, tvol, zero, zero
-    elements = voxel_term_elements(xa, g, voxel_term, gamma)
-    if mask is not None:
-        elements = elements * m
-    return inter, pred, tsum, tvol, (elements * g).sum(-1), (elements * (1.0 - g)).sum(-1)
+    zero = torch.zeros_like(inter)
+    on_target = off_target = map_overlap = map_volume = zero
+    if voxel_term != "none":
+        elements = voxel_term_elements(xa, g, voxel_term, gamma)
+        if mask is not None:
+            elements = elements * m
+        on_target, off_target = (elements * g).sum(-1), (elements * (1.0 - g)).sum(-1)
+    if weight_map is not None:
+        a = _target_chunk(weight_map, x.shape[1], map_labels, acc)
+        if mask is not None:
+            a = a * m
+        map_overlap, map_volume = (a * p).sum(-1), a.sum(-1)
+    return inter, pred, tsum, tvol, on_target, off_target, map_overlap, map_volume
 
 
 def _voxel_term_gradient(
@@ -204,15 +229,19 @@ def backward_chunk(
     soft: bool = False,
     voxel_term: str = "none",
     gamma: float = 0.0,
+    weight_map: torch.Tensor | None = None,
+    map_labels: bool = False,
 ) -> torch.Tensor:
-    """``dL/dx`` of one chunk from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ)`` (``4 x B x C x 1``)."""
+    """``dL/dx`` of one chunk from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ, dL/dW)`` (``5 x B x C x 1``)."""
     acc = accumulation_dtype(x.dtype)
-    grad_inter, grad_pred, grad_on, grad_off = grad.to(acc).unbind(0)
+    grad_inter, grad_pred, grad_on, grad_off, grad_map = grad.to(acc).unbind(0)
     xa = x.to(acc)
     p = _activate_chunk(xa, activation)
     g = _target_chunk(target, x.shape[1], label_map, acc)
     di_dp = (p < g).to(acc) + 0.5 * (p == g).to(acc) if soft and not label_map else g  # dI/dp of min(p, g)
     du = grad_inter * di_dp + (grad_pred * (2.0 * p) if squared else grad_pred)
+    if weight_map is not None:
+        du = du + grad_map * _target_chunk(weight_map, x.shape[1], map_labels, acc)
     m = None if mask is None else mask.to(acc)
     if m is not None:
         du = du * m

@@ -2,9 +2,9 @@
 
 Each program takes ``BLOCK`` voxels of one sample with all classes (``C`` padded to a power of
 two), computes the activation in float32 in registers, and either atomically adds its partial
-``(I, P, G, V, F, Q)`` sums into the ``B x C`` statistics (forward) or writes ``dL/dx`` for its
+``(I, P, G, V, F, Q, W, S)`` sums into the ``B x C`` statistics (forward) or writes ``dL/dx`` for its
 voxels (backward); the voxel term of a compound loss (``TERM``: 1 softmax, 2 sigmoid) is computed
-from the same registers. Same math as :func:`monai_gdl.kernels.reference.forward_chunk` / ``backward_chunk``,
+from the same registers, and a structure term's map (``HAS_MAP``: labels or dense rows) is read once. Same math as :func:`monai_gdl.kernels.reference.forward_chunk` / ``backward_chunk``,
 which are the reference in the tests. Runs on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1``.
 """
 
@@ -28,7 +28,14 @@ _ACTIVATION_CODES = {"none": 0, "softmax": 1, "sigmoid": 2}
 _TERM_CODES = {"none": 0, "softmax": 1, "sigmoid": 2}
 
 
-def why_not(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None, label_map: bool) -> str | None:
+def why_not(
+    x: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    label_map: bool,
+    weight_map: torch.Tensor | None = None,
+    map_labels: bool = False,
+) -> str | None:
     """Why the Triton kernels cannot run these tensors (None when they can): CUDA tensors (CPU ones under
     ``TRITON_INTERPRET=1``), not float64, Triton installed."""
     if triton is None:
@@ -51,7 +58,7 @@ if triton is not None:
         n0,
         C,
         N,
-        T_CHANNELS,
+        T_BSTRIDE,
         C_PAD: tl.constexpr,
         BLOCK: tl.constexpr,
         ACTIVATION: tl.constexpr,
@@ -79,18 +86,32 @@ if triton is not None:
             p = x
         p = tl.where(tile_ok, p, 0.0)
         if LABEL_MAP:
-            y = tl.load(t_ptr + b * N + vox, mask=vox_ok, other=-1)
-            if t_ptr.dtype.element_ty.is_floating():  # rounded to the nearest class (halves up); NaN: no class
-                y = tl.where(y == y, tl.floor(y.to(tl.float32) + 0.5), -1.0)
-            y = y.to(tl.int32)
-            g = tl.where(cls[:, None] == y[None, :], 1.0, 0.0)
+            g = _label_rows(t_ptr, b * T_BSTRIDE, cls, vox, vox_ok)
         else:
-            g = tl.load(t_ptr + b * T_CHANNELS * N + cls[:, None] * N + vox[None, :], mask=tile_ok, other=0.0)
+            g = tl.load(t_ptr + b * T_BSTRIDE + cls[:, None] * N + vox[None, :], mask=tile_ok, other=0.0)
             g = g.to(tl.float32)
         m = tl.where(vox_ok, 1.0, 0.0)
         if HAS_MASK:
             m = m * tl.load(m_ptr + b * N + vox, mask=vox_ok, other=0).to(tl.float32)
         return p, g, m, x, lse, cls, cls_ok, vox, tile_ok
+
+    @triton.jit
+    def _label_rows(ptr, offset, cls, vox, vox_ok):
+        """A label map's tile as C_PAD x BLOCK rows ``[label == c]`` (float labels rounded, halves up; NaN: none)."""
+        y = tl.load(ptr + offset + vox, mask=vox_ok, other=-1)
+        if ptr.dtype.element_ty.is_floating():
+            y = tl.where(y == y, tl.floor(y.to(tl.float32) + 0.5), -1.0)
+        y = y.to(tl.int32)
+        return tl.where(cls[:, None] == y[None, :], 1.0, 0.0)
+
+    @triton.jit
+    def _map_rows(w_ptr, b, cls, vox, vox_ok, tile_ok, N, W_BSTRIDE, MAP_LABELS: tl.constexpr):
+        """The structure map's tile ``a`` (C_PAD x BLOCK): label rows, or dense float rows."""
+        if MAP_LABELS:
+            return _label_rows(w_ptr, b * W_BSTRIDE, cls, vox, vox_ok)
+        return tl.load(w_ptr + b * W_BSTRIDE + cls[:, None] * N + vox[None, :], mask=tile_ok, other=0.0).to(
+            tl.float32
+        )
 
     @triton.jit
     def _softplus(x):
@@ -110,10 +131,12 @@ if triton is not None:
         x_ptr,
         t_ptr,
         m_ptr,
+        w_ptr,
         stats_ptr,
         C,
         N,
-        T_CHANNELS,
+        T_BSTRIDE,
+        W_BSTRIDE,
         C_PAD: tl.constexpr,
         BLOCK: tl.constexpr,
         ACTIVATION: tl.constexpr,
@@ -122,6 +145,8 @@ if triton is not None:
         SQUARED: tl.constexpr,
         SOFT: tl.constexpr,
         TERM: tl.constexpr,
+        HAS_MAP: tl.constexpr,
+        MAP_LABELS: tl.constexpr,
         gamma,
     ):
         b = tl.program_id(1).to(tl.int64)
@@ -133,7 +158,7 @@ if triton is not None:
             tl.program_id(0) * BLOCK,
             C,
             N,
-            T_CHANNELS,
+            T_BSTRIDE,
             C_PAD,
             BLOCK,
             ACTIVATION,
@@ -163,18 +188,24 @@ if triton is not None:
             el = tl.where(tile_ok, _term_element(x, p, g, lse, gamma, TERM), 0.0) * m[None, :]
             tl.atomic_add(base + 4 * stride, tl.sum(el * g, axis=1), mask=cls_ok)
             tl.atomic_add(base + 5 * stride, tl.sum(el * (1.0 - g), axis=1), mask=cls_ok)
+        if HAS_MAP:
+            am = _map_rows(w_ptr, b, cls, vox, vox < N, tile_ok, N, W_BSTRIDE, MAP_LABELS) * m[None, :]
+            tl.atomic_add(base + 6 * stride, tl.sum(am * p, axis=1), mask=cls_ok)
+            tl.atomic_add(base + 7 * stride, tl.sum(am, axis=1), mask=cls_ok)
 
     @triton.jit
     def _backward_kernel(
         x_ptr,
         t_ptr,
         m_ptr,
+        w_ptr,
         grad_ptr,
         out_ptr,
         B,
         C,
         N,
-        T_CHANNELS,
+        T_BSTRIDE,
+        W_BSTRIDE,
         C_PAD: tl.constexpr,
         BLOCK: tl.constexpr,
         ACTIVATION: tl.constexpr,
@@ -183,6 +214,8 @@ if triton is not None:
         SQUARED: tl.constexpr,
         SOFT: tl.constexpr,
         TERM: tl.constexpr,
+        HAS_MAP: tl.constexpr,
+        MAP_LABELS: tl.constexpr,
         gamma,
     ):
         b = tl.program_id(1).to(tl.int64)
@@ -194,7 +227,7 @@ if triton is not None:
             tl.program_id(0) * BLOCK,
             C,
             N,
-            T_CHANNELS,
+            T_BSTRIDE,
             C_PAD,
             BLOCK,
             ACTIVATION,
@@ -214,6 +247,9 @@ if triton is not None:
             du = a[:, None] * di + beta[:, None] * 2.0 * p
         else:
             du = a[:, None] * di + beta[:, None]
+        if HAS_MAP:
+            gw = tl.load(rows + 4 * B * C, mask=cls_ok, other=0.0)
+            du += gw[:, None] * _map_rows(w_ptr, b, cls, vox, vox < N, tile_ok, N, W_BSTRIDE, MAP_LABELS)
         du = du * m[None, :]
         w = tl.where(tile_ok, (f[:, None] * g + q[:, None] * (1.0 - g)) * m[None, :], 0.0)
         if ACTIVATION == 1:
@@ -244,30 +280,47 @@ def _launch_shape(c: int, n: int) -> tuple[int, int]:
     return c_pad, block
 
 
-def _prepared(x, target, mask):
-    x, target = x.contiguous(), target.contiguous()
-    if target.dtype == torch.bool:
-        target = target.to(torch.uint8)
+def _per_sample(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with each sample contiguous (any batch stride, e.g. a channel of a packed target); bool as uint8."""
+    t = t if t.shape[0] == 0 or t[0].is_contiguous() else t.contiguous()
+    return t.to(torch.uint8) if t.dtype == torch.bool else t
+
+
+def _prepared(x, target, mask, weight_map):
+    x, target = x.contiguous(), _per_sample(target)
     mask_arg = x if mask is None else mask.contiguous().to(torch.uint8)  # any pointer when HAS_MASK is off
-    return x, target, mask_arg
+    map_arg = x if weight_map is None else _per_sample(weight_map)  # any pointer when HAS_MAP is off
+    return x, target, mask_arg, map_arg
 
 
 def forward(
-    x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str, gamma: float
+    x,
+    target,
+    mask,
+    activation: str,
+    label_map: bool,
+    squared: bool,
+    soft: bool,
+    voxel_term: str,
+    gamma: float,
+    weight_map=None,
+    map_labels: bool = False,
 ) -> torch.Tensor:
-    """``6 x B x C`` float32 statistics of ``x`` (``B x C x N``): one kernel launch."""
+    """``8 x B x C`` float32 statistics of ``x`` (``B x C x N``): one kernel launch."""
     b, c, n = x.shape
-    x, target, mask_arg = _prepared(x, target, mask)
+    x, target, mask_arg, map_arg = _prepared(x, target, mask, weight_map)
     c_pad, block = _launch_shape(c, n)
     stats = torch.zeros(NUM_STATISTICS, b, c, dtype=torch.float32, device=x.device)
     _forward_kernel[(triton.cdiv(n, block), b)](
         x,
         target,
         mask_arg,
+        map_arg,
         stats,
         c,
         n,
-        target.shape[1],
+        target.stride(0),
+        map_arg.stride(0),
         C_PAD=c_pad,
         BLOCK=block,
         ACTIVATION=_ACTIVATION_CODES[activation],
@@ -276,17 +329,31 @@ def forward(
         SQUARED=squared,
         SOFT=soft and not label_map,
         TERM=_TERM_CODES[voxel_term],
+        HAS_MAP=weight_map is not None,
+        MAP_LABELS=map_labels,
         gamma=float(gamma),
     )
     return stats
 
 
 def backward(
-    grad, x, target, mask, activation: str, label_map: bool, squared: bool, soft: bool, voxel_term: str, gamma: float
+    grad,
+    x,
+    target,
+    mask,
+    activation: str,
+    label_map: bool,
+    squared: bool,
+    soft: bool,
+    voxel_term: str,
+    gamma: float,
+    weight_map=None,
+    map_labels: bool = False,
 ) -> torch.Tensor:
-    """``dL/dx`` in ``x``'s dtype from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ)`` (``4 x B x C``): one kernel launch."""
+    """``dL/dx`` in ``x``'s dtype from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ, dL/dW)`` (``5 x B x C``): one kernel
+    launch."""
     b, c, n = x.shape
-    x, target, mask_arg = _prepared(x, target, mask)
+    x, target, mask_arg, map_arg = _prepared(x, target, mask, weight_map)
     upstream = grad.to(torch.float32).contiguous()
     grad_x = torch.empty_like(x)
     c_pad, block = _launch_shape(c, n)
@@ -294,12 +361,14 @@ def backward(
         x,
         target,
         mask_arg,
+        map_arg,
         upstream,
         grad_x,
         b,
         c,
         n,
-        target.shape[1],
+        target.stride(0),
+        map_arg.stride(0),
         C_PAD=c_pad,
         BLOCK=block,
         ACTIVATION=_ACTIVATION_CODES[activation],
@@ -308,6 +377,8 @@ def backward(
         SQUARED=squared,
         SOFT=soft and not label_map,
         TERM=_TERM_CODES[voxel_term],
+        HAS_MAP=weight_map is not None,
+        MAP_LABELS=map_labels,
         gamma=float(gamma),
     )
     return grad_x

@@ -1,10 +1,11 @@
 """The losses, one room per step: options checked once (:mod:`.options`), a loss as a Dice term plus a
 voxel term (:mod:`.terms`), tensor checks (:mod:`.validation`), the volume reduced to sums
 (:mod:`.sums`), formulas on the sums (:mod:`.formulas`), the one forward and the functional losses
-(:mod:`.functional`), the ``nn.Module`` Dice losses and their base (:mod:`.modules`), the fused
+(:mod:`.functional`), the ``nn.Module`` Dice, Jaccard and Tversky losses and their base (:mod:`.modules`), the fused
 compound losses (:mod:`.compound`) and the deep-supervision wrapper (:mod:`.deep_supervision`)."""
 
 from monai_gdl.losses.compound import (
+    SalehiTverskyCELoss,
     SudreGeneralizedDiceCELoss,
     SudreGeneralizedDiceFocalLoss,
     VNetDiceBCELoss,
@@ -17,10 +18,23 @@ from monai_gdl.losses.formulas import (
     focal_from_sums,
     generalized_dice_from_statistics,
     generalized_dice_weights,
+    tversky_from_statistics,
     vnet_dice_from_statistics,
 )
-from monai_gdl.losses.functional import all_reduce_statistics, dice_statistics, generalized_dice_loss, vnet_dice_loss
-from monai_gdl.losses.modules import DiceFamilyLoss, SudreGeneralizedDiceLoss, VNetDiceLoss
+from monai_gdl.losses.functional import (
+    all_reduce_statistics,
+    dice_statistics,
+    generalized_dice_loss,
+    tversky_loss,
+    vnet_dice_loss,
+)
+from monai_gdl.losses.modules import (
+    DiceFamilyLoss,
+    FocalTverskyLoss,
+    SalehiTverskyLoss,
+    SudreGeneralizedDiceLoss,
+    VNetDiceLoss,
+)
 from monai_gdl.losses.options import DiceOptions
 from monai_gdl.losses.terms import (
     BinaryCrossEntropy,
@@ -29,6 +43,7 @@ from monai_gdl.losses.terms import (
     GeneralizedDice,
     LossKind,
     LossOptions,
+    Tversky,
     VNetDice,
 )
 from monai_gdl.losses.validation import LossInputError
@@ -44,12 +59,16 @@ __all__ = [
     "LossKind",
     "LossOptions",
     "LossInputError",
+    "FocalTverskyLoss",
+    "SalehiTverskyCELoss",
+    "SalehiTverskyLoss",
     "SudreGeneralizedDiceCELoss",
     "SudreGeneralizedDiceFocalLoss",
     "SudreGeneralizedDiceLoss",
     "VNetDiceBCELoss",
     "VNetDiceCELoss",
     "VNetDiceFocalLoss",
+    "Tversky",
     "VNetDice",
     "VNetDiceLoss",
     "all_reduce_statistics",
@@ -59,6 +78,8 @@ __all__ = [
     "generalized_dice_from_statistics",
     "generalized_dice_loss",
     "generalized_dice_weights",
+    "tversky_from_statistics",
+    "tversky_loss",
     "vnet_dice_from_statistics",
     "vnet_dice_loss",
 ]

@@ -23,9 +23,18 @@ the voxel term's sums and counts are all-reduced together, so the CE is the glob
 from __future__ import annotations
 
 from monai_gdl.losses.modules import DiceFamilyLoss
-from monai_gdl.losses.terms import BinaryCrossEntropy, CrossEntropy, Focal, GeneralizedDice, LossKind, VNetDice
+from monai_gdl.losses.terms import (
+    BinaryCrossEntropy,
+    CrossEntropy,
+    Focal,
+    GeneralizedDice,
+    LossKind,
+    Tversky,
+    VNetDice,
+)
 
 __all__ = [
+    "SalehiTverskyCELoss",
     "SudreGeneralizedDiceCELoss",
     "SudreGeneralizedDiceFocalLoss",
     "VNetDiceBCELoss",
@@ -167,3 +176,22 @@ class SudreGeneralizedDiceFocalLoss(DiceFamilyLoss):
     """
 
     kind = LossKind("SudreGeneralizedDiceFocalLoss", GeneralizedDice, Focal, defaults={"squared_pred": False})
+
+
+class SalehiTverskyCELoss(DiceFamilyLoss):
+    r"""Tversky (or focal Tversky) + cross-entropy, fused: ``lambda_tversky * SalehiTverskyLoss + lambda_ce * CE``.
+
+    Tversky part: :class:`~monai_gdl.SalehiTverskyLoss` with the same options (``gamma != 1`` for the focal
+    form); CE part as in :class:`VNetDiceCELoss` (``weight``: one per channel, the CE's class weights and the
+    Tversky part's, without class 0 when ``include_background=False``). Output: a scalar.
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl import SalehiTverskyCELoss
+        >>> loss = SalehiTverskyCELoss(to_onehot_y=True, alpha=0.3, beta=0.7)
+        >>> logits = torch.zeros(1, 2, 4, 4)  # Tversky 0.7059 (see SalehiTverskyLoss) + CE log 2
+        >>> round(float(loss(logits, torch.zeros(1, 1, 4, 4, dtype=torch.long))), 4)
+        1.399
+    """
+
+    kind = LossKind("SalehiTverskyCELoss", Tversky, CrossEntropy, defaults={"softmax": True})

@@ -21,14 +21,25 @@ __all__ = [
     "generalized_dice_from_statistics",
     "generalized_dice_weights",
     "reduce_loss",
+    "tversky_from_statistics",
     "vnet_dice_from_statistics",
 ]
 
 
+def _one_minus_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
+    """``1 - numerator / denominator``, 0 (with a zero gradient) where the denominator is 0."""
+    empty = denominator == 0
+    ratio = numerator / torch.where(empty, torch.ones_like(denominator), denominator)
+    return torch.where(empty, torch.zeros_like(ratio), 1.0 - ratio)
+
+
 def vnet_dice_from_statistics(
-    stats: DiceStatistics, *, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5
+    stats: DiceStatistics, *, smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, jaccard: bool = False
 ) -> torch.Tensor:
     """``1 - (2*I + smooth_nr) / (P + G + smooth_dr)`` elementwise: an ``N x C`` loss in [0, 1].
+
+    ``jaccard`` (MONAI's ``DiceLoss(jaccard=True)``): the denominator ``2 (P + G - I) + smooth_dr``, i.e.
+    ``1 - IoU`` with ``IoU = I / (P + G - I)`` (soft: ``sum min(p, g) / sum max(p, g)``, 1 only at ``p == g``).
 
     Example:
         >>> import torch
@@ -42,10 +53,54 @@ def vnet_dice_from_statistics(
     underflow to 0) would be ``0/0``; it scores 0, the limit of ``smooth_nr = smooth_dr -> 0`` (two empty
     sets match), with a zero gradient instead of NaN."""
     numerator = 2.0 * stats.intersection + smooth_nr
-    denominator = stats.prediction + stats.target + smooth_dr
-    empty = denominator == 0
-    ratio = numerator / torch.where(empty, torch.ones_like(denominator), denominator)
-    return torch.where(empty, torch.zeros_like(ratio), 1.0 - ratio)
+    union = stats.prediction + stats.target
+    if jaccard:
+        union = 2.0 * (union - stats.intersection)
+    return _one_minus_ratio(numerator, union + smooth_dr)
+
+
+def focal_power(f: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``f^gamma`` for a loss ``f >= 0`` with a finite gradient everywhere: at ``f = 0`` (a perfect class) the
+    value and gradient are 0, where ``gamma < 1`` would otherwise give ``inf * 0 = NaN``. ``gamma = 1`` is ``f``."""
+    if gamma == 1.0:
+        return f
+    positive = f > 0
+    safe = torch.where(positive, f, torch.ones_like(f))
+    return torch.where(positive, safe.pow(gamma), torch.zeros_like(f))
+
+
+def tversky_from_statistics(
+    stats: DiceStatistics,
+    *,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    gamma: float = 1.0,
+    smooth_nr: float = 1e-5,
+    smooth_dr: float = 1e-5,
+) -> torch.Tensor:
+    """Tversky loss ``(1 - TI)^gamma`` elementwise (``N x C``), ``gamma = 1`` Salehi et al. 2017, otherwise the
+    focal Tversky loss of Abraham and Khan 2019::
+
+        TI = (I + smooth_nr) / (I + alpha * (P - I) + beta * (G - I) + smooth_dr)
+
+    with ``P - I = sum(p (1 - g))`` the soft false positives and ``G - I = sum((1 - p) g)`` the false
+    negatives (MONAI's ``TverskyLoss``; with the soft-label intersection ``I = sum min(p, g)`` they are
+    ``sum max(p - g, 0)`` and ``sum max(g - p, 0)``, so ``TI = 1`` exactly at ``p == g``). ``alpha = beta = 0.5``
+    is the Dice loss, ``alpha = beta = 1`` the Jaccard loss; ``beta > alpha`` weighs misses above false alarms
+    (recall). A class neither present nor predicted with ``smooth_dr = 0`` scores 0 (as
+    :func:`vnet_dice_from_statistics`).
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl import DiceStatistics
+        >>> from monai_gdl.losses.formulas import tversky_from_statistics
+        >>> stats = DiceStatistics(*(torch.tensor([[x]]) for x in (3.0, 4.0, 6.0, 6.0)))  # I, P, G, V: FP 1, FN 3
+        >>> tversky_from_statistics(stats, alpha=0.3, beta=0.7, smooth_nr=0.0, smooth_dr=0.0)  # 1 - 3 / 5.4
+        tensor([[0.4444]])
+    """
+    i = stats.intersection
+    denominator = i + alpha * (stats.prediction - i) + beta * (stats.target - i) + smooth_dr
+    return focal_power(_one_minus_ratio(i + smooth_nr, denominator), gamma)
 
 
 def generalized_dice_weights(

@@ -18,21 +18,28 @@ import torch
 from monai_gdl.kernels import DiceStatistics
 from monai_gdl.losses.options import DiceOptions, Implementation
 from monai_gdl.losses.sums import all_reduce_statistics, scored_sums, volume_sums
-from monai_gdl.losses.terms import GeneralizedDice, LossKind, LossOptions, VNetDice
+from monai_gdl.losses.terms import GeneralizedDice, LossKind, LossOptions, Tversky, VNetDice
 from monai_gdl.losses.validation import LossInputError
 
 __all__ = [
+    "FOCAL_TVERSKY",
     "GENERALIZED_DICE",
+    "TVERSKY",
     "VNET_DICE",
     "all_reduce_statistics",
     "compute_loss",
     "dice_statistics",
     "generalized_dice_loss",
+    "tversky_loss",
     "vnet_dice_loss",
 ]
 
 VNET_DICE = LossKind("VNetDiceLoss", VNetDice)
 GENERALIZED_DICE = LossKind("SudreGeneralizedDiceLoss", GeneralizedDice, defaults={"squared_pred": False})
+TVERSKY = LossKind("SalehiTverskyLoss", Tversky)
+#: Abraham and Khan's recommendation in MONAI's convention (``alpha`` weighs false positives): their
+#: ``alpha = 0.7`` on false negatives is our ``beta``, their ``gamma = 4/3`` the exponent ``1/gamma = 0.75``.
+FOCAL_TVERSKY = LossKind("FocalTverskyLoss", Tversky, defaults={"alpha": 0.3, "beta": 0.7, "gamma": 0.75})
 
 
 def _check_weight_count(weight: torch.Tensor, expected: int, what: str) -> None:
@@ -114,6 +121,21 @@ generalized_dice_loss.__doc__ = """Generalized Dice loss; see :class:`monai_gdl.
     """
 
 
+tversky_loss = _functional(TVERSKY)
+tversky_loss.__name__ = tversky_loss.__qualname__ = "tversky_loss"
+tversky_loss.__doc__ = """Tversky loss (focal with ``gamma != 1``); see :class:`monai_gdl.SalehiTverskyLoss` for the
+    arguments and the math.
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl import tversky_loss
+        >>> logits = torch.zeros(1, 2, 4, 4)  # p = 0.5: class 0 TP 8, FN 8; class 1 TP 0, FP 8
+        >>> labels = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+        >>> round(float(tversky_loss(logits, labels, softmax=True, to_onehot_y=True, alpha=0.3, beta=0.7)), 4)
+        0.6706
+    """
+
+
 def dice_statistics(
     input: torch.Tensor,
     target: torch.Tensor,
@@ -157,5 +179,5 @@ def dice_statistics(
         ignore_index=ignore_index,
         implementation=implementation,
     )
-    stats, _, _ = volume_sums(input, target, mask, options)
+    stats, _, _, _ = volume_sums(input, target, mask, options)
     return stats

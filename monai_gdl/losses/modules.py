@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from torch.nn.modules.loss import _Loss
 
-from monai_gdl.losses.functional import GENERALIZED_DICE, VNET_DICE, compute_loss
+from monai_gdl.losses.functional import FOCAL_TVERSKY, GENERALIZED_DICE, TVERSKY, VNET_DICE, compute_loss
 from monai_gdl.losses.terms import LossKind, LossOptions
 
-__all__ = ["DiceFamilyLoss", "SudreGeneralizedDiceLoss", "VNetDiceLoss"]
+__all__ = ["DiceFamilyLoss", "FocalTverskyLoss", "SalehiTverskyLoss", "SudreGeneralizedDiceLoss", "VNetDiceLoss"]
 
 
 class DiceFamilyLoss(_Loss):
@@ -113,6 +113,9 @@ class VNetDiceLoss(DiceFamilyLoss):
             nothing); ``rescale_weight=False`` multiplies ``f`` by them as given, a scalar by every
             class (MONAI's meaning).
         rescale_weight: see ``weight``.
+        jaccard: score ``1 - IoU`` instead (MONAI's ``jaccard=True``): the denominator becomes
+            ``2 * (sum(p^k) + sum(g^k) - I) + smooth_dr``, so ``f = 1 - (2 I + smooth_nr) / (2 (P + G - I) + smooth_dr)``;
+            with the soft-label intersection ``IoU = sum min(p, g) / sum max(p, g)``, 1 only at ``p == g``.
         ignore_index: label value whose voxels are excluded from every sum (label-map targets).
         validate: scan the values on every call (labels in range, one-hot targets in [0, 1], NaN/inf;
             chunked, cheap); False skips only these scans, never the shape and dtype checks.
@@ -196,3 +199,66 @@ class SudreGeneralizedDiceLoss(DiceFamilyLoss):
     """
 
     kind = GENERALIZED_DICE
+
+
+class SalehiTverskyLoss(DiceFamilyLoss):
+    r"""Tversky loss (Salehi et al. 2017): false positives and false negatives weighed apart, fused.
+
+    For every sample ``b`` and class ``c`` (sums over the spatial axes, masked voxels skipped)::
+
+        TI[b, c] = (I + smooth_nr) / (I + alpha * (P - I) + beta * (G - I) + smooth_dr)
+        f[b, c]  = (1 - TI[b, c]) ** gamma
+
+    ``I``, ``P = sum(p)``, ``G = sum(g)`` as in :class:`VNetDiceLoss` with its plain denominator (no
+    ``squared_pred``): ``P - I = sum(p (1 - g))`` are the soft false positives, ``G - I = sum((1 - p) g)`` the
+    false negatives. With the soft-label intersection (default for one-hot/soft targets) ``I = sum min(p, g)``
+    and the loss is 0 exactly at ``p == g``. ``alpha = beta = 0.5`` is the Dice loss, ``alpha = beta = 1`` the
+    Jaccard loss; ``beta > alpha`` favours recall (misses cost more than false alarms), which is what small
+    structures usually need. ``gamma != 1`` is the focal Tversky loss (:class:`FocalTverskyLoss`). Equal to
+    MONAI's ``TverskyLoss`` (which has no ``gamma`` and no class weights) with the same ``alpha``, ``beta``,
+    ``soft_label``; MONAI's ``reduction="none"`` shape is ``B x C'`` where ours is
+    :class:`VNetDiceLoss`'s broadcastable ``B x C' x 1 x ... x 1``.
+
+    Output by ``reduction``: as :class:`VNetDiceLoss` (``f`` per sample and scored class, weighted mean, sum,
+    or that shape).
+
+    Args:
+        include_background, to_onehot_y, sigmoid, softmax, other_act, soft_label, batch, reduction,
+        smooth_nr, smooth_dr, weight, rescale_weight, ignore_index, validate, implementation, distributed:
+        as in :class:`VNetDiceLoss`.
+        alpha: weight of the false positives, >= 0 (MONAI's meaning).
+        beta: weight of the false negatives, >= 0; not both 0.
+        gamma: exponent of ``1 - TI``, > 0 (1: the Tversky loss).
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl import SalehiTverskyLoss
+        >>> loss = SalehiTverskyLoss(softmax=True, to_onehot_y=True, alpha=0.3, beta=0.7)
+        >>> logits = torch.zeros(1, 2, 4, 4)  # p = 0.5: class 0 misses half of itself, class 1 is all false alarm
+        >>> round(float(loss(logits, torch.zeros(1, 1, 4, 4, dtype=torch.long))), 4)
+        0.7059
+    """
+
+    kind = TVERSKY
+
+
+class FocalTverskyLoss(DiceFamilyLoss):
+    r"""Focal Tversky loss (Abraham and Khan 2019): :class:`SalehiTverskyLoss` with ``f = (1 - TI)^gamma``.
+
+    The defaults are the paper's recommendation in MONAI's convention (``alpha`` weighs false positives):
+    ``alpha=0.3, beta=0.7`` (the paper's ``alpha = 0.7`` on false negatives) and ``gamma=0.75`` (the paper
+    writes ``(1 - TI)^(1/gamma)`` with ``gamma = 4/3``). ``gamma < 1`` raises the loss, and its gradient, of
+    classes that are already nearly right relative to the bad ones, i.e. keeps pushing small structures once
+    the large ones are learnt. At ``TI = 1`` (a perfect class) the value and the gradient are 0 (the exact
+    derivative of ``x^0.75`` is infinite there). Arguments, shapes and reductions as :class:`SalehiTverskyLoss`.
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl import FocalTverskyLoss
+        >>> loss = FocalTverskyLoss(softmax=True, to_onehot_y=True)
+        >>> logits = torch.zeros(1, 2, 4, 4)
+        >>> round(float(loss(logits, torch.zeros(1, 1, 4, 4, dtype=torch.long))), 4)
+        0.757
+    """
+
+    kind = FOCAL_TVERSKY

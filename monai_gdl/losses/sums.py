@@ -19,10 +19,12 @@ from monai_gdl.kernels import (
     DiceStatistics,
     Row,
     VoxelTermSums,
+    WeightMapSums,
     accumulation_dtype,
     fused_sums,
     reference_statistics,
     reference_voxel_term,
+    reference_weight_map_sums,
     rounded_labels,
 )
 from monai_gdl.losses.options import DiceOptions
@@ -39,12 +41,14 @@ __all__ = [
 
 
 class VoxelTermInputs(NamedTuple):
-    """What a compound loss's voxel term needs: its sums ``F, Q`` and the class volumes ``V`` of all
-    ``C`` classes (``B x C``, not pooled), and the counted voxels per sample (``B``; None without a voxel term)."""
+    """What a compound loss's voxel term and structure term need: the voxel term's sums ``F, Q``, the class
+    volumes ``V`` of all ``C`` classes (``B x C``, not pooled), the counted voxels per sample (``B``; None
+    without a voxel or structure term) and the structure map's sums ``W, S`` (all classes, not pooled)."""
 
     sums: VoxelTermSums
     class_volume: torch.Tensor
     voxel_count: torch.Tensor | None
+    map_sums: WeightMapSums | None = None
 
 
 def _plain(t: Any) -> Any:
@@ -121,10 +125,12 @@ def volume_sums(
     *,
     voxel_term: str = "none",
     gamma: float = 0.0,
-) -> tuple[DiceStatistics, VoxelTermSums, torch.Tensor | None]:
-    """Dice statistics of all C channels, the voxel term's sums and the counted voxels per sample (``B``; not
-    ignored, not masked out), from one pass (no checks). Without a voxel term the sums are zero and the
-    count is None (not computed)."""
+    weight_map: torch.Tensor | None = None,
+    map_labels: bool = False,
+) -> tuple[DiceStatistics, VoxelTermSums, WeightMapSums, torch.Tensor | None]:
+    """Dice statistics of all C channels, the voxel term's sums, the structure map's sums and the counted
+    voxels per sample (``B``; not ignored, not masked out), from one pass (no checks). Without a voxel term
+    or a map their sums are zero, and without either the count is None (not computed)."""
     implementation = options.implementation
     if implementation != "reference" and _functorch_active():
         if implementation != "auto":
@@ -134,14 +140,14 @@ def volume_sums(
                 "(or 'auto', which switches to it there)."
             )
         implementation = "reference"
-    input, target, mask = _plain(input), _plain(target), _plain(mask)
+    input, target, mask, weight_map = _plain(input), _plain(target), _plain(mask), _plain(weight_map)
     label_map = options.to_onehot_y
     keep = voxel_mask(target, label_map=label_map, ignore_index=options.ignore_index, mask=mask)
     squared = options.squared_pred
     soft = options.soft_label and not squared and not label_map
     if options.other_act is None and implementation != "reference":
         backend = None if implementation in ("auto", "fused") else implementation
-        stats, sums = fused_sums(
+        stats, sums, map_sums = fused_sums(
             input,
             target,
             activation=options.activation,
@@ -152,18 +158,22 @@ def volume_sums(
             voxel_term=voxel_term,
             gamma=gamma,
             backend=backend,
+            weight_map=weight_map,
+            map_labels=map_labels,
         )
     else:
         probs = activate(input, softmax=options.softmax, sigmoid=options.sigmoid, other_act=options.other_act)
         stats = reference_statistics(probs, target, label_map=label_map, squared=squared, soft=soft, mask=keep)
-        if voxel_term == "none":
-            zero = torch.zeros_like(stats.target)
-            sums = VoxelTermSums(zero, zero)
-        else:
+        zero = torch.zeros_like(stats.target)
+        sums, map_sums = VoxelTermSums(zero, zero), WeightMapSums(zero, zero)
+        if voxel_term != "none":
             sums = reference_voxel_term(
                 input, target, label_map=label_map, voxel_term=voxel_term, gamma=gamma, mask=keep
             )
-    return stats, sums, _voxel_count(stats, input, keep, label_map) if voxel_term != "none" else None
+        if weight_map is not None:
+            map_sums = reference_weight_map_sums(probs, weight_map, map_labels=map_labels, mask=keep)
+    counted = voxel_term != "none" or weight_map is not None
+    return stats, sums, map_sums, _voxel_count(stats, input, keep, label_map) if counted else None
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -189,10 +199,10 @@ def _distributed() -> bool:
 
 
 def _all_reduce_sums(
-    stats: DiceStatistics, sums: VoxelTermSums, count: torch.Tensor | None
-) -> tuple[DiceStatistics, VoxelTermSums, torch.Tensor | None]:
+    stats: DiceStatistics, sums: VoxelTermSums, map_sums: WeightMapSums, count: torch.Tensor | None
+) -> tuple[DiceStatistics, VoxelTermSums, WeightMapSums, torch.Tensor | None]:
     """Every per-(sample, class) sum and the voxel counts summed over processes, in one all-reduce
-    (differentiable in ``I, P, F, Q``; ``G, V`` and the counts, a seventh row, carry no gradient)."""
+    (differentiable in ``I, P, F, Q, W``; ``G, V, S`` and the counts, a ninth row, carry no gradient)."""
     rows = [
         stats.intersection,
         stats.prediction,
@@ -200,13 +210,18 @@ def _all_reduce_sums(
         stats.target_volume.detach(),
         sums.on_target,
         sums.off_target,
+        map_sums.overlap,
+        map_sums.volume.detach(),
     ]
     if count is not None:
         rows.append(count.detach()[:, None].expand_as(stats.target).to(stats.target.dtype))
     summed = _AllReduceSum.apply(torch.stack(rows))
     stats = DiceStatistics.from_stacked(summed)
     stats = stats._replace(target=stats.target.detach(), target_volume=stats.target_volume.detach())
-    return stats, VoxelTermSums.from_stacked(summed), None if count is None else summed[len(Row), :, 0].detach()
+    map_sums = WeightMapSums.from_stacked(summed)
+    map_sums = map_sums._replace(volume=map_sums.volume.detach())
+    count = None if count is None else summed[len(Row), :, 0].detach()
+    return stats, VoxelTermSums.from_stacked(summed), map_sums, count
 
 
 def all_reduce_statistics(stats: DiceStatistics) -> DiceStatistics:
@@ -219,7 +234,7 @@ def all_reduce_statistics(stats: DiceStatistics) -> DiceStatistics:
     if not _distributed():
         return stats
     zero = torch.zeros_like(stats.target)
-    summed, _, _ = _all_reduce_sums(stats, VoxelTermSums(zero, zero), None)
+    summed, _, _, _ = _all_reduce_sums(stats, VoxelTermSums(zero, zero), WeightMapSums(zero, zero), None)
     return summed
 
 
@@ -232,10 +247,13 @@ def scored_sums(
     weight: torch.Tensor | None = None,
     voxel_term: str = "none",
     gamma: float = 0.0,
+    weight_map: torch.Tensor | None = None,
+    map_labels: bool = False,
 ) -> tuple[DiceStatistics, VoxelTermInputs]:
-    """Checked sums: the Dice statistics of the scored classes, pooled for ``batch``, and what the voxel
-    term needs (all classes, per sample). With ``batch`` under ``torch.distributed`` all of them are
-    all-reduced (global-batch Dice and a global-mean CE). ``weight`` is only checked against the classes."""
+    """Checked sums: the Dice statistics of the scored classes, pooled for ``batch``, and what the voxel and
+    structure terms need (all classes, per sample). With ``batch`` under ``torch.distributed`` all of them
+    are all-reduced (global-batch Dice and a global-mean CE). ``weight`` is only checked against the classes;
+    ``weight_map`` is checked by the structure term that asks for it."""
     check_loss_inputs(
         input,
         target,
@@ -246,15 +264,19 @@ def scored_sums(
         weight=weight,
         include_background=options.include_background,
     )
-    stats, sums, count = volume_sums(input, target, mask, options, voxel_term=voxel_term, gamma=gamma)
+    stats, sums, map_sums, count = volume_sums(
+        input, target, mask, options, voxel_term=voxel_term, gamma=gamma, weight_map=weight_map, map_labels=map_labels
+    )
     if options.validate:
         value_options = (options.to_onehot_y, options.softmax, options.activation != "none", options.ignore_index)
         if _functorch_active():  # the checking operator has no functorch rule; the scans need no gradient
             check_loss_values(_unwrapped(input), _unwrapped(target), *value_options)
         else:
-            checked = checked_sums(torch.stack([*stats, *sums]), _plain(input), _plain(target), *value_options)
+            stacked = torch.stack([*stats, *sums, *map_sums])
+            checked = checked_sums(stacked, _plain(input), _plain(target), *value_options)
             stats, sums = DiceStatistics.from_stacked(checked), VoxelTermSums.from_stacked(checked)
+            map_sums = WeightMapSums.from_stacked(checked)
     if options.batch and options.distributed and _distributed():
-        stats, sums, count = _all_reduce_sums(stats, sums, count)
-    term = VoxelTermInputs(sums, stats.target_volume, count)
+        stats, sums, map_sums, count = _all_reduce_sums(stats, sums, map_sums, count)
+    term = VoxelTermInputs(sums, stats.target_volume, count, map_sums if weight_map is not None else None)
     return stats.select_classes(options.include_background).pooled(options.batch), term

@@ -3,8 +3,9 @@
 Every loss here is ``lambda_<dice> * dice_term + lambda_<voxel> * voxel_term`` on the sums of one
 fused pass (:mod:`~monai_gdl.losses.sums`):
 
-- Dice terms: :class:`VNetDice` (per-class soft Dice, averaged) and :class:`GeneralizedDice`
-  (Sudre's one class-weighted ratio);
+- Dice terms: :class:`VNetDice` (per-class soft Dice or Jaccard, averaged), :class:`GeneralizedDice`
+  (Sudre's one class-weighted ratio) and :class:`Tversky` (false positives and negatives weighed apart,
+  focal with ``gamma``);
 - voxel terms: :class:`CrossEntropy` (softmax), :class:`BinaryCrossEntropy` (sigmoid) and
   :class:`Focal` (sigmoid or softmax focal), whose per-voxel values the kernels reduce to ``F, Q``.
 
@@ -33,6 +34,7 @@ from monai_gdl.losses.formulas import (
     generalized_dice_from_statistics,
     reduce_loss,
     softmax_focal_from_sums,
+    tversky_from_statistics,
     vnet_dice_from_statistics,
 )
 from monai_gdl.losses.options import (
@@ -57,6 +59,7 @@ __all__ = [
     "GeneralizedDice",
     "LossKind",
     "LossOptions",
+    "Tversky",
     "VNetDice",
     "VoxelTerm",
 ]
@@ -79,7 +82,10 @@ _CHOICES = {"WType": WType, "AbsentClass": AbsentClass, "AllAbsent": AllAbsent}
 
 class _Term:
     """What every term shares: its fields checked by type when built, and its weight in the sum (the one
-    field named ``lambda_*``)."""
+    field named ``lambda_*``). ``fixed_options``: shared options (:class:`DiceOptions`) the term's formula
+    needs at one value; a loss made of it does not offer them."""
+
+    fixed_options: ClassVar[Mapping[str, Any]] = {}
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -128,12 +134,63 @@ class VNetDice(_Term):
     class-weighted, reduced as MONAI's ``DiceLoss``."""
 
     rescale_weight: bool = True
+    jaccard: bool = False
     lambda_dice: float = 1.0
 
     uses_class_weight: ClassVar[bool] = True
 
     def loss(self, stats: DiceStatistics, dice: DiceOptions, weight: torch.Tensor | None, spatial_dims: int):
-        f = vnet_dice_from_statistics(stats, smooth_nr=dice.smooth_nr, smooth_dr=dice.smooth_dr)
+        f = vnet_dice_from_statistics(
+            stats, smooth_nr=dice.smooth_nr, smooth_dr=dice.smooth_dr, jaccard=self.jaccard
+        )
+        f = apply_class_weight(f, weight, self.rescale_weight)
+        return reduce_loss(f, dice.reduction, spatial_dims=spatial_dims, batch=dice.batch)
+
+
+@dataclass(frozen=True)
+class Tversky(_Term):
+    """Tversky loss (Salehi et al. 2017), focal for ``gamma != 1`` (Abraham and Khan 2019): ``(1 - TI)^gamma``
+    per class with ``TI = (I + smooth_nr) / (I + alpha FP + beta FN + smooth_dr)``, class-weighted, reduced
+    as MONAI's ``TverskyLoss``. FP and FN need the plain (unsquared) sums."""
+
+    alpha: float = 0.5
+    beta: float = 0.5
+    gamma: float = 1.0
+    rescale_weight: bool = True
+    lambda_tversky: float = 1.0
+
+    uses_class_weight: ClassVar[bool] = True
+    fixed_options: ClassVar[Mapping[str, Any]] = {"squared_pred": False}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        alpha = check_number("alpha", self.alpha, what="the false-positive weight")
+        beta = check_number("beta", self.beta, what="the false-negative weight")
+        if alpha == 0 and beta == 0:
+            raise LossInputError(
+                "alpha=0 and beta=0: the Tversky index would be 1 whatever the prediction (only true positives left);"
+                " give false positives (alpha) or false negatives (beta) a weight, e.g. alpha=0.3, beta=0.7 to favour"
+                " recall."
+            )
+        gamma = check_number("gamma", self.gamma, what="the focal Tversky exponent")
+        if gamma == 0:
+            raise LossInputError(
+                "gamma=0: (1 - TI)^0 is 1 whatever the prediction; the focal Tversky exponent must be > 0 (1 is the "
+                "plain Tversky loss, 0.75 Abraham and Khan's 1/gamma with their gamma = 4/3)."
+            )
+        object.__setattr__(self, "alpha", alpha)
+        object.__setattr__(self, "beta", beta)
+        object.__setattr__(self, "gamma", gamma)
+
+    def loss(self, stats: DiceStatistics, dice: DiceOptions, weight: torch.Tensor | None, spatial_dims: int):
+        f = tversky_from_statistics(
+            stats,
+            alpha=self.alpha,
+            beta=self.beta,
+            gamma=self.gamma,
+            smooth_nr=dice.smooth_nr,
+            smooth_dr=dice.smooth_dr,
+        )
         f = apply_class_weight(f, weight, self.rescale_weight)
         return reduce_loss(f, dice.reduction, spatial_dims=spatial_dims, batch=dice.batch)
 
@@ -293,7 +350,7 @@ class Focal(_VoxelTerm):
         )
 
 
-DiceTerm = Union[VNetDice, GeneralizedDice]
+DiceTerm = Union[VNetDice, GeneralizedDice, Tversky]
 VoxelTerm = Union[CrossEntropy, BinaryCrossEntropy, Focal]
 
 
@@ -351,7 +408,7 @@ class LossOptions:
         """The class weights checked against the options (compound losses take one weight per class)."""
         if weight is None:
             return None
-        rescale = isinstance(self.dice_term, VNetDice) and self.dice_term.rescale_weight
+        rescale = getattr(self.dice_term, "rescale_weight", False)
         return check_class_weight(weight, rescale_weight=rescale, per_class_only=self.voxel_term is not None)
 
 
@@ -362,7 +419,7 @@ class LossKind:
     ``DiceLoss``, the rest keyword-only; ``weight`` (a tensor, not an option) where a term uses class weights."""
 
     name: str
-    dice_term: type[VNetDice] | type[GeneralizedDice]
+    dice_term: type[VNetDice] | type[GeneralizedDice] | type[Tversky]
     voxel_term: type[CrossEntropy] | type[BinaryCrossEntropy] | type[Focal] | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
@@ -381,7 +438,8 @@ class LossKind:
         def params(cls: type, skip: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
             return [(f.name, f.type, f.default) for f in fields(cls) if f.name not in skip]
 
-        dice = params(DiceOptions, ("other_act",) if self.voxel_term is not None else ())
+        fixed = tuple(self.dice_term.fixed_options)
+        dice = params(DiceOptions, fixed + (("other_act",) if self.voxel_term is not None else ()))
         terms = [self.dice_term] + ([self.voxel_term] if self.voxel_term is not None else [])
         own = [p for cls in terms for p in params(cls) if not p[0].startswith("lambda_")]
         lambdas = [p for cls in terms for p in params(cls) if p[0].startswith("lambda_")] if len(terms) > 1 else []
@@ -410,7 +468,7 @@ class LossKind:
         """The checked options and class weights from constructor arguments."""
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        values = dict(bound.arguments)
+        values = {**bound.arguments, **self.dice_term.fixed_options}
         weight = class_weight_tensor(values.pop("weight", None))
 
         def part(cls: type) -> Any:

@@ -283,7 +283,7 @@ def checked_sums(
     has_activation: bool,
     ignore_index: Optional[int],
 ) -> torch.Tensor:
-    """``stats`` (the ``6 x B x C`` sums) once :func:`check_loss_values` and :func:`check_statistics_finite`
+    """``stats`` (the ``8 x B x C`` sums) once :func:`check_loss_values` and :func:`check_statistics_finite`
     pass. An operator, so the scans run at run time inside a compiled or exported graph too."""
     check_loss_values(input, target, to_onehot_y, softmax, has_activation, ignore_index)
     check_statistics_finite(input, stats)
