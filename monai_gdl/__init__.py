@@ -7,8 +7,8 @@ wrapper) as attributes of ``monai.losses`` (no MONAI name is replaced), so bundl
 
 Subpackages: :mod:`monai_gdl.losses` (options, terms, checks, sums, formulas, modules),
 :mod:`monai_gdl.kernels` (statistics contract, reference math, backends and their registry, operators),
-:mod:`monai_gdl.bundle`
-(what the bundle configs import). Tools: ``python -m monai_gdl.benchmark | data | report``.
+:mod:`monai_gdl.structure_maps` (the skeleton and distance maps the structure terms read, made in the data
+pipeline), :mod:`monai_gdl.bundle` (what the bundle configs import). Tools: ``python -m monai_gdl.benchmark | data | report``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from monai_gdl.losses import (
     SudreGeneralizedDiceFocalLoss,
     SudreGeneralizedDiceLoss,
     VNetDiceBCELoss,
+    VNetDiceCEBoundaryLoss,
     VNetDiceCELoss,
+    VNetDiceCESkeletonRecallLoss,
     VNetDiceFocalLoss,
     VNetDiceLoss,
     dice_statistics,
@@ -38,6 +40,8 @@ from monai_gdl.losses import (
     vnet_dice_loss,
 )
 
+from monai_gdl.structure_maps import SignedDistanceMapd, TubedSkeletonMapd, signed_distance_map, tubed_skeleton
+
 __version__ = "0.5.0"
 
 __all__ = [
@@ -45,6 +49,8 @@ __all__ = [
     "DeepSupervisionWrapper",
     "DiceStatistics",
     "LossInputError",
+    "SignedDistanceMapd",
+    "TubedSkeletonMapd",
     "FocalTverskyLoss",
     "SalehiTverskyCELoss",
     "SalehiTverskyLoss",
@@ -52,7 +58,9 @@ __all__ = [
     "SudreGeneralizedDiceFocalLoss",
     "SudreGeneralizedDiceLoss",
     "VNetDiceBCELoss",
+    "VNetDiceCEBoundaryLoss",
     "VNetDiceCELoss",
+    "VNetDiceCESkeletonRecallLoss",
     "VNetDiceFocalLoss",
     "VNetDiceLoss",
     "dice_statistics",
@@ -63,6 +71,8 @@ __all__ = [
     "get_backend",
     "register_with_monai",
     "set_backend",
+    "signed_distance_map",
+    "tubed_skeleton",
     "use_backend",
     "tversky_from_statistics",
     "tversky_loss",
@@ -81,6 +91,8 @@ REGISTERED_LOSSES = (
     SalehiTverskyLoss,
     FocalTverskyLoss,
     SalehiTverskyCELoss,
+    VNetDiceCESkeletonRecallLoss,
+    VNetDiceCEBoundaryLoss,
     DeepSupervisionWrapper,
 )
 

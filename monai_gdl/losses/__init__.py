@@ -9,7 +9,9 @@ from monai_gdl.losses.compound import (
     SudreGeneralizedDiceCELoss,
     SudreGeneralizedDiceFocalLoss,
     VNetDiceBCELoss,
+    VNetDiceCEBoundaryLoss,
     VNetDiceCELoss,
+    VNetDiceCESkeletonRecallLoss,
     VNetDiceFocalLoss,
 )
 from monai_gdl.losses.deep_supervision import DeepSupervisionWrapper
@@ -38,11 +40,13 @@ from monai_gdl.losses.modules import (
 from monai_gdl.losses.options import DiceOptions
 from monai_gdl.losses.terms import (
     BinaryCrossEntropy,
+    Boundary,
     CrossEntropy,
     Focal,
     GeneralizedDice,
     LossKind,
     LossOptions,
+    SkeletonRecall,
     Tversky,
     VNetDice,
 )
@@ -50,6 +54,7 @@ from monai_gdl.losses.validation import LossInputError
 
 __all__ = [
     "BinaryCrossEntropy",
+    "Boundary",
     "CrossEntropy",
     "DeepSupervisionWrapper",
     "DiceFamilyLoss",
@@ -59,6 +64,7 @@ __all__ = [
     "LossKind",
     "LossOptions",
     "LossInputError",
+    "SkeletonRecall",
     "FocalTverskyLoss",
     "SalehiTverskyCELoss",
     "SalehiTverskyLoss",
@@ -66,7 +72,9 @@ __all__ = [
     "SudreGeneralizedDiceFocalLoss",
     "SudreGeneralizedDiceLoss",
     "VNetDiceBCELoss",
+    "VNetDiceCEBoundaryLoss",
     "VNetDiceCELoss",
+    "VNetDiceCESkeletonRecallLoss",
     "VNetDiceFocalLoss",
     "Tversky",
     "VNetDice",

@@ -22,19 +22,26 @@ the voxel term's sums and counts are all-reduced together, so the CE is the glob
 
 from __future__ import annotations
 
+import torch
+
+from monai_gdl.losses.functional import compute_loss
 from monai_gdl.losses.modules import DiceFamilyLoss
 from monai_gdl.losses.terms import (
     BinaryCrossEntropy,
+    Boundary,
     CrossEntropy,
     Focal,
     GeneralizedDice,
     LossKind,
+    SkeletonRecall,
     Tversky,
     VNetDice,
 )
 
 __all__ = [
     "SalehiTverskyCELoss",
+    "VNetDiceCEBoundaryLoss",
+    "VNetDiceCESkeletonRecallLoss",
     "SudreGeneralizedDiceCELoss",
     "SudreGeneralizedDiceFocalLoss",
     "VNetDiceBCELoss",
@@ -195,3 +202,100 @@ class SalehiTverskyCELoss(DiceFamilyLoss):
     """
 
     kind = LossKind("SalehiTverskyCELoss", Tversky, CrossEntropy, defaults={"softmax": True})
+
+
+class VNetDiceCESkeletonRecallLoss(DiceFamilyLoss):
+    r"""V-Net Dice + cross-entropy + Skeleton Recall (Kirchhoff et al., ECCV 2024), fused in the same two passes.
+
+    ``lambda_dice * VNetDiceLoss + lambda_ce * CE + lambda_skel * SR`` with the Dice and CE parts exactly
+    :class:`VNetDiceCELoss` and, per foreground class ``c >= 1`` (the background has no skeleton)::
+
+        SR = mean_{b, c} [1 - (sum(m p_c s_c) + smooth_nr) / (sum(m s_c) + smooth_dr)]
+
+    ``s`` is the tubed skeleton of the label: a label map (``B x 1 x spatial``, 0 = no skeleton, else the
+    class) computed once per case in the data pipeline by :class:`~monai_gdl.TubedSkeletonMapd` and cached
+    with the data, never in the loss. The kernel reads it next to the label (one more gather per voxel, no
+    one-hot, no float volume) and adds ``lambda_skel * dSR/dp`` into the same gradient buffer. With ``batch``
+    the sums are pooled over the batch (and processes) first. ``lambda_skel=1`` is the authors' weight
+    (``weight_srec``); the paper's loss is ``-recall``, ours ``1 - recall`` (same gradient, in [0, 1]).
+    nnU-Net's Dice (``DC_SkelREC_and_CE_loss``) is ``squared_pred=False, include_background=False``.
+
+    ``forward(input, target, mask=None, *, skeleton=None)``: the skeleton as ``skeleton=``, or as a second
+    channel of the label-map target (``B x 2 x spatial``, label first), which is how MONAI's trainers, which
+    pass only ``(prediction, label)`` to the loss, deliver it (``TubedSkeletonMapd(..., append=True)``).
+
+    Args:
+        as :class:`VNetDiceCELoss` (``softmax=True`` required), and ``lambda_skel`` >= 0.
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl import VNetDiceCESkeletonRecallLoss
+        >>> loss = VNetDiceCESkeletonRecallLoss(to_onehot_y=True, lambda_dice=0.0, lambda_ce=0.0)
+        >>> logits = torch.zeros(1, 2, 4, 4)  # p = 0.5 everywhere
+        >>> labels = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+        >>> skeleton = torch.zeros(1, 1, 4, 4, dtype=torch.uint8)
+        >>> skeleton[..., 1, :] = 1  # four skeleton voxels of class 1: recall 0.5
+        >>> round(float(loss(logits, labels, skeleton=skeleton)), 4)
+        0.5
+    """
+
+    kind = LossKind(
+        "VNetDiceCESkeletonRecallLoss", VNetDice, CrossEntropy, defaults={"softmax": True}, map_term=SkeletonRecall
+    )
+
+    def forward(
+        self,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        skeleton: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return compute_loss(self.options, self.class_weight, input, target, mask, skeleton)
+
+
+class VNetDiceCEBoundaryLoss(DiceFamilyLoss):
+    r"""V-Net Dice + cross-entropy + boundary loss (Kervadec et al., MIDL 2019), fused in the same two passes.
+
+    ``lambda_dice * VNetDiceLoss + lambda_ce * CE + lambda_boundary * BL`` with the Dice and CE parts exactly
+    :class:`VNetDiceCELoss` and::
+
+        BL = mean_{b, c, v} m p_c phi_c      (c over the scored classes; "sum": mean over v, summed over b, c)
+
+    ``phi_c`` is the signed distance map of class ``c`` (negative inside, positive outside, 0 for an absent
+    class): a dense ``B x C x spatial`` float map computed once per case in the data pipeline by
+    :class:`~monai_gdl.SignedDistanceMapd` (cached with the data) where MONAI's ``BoundaryLoss`` runs a
+    distance transform inside every step. The kernel reads it in the same forward pass; its gradient
+    ``lambda_boundary * phi_c / N`` goes into the same buffer. Equal to MONAI 1.6.1 ``BoundaryLoss`` given
+    the same maps. The authors raise the boundary weight over training while the region weight falls:
+    :class:`monai_gdl.bundle.schedules.BoundaryWeightSchedule` does that in the bundle.
+
+    ``forward(input, target, mask=None, *, distance=None)``: the map as ``distance=``, or as channels
+    ``1..C`` of the label-map target (``B x (1 + C) x spatial``, label first;
+    ``SignedDistanceMapd(..., append=True)``).
+
+    Args:
+        as :class:`VNetDiceCELoss` (``softmax=True`` required), and ``lambda_boundary`` >= 0.
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl import VNetDiceCEBoundaryLoss
+        >>> loss = VNetDiceCEBoundaryLoss(to_onehot_y=True, lambda_dice=0.0, lambda_ce=0.0)
+        >>> logits = torch.zeros(1, 2, 1, 4)  # p = 0.5
+        >>> labels = torch.tensor([[[[0, 0, 1, 1]]]])
+        >>> distance = torch.tensor([[[[-1.0, 0.0, 1.0, 2.0]], [[2.0, 1.0, 0.0, -1.0]]]])
+        >>> round(float(loss(logits, labels, distance=distance)), 4)  # mean of 0.5 * phi
+        0.25
+    """
+
+    kind = LossKind("VNetDiceCEBoundaryLoss", VNetDice, CrossEntropy, defaults={"softmax": True}, map_term=Boundary)
+
+    def forward(
+        self,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        distance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return compute_loss(self.options, self.class_weight, input, target, mask, distance)

@@ -11,16 +11,18 @@ from typing import get_args
 
 import torch
 
-from monai_gdl.kernels import DiceStatistics, VoxelTermSums
+from monai_gdl.kernels import DiceStatistics, VoxelTermSums, WeightMapSums
 from monai_gdl.losses.options import AbsentClass, AllAbsent, WType, check_choice
 
 __all__ = [
+    "boundary_from_sums",
     "cross_entropy_from_sums",
     "focal_from_sums",
     "softmax_focal_from_sums",
     "generalized_dice_from_statistics",
     "generalized_dice_weights",
     "reduce_loss",
+    "skeleton_recall_from_sums",
     "tversky_from_statistics",
     "vnet_dice_from_statistics",
 ]
@@ -289,3 +291,55 @@ def softmax_focal_from_sums(
     return focal_from_sums(
         VoxelTermSums(per_class, torch.zeros_like(per_class)), voxel_count, weight=weight, reduction=reduction
     )
+
+
+def skeleton_recall_from_sums(
+    sums: WeightMapSums,
+    *,
+    batch: bool = False,
+    smooth_nr: float = 1e-5,
+    smooth_dr: float = 1e-5,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Skeleton Recall (Kirchhoff et al. 2024) from the skeleton map's sums: per foreground class
+    ``c >= 1`` (the background has no skeleton) ``R_c = (W_c + smooth_nr) / (S_c + smooth_dr)`` with
+    ``W_c = sum(m p_c s_c)``, ``S_c = sum(m s_c)``, ``s`` the tubed skeleton; the loss is ``1 - R_c`` (the
+    paper's ``-R_c`` plus 1: same gradient, in [0, 1]), pooled over the batch first with ``batch``, then
+    averaged (``"mean"``) or summed (``"sum"``) over samples and classes. A class without skeleton voxels
+    scores ``1 - smooth_nr / smooth_dr`` (0 by default) and gets no gradient, as in the authors' code.
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl.kernels import WeightMapSums
+        >>> from monai_gdl.losses.formulas import skeleton_recall_from_sums
+        >>> w, s = torch.tensor([[0.0, 3.0, 0.0]]), torch.tensor([[0.0, 4.0, 0.0]])  # class 2 has no skeleton
+        >>> skeleton_recall_from_sums(WeightMapSums(w, s), smooth_nr=0.0, smooth_dr=0.0)  # (1/4 + 0) / 2
+        tensor(0.1250)
+    """
+    overlap, volume = sums.overlap[:, 1:], sums.volume[:, 1:]
+    if batch:
+        overlap, volume = overlap.sum(dim=0, keepdim=True), volume.sum(dim=0, keepdim=True)
+    f = _one_minus_ratio(overlap + smooth_nr, volume + smooth_dr)
+    return f.sum() if reduction == "sum" else f.mean()
+
+
+def boundary_from_sums(
+    sums: WeightMapSums, voxel_count: torch.Tensor, *, include_background: bool, reduction: str = "mean"
+) -> torch.Tensor:
+    """Boundary loss (Kervadec et al. 2019) from the distance map's sums ``W_c = sum(m p_c phi_c)``: the mean
+    over samples, scored classes and counted voxels of ``p_c * phi_c`` (``"mean"``), or per (sample, class)
+    the mean over voxels, summed (``"sum"``), as MONAI's ``BoundaryLoss``.
+
+    Example:
+        >>> import torch
+        >>> from monai_gdl.kernels import WeightMapSums
+        >>> from monai_gdl.losses.formulas import boundary_from_sums
+        >>> w = torch.tensor([[-2.0, 6.0]])  # sum(p phi) of 2 classes over 4 voxels
+        >>> boundary_from_sums(WeightMapSums(w, torch.zeros_like(w)), torch.tensor([4.0]), include_background=True)
+        tensor(0.5000)
+    """
+    overlap = sums.overlap if include_background else sums.overlap[:, 1:]
+    count = voxel_count.to(overlap)
+    if reduction == "sum":
+        return _safe_divide(overlap, count[:, None]).sum()
+    return _safe_divide(overlap.sum(), count.sum() * overlap.shape[1])

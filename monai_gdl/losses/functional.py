@@ -53,10 +53,16 @@ def compute_loss(
     input: torch.Tensor,
     target: torch.Tensor,
     mask: torch.Tensor | None = None,
+    weight_map: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The loss described by ``options`` (checked) with class weights ``weight`` (checked): one fused pass
-    for the Dice term and the voxel term, then ``lambda_dice * dice + lambda_voxel * voxel``."""
-    dice, dice_term, voxel = options.dice, options.dice_term, options.voxel_term
+    for the Dice term, the voxel term and the structure term (whose map is ``weight_map``, or rides in the
+    target), then ``lambda_dice * dice + lambda_voxel * voxel + lambda_map * map``."""
+    dice, dice_term, voxel, structure = options.dice, options.dice_term, options.voxel_term, options.map_term
+    if structure is not None and isinstance(input, torch.Tensor):
+        target, weight_map = structure.split(options.name, input, target, weight_map, dice)
+    elif weight_map is not None:
+        raise LossInputError(f"{options.name} has no structure term; it takes no map (got one).")
     dice_weight = weight if dice_term.uses_class_weight else None
     if voxel is not None and isinstance(input, torch.Tensor):
         voxel.check_input(options.name, input)
@@ -67,11 +73,25 @@ def compute_loss(
         elif weight is not None and dice_weight is None:
             _check_weight_count(weight, input.shape[1] - (0 if dice.include_background else 1), "the scored classes")
     voxel_term, gamma = voxel.kernel_term() if voxel is not None else ("none", 0.0)
-    stats, term = scored_sums(input, target, mask, dice, weight=dice_weight, voxel_term=voxel_term, gamma=gamma)
+    map_labels = structure is not None and structure.map_labels
+    stats, term = scored_sums(
+        input,
+        target,
+        mask,
+        dice,
+        weight=dice_weight,
+        voxel_term=voxel_term,
+        gamma=gamma,
+        weight_map=weight_map,
+        map_labels=map_labels,
+    )
     value = dice_term.loss(stats, dice, dice_weight, input.ndim - 2)
     if voxel is None:
         return value
-    return options.dice_scale * value + options.voxel_scale * voxel.loss(term, dice, weight)
+    value = options.dice_scale * value + options.voxel_scale * voxel.loss(term, dice, weight)
+    if structure is None:
+        return value
+    return value + options.map_scale * structure.loss(term, dice)
 
 
 def _functional(kind: LossKind) -> Callable[..., torch.Tensor]:
@@ -132,7 +152,7 @@ tversky_loss.__doc__ = """Tversky loss (focal with ``gamma != 1``); see :class:`
         >>> logits = torch.zeros(1, 2, 4, 4)  # p = 0.5: class 0 TP 8, FN 8; class 1 TP 0, FP 8
         >>> labels = torch.zeros(1, 1, 4, 4, dtype=torch.long)
         >>> round(float(tversky_loss(logits, labels, softmax=True, to_onehot_y=True, alpha=0.3, beta=0.7)), 4)
-        0.6706
+        0.7059
     """
 
 

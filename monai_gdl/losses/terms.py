@@ -1,13 +1,15 @@
 """A loss as terms: one Dice term plus, for a compound loss, one voxel term, each with its options.
 
-Every loss here is ``lambda_<dice> * dice_term + lambda_<voxel> * voxel_term`` on the sums of one
-fused pass (:mod:`~monai_gdl.losses.sums`):
+Every loss here is ``lambda_<dice> * dice_term + lambda_<voxel> * voxel_term (+ lambda_<map> * map_term)``
+on the sums of one fused pass (:mod:`~monai_gdl.losses.sums`):
 
 - Dice terms: :class:`VNetDice` (per-class soft Dice or Jaccard, averaged), :class:`GeneralizedDice`
   (Sudre's one class-weighted ratio) and :class:`Tversky` (false positives and negatives weighed apart,
   focal with ``gamma``);
 - voxel terms: :class:`CrossEntropy` (softmax), :class:`BinaryCrossEntropy` (sigmoid) and
-  :class:`Focal` (sigmoid or softmax focal), whose per-voxel values the kernels reduce to ``F, Q``.
+  :class:`Focal` (sigmoid or softmax focal), whose per-voxel values the kernels reduce to ``F, Q``;
+- structure terms: :class:`SkeletonRecall` and :class:`Boundary`, which read one more per-voxel map
+  computed in the data pipeline (a tubed skeleton, signed distances), reduced to ``W, S`` in the same pass.
 
 Each term is a frozen dataclass of its own options (checked when built) with the formula that turns
 the sums into its value. :class:`LossOptions` combines the shared :class:`DiceOptions` with the
@@ -29,10 +31,12 @@ import torch
 
 from monai_gdl.kernels import DiceStatistics
 from monai_gdl.losses.formulas import (
+    boundary_from_sums,
     cross_entropy_from_sums,
     focal_from_sums,
     generalized_dice_from_statistics,
     reduce_loss,
+    skeleton_recall_from_sums,
     softmax_focal_from_sums,
     tversky_from_statistics,
     vnet_dice_from_statistics,
@@ -49,16 +53,19 @@ from monai_gdl.losses.options import (
     class_weight_tensor,
 )
 from monai_gdl.losses.sums import VoxelTermInputs
-from monai_gdl.losses.validation import LossInputError
+from monai_gdl.losses.validation import LossInputError, check_structure_map
 
 __all__ = [
     "BinaryCrossEntropy",
+    "Boundary",
     "CrossEntropy",
     "DiceTerm",
     "Focal",
     "GeneralizedDice",
     "LossKind",
     "LossOptions",
+    "MapTerm",
+    "SkeletonRecall",
     "Tversky",
     "VNetDice",
     "VoxelTerm",
@@ -350,8 +357,92 @@ class Focal(_VoxelTerm):
         )
 
 
+class _MapTerm(_Term):
+    """A structure term: reads one per-voxel map made in the data pipeline (``argument``: the forward's keyword),
+    a label map (``map_labels``) or a dense ``B x C x spatial`` float map, reduced to ``W, S`` in the fused pass.
+    The map may also ride in the label-map target as extra channels (what MONAI's trainers can pass)."""
+
+    argument: ClassVar[str]
+    map_labels: ClassVar[bool]
+
+    def map_channels(self, num_classes: int) -> int:
+        return 1 if self.map_labels else num_classes
+
+    def check(self, loss_name: str, dice: DiceOptions) -> None:
+        return None
+
+    def split(
+        self, loss_name: str, input: torch.Tensor, target: torch.Tensor, given: torch.Tensor | None, dice: DiceOptions
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(target, map)``: the map as given, or the target's extra channels (label-map targets only),
+        checked against the input (values too when ``validate``)."""
+        if given is None:
+            extra = self.map_channels(input.shape[1]) if input.ndim >= 2 else 0
+            packed = (
+                dice.to_onehot_y
+                and isinstance(target, torch.Tensor)
+                and target.ndim == input.ndim
+                and target.shape[1] == 1 + extra
+            )
+            if not packed:
+                got = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
+                raise LossInputError(
+                    f"{loss_name} needs its {self.argument} map and got none: pass loss(input, target, "
+                    f"{self.argument}=...) or a label-map target with it as {extra} extra channel(s) (label first, "
+                    f"B x {1 + extra} x spatial; got target {got}). monai_gdl."
+                    f"{'TubedSkeletonMapd' if self.map_labels else 'SignedDistanceMapd'}(..., append=True) makes it."
+                )
+            target, given = target[:, :1], target[:, 1:]
+        check_structure_map(loss_name, self.argument, given, input, labels=self.map_labels, scan=dice.validate)
+        return target, given
+
+
+@dataclass(frozen=True)
+class SkeletonRecall(_MapTerm):
+    """Skeleton Recall (Kirchhoff et al., ECCV 2024): ``1 - (W_c + smooth_nr) / (S_c + smooth_dr)`` per foreground
+    class, ``W_c = sum(p_c s_c)``, ``S_c = sum(s_c)`` on the tubed skeleton ``s`` of the label (a label map made
+    by :class:`~monai_gdl.TubedSkeletonMapd`); averaged over samples and classes (pooled first with ``batch``)."""
+
+    lambda_skel: float = 1.0
+
+    argument = "skeleton"
+    map_labels = True
+
+    def check(self, loss_name: str, dice: DiceOptions) -> None:
+        if not dice.softmax:
+            raise LossInputError(
+                f"{loss_name}: Skeleton Recall scores the softmax probability of each voxel's skeleton class, so it "
+                f"needs softmax=True (got softmax={dice.softmax})."
+            )
+
+    def loss(self, term: VoxelTermInputs, dice: DiceOptions) -> torch.Tensor:
+        assert term.map_sums is not None, "scored_sums returns the map sums when a map is passed"
+        return skeleton_recall_from_sums(
+            term.map_sums, batch=dice.batch, smooth_nr=dice.smooth_nr, smooth_dr=dice.smooth_dr, reduction=dice.reduction
+        )
+
+
+@dataclass(frozen=True)
+class Boundary(_MapTerm):
+    """Boundary loss (Kervadec et al. 2019): the mean of ``p_c * phi_c`` over samples, scored classes and voxels,
+    ``phi`` the signed distance map of each class (negative inside, positive outside; a dense ``B x C x spatial``
+    map made by :class:`~monai_gdl.SignedDistanceMapd`), reduced as MONAI's ``BoundaryLoss``."""
+
+    lambda_boundary: float = 1.0
+
+    argument = "distance"
+    map_labels = False
+
+    def loss(self, term: VoxelTermInputs, dice: DiceOptions) -> torch.Tensor:
+        assert term.map_sums is not None, "scored_sums returns the map sums when a map is passed"
+        return boundary_from_sums(
+            term.map_sums, _counted(term), include_background=dice.include_background, reduction=dice.reduction
+        )
+
+
 DiceTerm = Union[VNetDice, GeneralizedDice, Tversky]
 VoxelTerm = Union[CrossEntropy, BinaryCrossEntropy, Focal]
+MapTerm = Union[SkeletonRecall, Boundary]
 
 
 @dataclass(frozen=True)
@@ -362,13 +453,16 @@ class LossOptions:
     dice: DiceOptions
     dice_term: DiceTerm
     voxel_term: VoxelTerm | None = None
+    map_term: MapTerm | None = None
     #: the terms' weights (``lambda_*``), read once here so the forward needs no field lookups
     dice_scale: float = field(init=False, repr=False, compare=False)
     voxel_scale: float = field(init=False, repr=False, compare=False)
+    map_scale: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dice_scale", self.dice_term.scale)
         object.__setattr__(self, "voxel_scale", 0.0 if self.voxel_term is None else self.voxel_term.scale)
+        object.__setattr__(self, "map_scale", 0.0 if self.map_term is None else self.map_term.scale)
         voxel = self.voxel_term
         if voxel is None:
             return
@@ -379,7 +473,10 @@ class LossOptions:
                 "VNetDiceLoss(reduction='none')."
             )
         voxel.check(self.name, self.dice)
-        lambdas = {self.dice_term.lambda_name(): self.dice_term.scale, voxel.lambda_name(): voxel.scale}
+        terms = [self.dice_term, voxel] + ([self.map_term] if self.map_term is not None else [])
+        if self.map_term is not None:
+            self.map_term.check(self.name, self.dice)
+        lambdas = {term.lambda_name(): term.scale for term in terms}
         if all(value == 0 for value in lambdas.values()):
             names = " and ".join(f"{name}=0" for name in lambdas)
             raise LossInputError(
@@ -387,7 +484,7 @@ class LossOptions:
             )
 
     def _parts(self) -> tuple[Any, ...]:
-        return (self.dice, self.dice_term) + (() if self.voxel_term is None else (self.voxel_term,))
+        return (self.dice, self.dice_term) + tuple(t for t in (self.voxel_term, self.map_term) if t is not None)
 
     def values(self) -> dict[str, Any]:
         """Every option by its argument name."""
@@ -422,6 +519,7 @@ class LossKind:
     dice_term: type[VNetDice] | type[GeneralizedDice] | type[Tversky]
     voxel_term: type[CrossEntropy] | type[BinaryCrossEntropy] | type[Focal] | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    map_term: type[SkeletonRecall] | type[Boundary] | None = None
 
     POSITIONAL: ClassVar[tuple[str, ...]] = ("include_background", "to_onehot_y", "sigmoid", "softmax")
     ENGINE: ClassVar[tuple[str, ...]] = ("ignore_index", "validate", "implementation", "distributed")
@@ -440,7 +538,7 @@ class LossKind:
 
         fixed = tuple(self.dice_term.fixed_options)
         dice = params(DiceOptions, fixed + (("other_act",) if self.voxel_term is not None else ()))
-        terms = [self.dice_term] + ([self.voxel_term] if self.voxel_term is not None else [])
+        terms = [t for t in (self.dice_term, self.voxel_term, self.map_term) if t is not None]
         own = [p for cls in terms for p in params(cls) if not p[0].startswith("lambda_")]
         lambdas = [p for cls in terms for p in params(cls) if p[0].startswith("lambda_")] if len(terms) > 1 else []
         weight = [("weight", "Sequence[float] | float | torch.Tensor | None", None)] if self.takes_weight else []
@@ -479,5 +577,6 @@ class LossKind:
             part(DiceOptions),
             part(self.dice_term),
             None if self.voxel_term is None else part(self.voxel_term),
+            None if self.map_term is None else part(self.map_term),
         )
         return options, options.check_weight(weight)

@@ -19,6 +19,7 @@ __all__ = [
     "check_loss_inputs",
     "check_loss_values",
     "check_statistics_finite",
+    "check_structure_map",
     "checked_sums",
 ]
 
@@ -271,6 +272,49 @@ def check_loss_values(
         _check_label_map_values(input.shape[1], target, ignore_index)
     else:
         _check_dense_target_values(target, softmax=softmax)
+
+
+def check_structure_map(
+    loss_name: str, argument: str, value: torch.Tensor, input: torch.Tensor, *, labels: bool, scan: bool
+) -> None:
+    """A structure term's per-voxel map against the input (``B x C x spatial``): a label map ``B x 1 x spatial``
+    of classes ``0..C-1`` (``labels``), or a dense ``B x C x spatial`` float map; ``scan`` also reads the
+    values (integral labels in range; finite distances). Errors name the argument and the transform that
+    makes it."""
+    maker = "TubedSkeletonMapd" if labels else "SignedDistanceMapd"
+    if not isinstance(value, torch.Tensor):
+        raise LossInputError(f"{loss_name}: {argument} must be a torch.Tensor, got {type(value).__name__}.")
+    channels = 1 if labels else input.shape[1]
+    expected = (input.shape[0], channels, *input.shape[2:])
+    if tuple(value.shape) != expected:
+        raise LossInputError(
+            f"{loss_name}: {argument} has shape {_shape_str(value)} but the input {_shape_str(input)} needs "
+            f"{'x'.join(map(str, expected))} ({'B x 1 x spatial labels' if labels else 'B x C x spatial'}) on the "
+            f"same grid; compute it from the same (cropped, resampled) label with monai_gdl.{maker} in the data "
+            "pipeline, after the spatial transforms."
+        )
+    if value.dtype == torch.bool or value.dtype.is_complex or (not labels and not value.is_floating_point()):
+        kind = "integer class indices" if labels else "floating point distances"
+        raise LossInputError(f"{loss_name}: {argument} has dtype {value.dtype}; it holds {kind}.")
+    if not scan:
+        return
+    lo, hi = float("inf"), float("-inf")
+    for chunk in _chunks(_flat(value.detach())):
+        if chunk.is_floating_point() and not bool(torch.isfinite(chunk).all()):
+            raise LossInputError(
+                f"{loss_name}: {argument} contains NaN or inf; recompute it with monai_gdl.{maker} (a class absent "
+                "from the label gets a zero map, never inf)."
+            )
+        if labels and chunk.is_floating_point() and not bool((chunk == torch.floor(chunk)).all()):
+            raise LossInputError(f"{loss_name}: {argument} holds non-integer values; it holds class indices.")
+        if chunk.numel():
+            c_lo, c_hi = torch.aminmax(chunk)
+            lo, hi = min(lo, float(c_lo)), max(hi, float(c_hi))
+    if labels and (lo < 0 or hi > input.shape[1] - 1):
+        raise LossInputError(
+            f"{loss_name}: {argument} holds labels in [{lo:g}, {hi:g}] but the input has {input.shape[1]} classes "
+            f"(0..{input.shape[1] - 1}, 0 = no skeleton); it was made for another label set."
+        )
 
 
 @torch.library.custom_op("monai_gdl::checked_sums", mutates_args=())
