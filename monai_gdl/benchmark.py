@@ -15,8 +15,12 @@ CUDA it is ``torch.cuda.max_memory_allocated`` against ``memory_allocated`` at t
 Ratios are computed within the same run: ``xMONAI`` = MONAI's time / ours (V-Net Dice against
 ``DiceLoss(softmax=True, squared_pred=True, to_onehot_y=True)``, GDL against
 ``GeneralizedDiceLoss``, the compound losses against ``DiceCELoss`` / ``DiceFocalLoss`` /
-``GeneralizedDiceFocalLoss`` with the same options), ``xCE`` = cross-entropy's time / ours,
-``/Dice`` = the method's time / our fused V-Net Dice's (what a compound term costs on top),
+``GeneralizedDiceFocalLoss`` with the same options; Tversky against ``TverskyLoss(alpha=0.3, beta=0.7)``,
+Dice + CE + boundary against ``DiceCELoss + BoundaryLoss``, which runs its distance transform every step),
+``xCE`` = cross-entropy's time / ours, ``/Dice`` = the method's time / our fused V-Net Dice's (what a
+compound term costs on top), ``/D+CE`` = the method's time / our fused Dice + CE's (what a structure term
+costs on top of it; its map, a skeleton label map or ``C`` distance maps, is an input made beforehand,
+as the data pipeline does),
 ``mem%`` = our extra memory as a percentage of MONAI's, ``%copyBW`` = the bytes a two-pass loss must move
 (read logits and target
 twice, write the gradient) per second of the method, as a share of the copy bandwidth measured on
@@ -54,7 +58,14 @@ METHODS = {
     "monai_dice_ce": "MONAI DiceCELoss(squared_pred)",
     "monai_dice_focal": "MONAI DiceFocalLoss(squared_pred)",
     "monai_gdl_focal": "MONAI GeneralizedDiceFocalLoss",
+    "tversky_fused": "Tversky (0.3, 0.7), fused (ours)",
+    "monai_tversky": "MONAI TverskyLoss(0.3, 0.7)",
+    "vnet_ce_skel_fused": "Dice + CE + Skeleton Recall (ours)",
+    "vnet_ce_boundary_fused": "Dice + CE + boundary, fused (ours)",
+    "monai_dice_ce_boundary": "MONAI DiceCELoss + BoundaryLoss",
 }
+#: The structure map a method reads (made before the timed steps, as a data pipeline does).
+MAPS = {"vnet_ce_skel_fused": "skeleton", "vnet_ce_boundary_fused": "distance"}
 #: The rows of the default run: the Dice losses and their peers. The compound rows are opt-in
 #: (``--methods``), with the README's command for them.
 DEFAULT_METHODS = (
@@ -75,6 +86,8 @@ MONAI_PEER = {
     "vnet_plus_ce": "monai_dice_ce",
     "vnet_focal_fused": "monai_dice_focal",
     "gdl_focal_fused": "monai_gdl_focal",
+    "tversky_fused": "monai_tversky",
+    "vnet_ce_boundary_fused": "monai_dice_ce_boundary",
 }
 _MIB = 1 << 20
 
@@ -88,10 +101,20 @@ def _loss_callable(method: str, target_kind: str):
     label_map = target_kind == "label"
     common = dict(softmax=True, to_onehot_y=label_map)
     if method == "cross_entropy":
-        return lambda x, target, labels: F.cross_entropy(x, labels[:, 0])
+        return lambda x, target, labels, maps: F.cross_entropy(x, labels[:, 0])
     if method == "vnet_plus_ce":
         dice = monai_gdl.VNetDiceLoss(**common)
-        return lambda x, target, labels: dice(x, target) + F.cross_entropy(x, labels[:, 0])
+        return lambda x, target, labels, maps: dice(x, target) + F.cross_entropy(x, labels[:, 0])
+    if method == "vnet_ce_skel_fused":
+        skel = monai_gdl.VNetDiceCESkeletonRecallLoss(**common)
+        return lambda x, target, labels, maps: skel(x, target, skeleton=maps["skeleton"])
+    if method == "vnet_ce_boundary_fused":
+        boundary = monai_gdl.VNetDiceCEBoundaryLoss(**common)
+        return lambda x, target, labels, maps: boundary(x, target, distance=maps["distance"])
+    if method == "monai_dice_ce_boundary":
+        dice_ce = monai_losses.DiceCELoss(**common, squared_pred=True)
+        their_boundary = monai_losses.BoundaryLoss(**common)
+        return lambda x, target, labels, maps: dice_ce(x, target) + their_boundary(x, target)
     ours = {
         "vnet": lambda impl: monai_gdl.VNetDiceLoss(**common, implementation=impl),
         "gdl": lambda impl: monai_gdl.SudreGeneralizedDiceLoss(**common, implementation=impl),
@@ -99,6 +122,7 @@ def _loss_callable(method: str, target_kind: str):
         "gdl_ce": lambda impl: monai_gdl.SudreGeneralizedDiceCELoss(**common, implementation=impl),
         "vnet_focal": lambda impl: monai_gdl.VNetDiceFocalLoss(**common, implementation=impl),
         "gdl_focal": lambda impl: monai_gdl.SudreGeneralizedDiceFocalLoss(**common, implementation=impl),
+        "tversky": lambda impl: monai_gdl.SalehiTverskyLoss(**common, alpha=0.3, beta=0.7, implementation=impl),
     }
     theirs = {
         "monai_dice": lambda: monai_losses.DiceLoss(**common, squared_pred=True),
@@ -106,13 +130,14 @@ def _loss_callable(method: str, target_kind: str):
         "monai_dice_ce": lambda: monai_losses.DiceCELoss(**common, squared_pred=True),
         "monai_dice_focal": lambda: monai_losses.DiceFocalLoss(**common, squared_pred=True),
         "monai_gdl_focal": lambda: monai_losses.GeneralizedDiceFocalLoss(**common),
+        "monai_tversky": lambda: monai_losses.TverskyLoss(**common, alpha=0.3, beta=0.7),
     }
     if method in theirs:
         loss = theirs[method]()
     else:
         name, impl = method.rsplit("_", 1)
         loss = ours[name]("fused" if impl == "fused" else "reference")
-    return lambda x, target, labels: loss(x, target)
+    return lambda x, target, labels, maps: loss(x, target)
 
 
 def _rss(key: str) -> int:
@@ -137,22 +162,28 @@ def _worker(spec: dict) -> dict:
         target = labels
         if spec["target"] == "onehot":
             target = torch.nn.functional.one_hot(labels[:, 0], c).movedim(-1, 1).to(dtype).contiguous()
-        return logits.requires_grad_(True), target, labels
+        maps = {}
+        if MAPS.get(spec["method"]) == "skeleton":  # about 5% of each class's voxels on its skeleton
+            on = torch.rand(labels.shape, generator=gen) < 0.05
+            maps["skeleton"] = torch.where(on, labels.cpu(), 0).to(device=device, dtype=torch.uint8)
+        elif MAPS.get(spec["method"]) == "distance":  # the kernel's cost does not depend on the values
+            maps["distance"] = torch.randn(b, c, size, size, size, generator=gen).to(device)
+        return logits.requires_grad_(True), target, labels, maps
 
-    def step(logits, target, labels) -> None:
+    def step(logits, target, labels, maps) -> None:
         logits.grad = None
-        loss_fn(logits, target, labels).backward()
+        loss_fn(logits, target, labels, maps).backward()
         sync()
 
     step(*make_inputs(8))  # a tiny call: libraries loaded, kernels built or compiled
-    logits, target, labels = make_inputs(s)
+    logits, target, labels, maps = make_inputs(s)
     if spec["measure"] == "time":
         for _ in range(spec["warmup"]):  # lazy init, compilation, the allocator's first page faults
-            step(logits, target, labels)
+            step(logits, target, labels, maps)
         times = []
         for _ in range(spec["reps"]):
             t0 = time.perf_counter()
-            step(logits, target, labels)
+            step(logits, target, labels, maps)
             times.append(time.perf_counter() - t0)
         return {
             "median_s": statistics.median(times),
@@ -168,7 +199,7 @@ def _worker(spec: dict) -> dict:
             f.write("5")
         before = _rss("VmRSS:")
     for _ in range(spec["warmup"] + 1):
-        step(logits, target, labels)
+        step(logits, target, labels, maps)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss("VmHWM:")
     return {"extra_bytes": peak - before - grad_bytes}
 
@@ -295,9 +326,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(
                     f"| {'method':<36} | {'ms':>9} | {'extra MiB':>9} | {'xMONAI':>7} | {'xCE':>6} | {'/Dice':>6} "
-                    f"| {'mem%':>7} | {'%copyBW':>7} |"
+                    f"| {'/D+CE':>6} | {'mem%':>7} | {'%copyBW':>7} |"
                 )
-                print(f"|{'-' * 38}|{'-' * 11}|{'-' * 11}|{'-' * 9}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 9}|")
+                print(
+                    f"|{'-' * 38}|{'-' * 11}|{'-' * 11}|{'-' * 9}|{'-' * 8}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 9}|"
+                )
                 for method, r in rows.items():
                     if "error" in r or "median_s" not in r:
                         print(f"| {METHODS[method]:<36} | error: {r.get('error', '?')[:60]}")
@@ -308,11 +341,13 @@ def main(argv: list[str] | None = None) -> int:
                     x_ce = f"{ce['median_s'] / r['median_s']:.2f}x" if "median_s" in ce else "-"
                     dice = rows.get("vnet_fused", {})
                     per_dice = f"{r['median_s'] / dice['median_s']:.2f}" if "median_s" in dice else "-"
+                    dice_ce = rows.get("vnet_ce_fused", {})
+                    per_dice_ce = f"{r['median_s'] / dice_ce['median_s']:.2f}" if "median_s" in dice_ce else "-"
                     mem = f"{100 * r['extra_bytes'] / peer['extra_bytes']:.1f}%" if peer.get("extra_bytes") else "-"
                     bw = f"{100 * r['moved_bytes'] / r['median_s'] / r['copy_bytes_per_s']:.0f}%"
                     print(
                         f"| {METHODS[method]:<36} | {1e3 * r['median_s']:9.1f} | {r['extra_bytes'] / _MIB:9.1f} "
-                        f"| {x_monai:>7} | {x_ce:>6} | {per_dice:>6} | {mem:>7} | {bw:>7} |",
+                        f"| {x_monai:>7} | {x_ce:>6} | {per_dice:>6} | {per_dice_ce:>6} | {mem:>7} | {bw:>7} |",
                         flush=True,
                     )
     if args.json:

@@ -20,6 +20,7 @@ import torch
 from conftest import TINY
 from monai.bundle import ConfigParser, ConfigWorkflow
 
+import monai_gdl
 from monai_gdl.bundle.checks import CheckpointError, check_checkpoint
 from monai_gdl.bundle.datasets import write_synthetic_dataset
 
@@ -84,6 +85,10 @@ def test_train_config_has_every_knob_at_top_level():
         (["train.json", "loss_dice_ce.json"], {}, "VNetDiceCELoss"),
         (["train.json", "loss_gdl_ce.json"], {}, "SudreGeneralizedDiceCELoss"),
         (["train.json", "loss_dice_focal.json"], {}, "VNetDiceFocalLoss"),
+        (["train.json", "loss_tversky_ce.json"], {}, "SalehiTverskyCELoss"),
+        (["train.json", "loss_focal_tversky.json"], {}, "FocalTverskyLoss"),
+        (["train.json", "loss_dice_ce_skeleton.json"], {}, "VNetDiceCESkeletonRecallLoss"),
+        (["train.json", "loss_dice_ce_boundary.json"], {}, "VNetDiceCEBoundaryLoss"),
     ],
 )
 def test_loss_is_one_override_and_takes_label_maps(files, overrides, expected):
@@ -101,6 +106,54 @@ def test_training_transforms_keep_label_maps(tmp_path):
     patches = parser.get_parsed_content("train#preprocessing")(parser.get_parsed_content("train#datalist")[0])
     label = patches[0]["label"]
     assert label.shape == (1, 16, 16, 16) and set(torch.unique(label).tolist()) <= {0.0, 1.0, 2.0}
+
+
+@pytest.mark.parametrize(
+    "config,channels,maker",
+    [("loss_dice_ce_skeleton.json", 1, "TubedSkeletonMapd"), ("loss_dice_ce_boundary.json", 3, "SignedDistanceMapd")],
+)
+def test_structure_map_configs_add_their_map_to_the_training_patches_only(tmp_path, config, channels, maker):
+    """The map is made once per case before the random transforms (so CacheDataset keeps it), cropped and
+    flipped with the label, and packed behind the label, which is what the trainer hands the loss."""
+    ds = write_synthetic_dataset(str(tmp_path / "ds"), num_cases=3, shape=(24, 24, 16))
+    parser = _parser("train.json", config, dataset_dir=ds, output_dir=str(tmp_path / "out"), **TINY_OVERRIDES)
+    preprocessing = parser.get_parsed_content("train#preprocessing")
+    first_random = next(i for i, t in enumerate(preprocessing.transforms) if "Rand" in type(t).__name__)
+    maps = [i for i, t in enumerate(preprocessing.transforms) if type(t).__name__ == maker]
+    assert maps and maps[0] < first_random
+    case = parser.get_parsed_content("train#datalist")[0]
+    patches = preprocessing(case)
+    label = patches[0]["label"]
+    assert label.shape == (1 + channels, 16, 16, 16) and set(patches[0]) == {"image", "label"}
+    if channels == 1:  # the skeleton lies on its own class's voxels
+        on = label[1] > 0
+        assert on.any() and torch.equal(label[1][on], label[0][on])
+    loss = parser.get_parsed_content("loss")
+    value = loss(torch.randn(1, 3, 16, 16, 16, requires_grad=True), label[None])
+    assert torch.isfinite(value)
+    validation = parser.get_parsed_content("validate#preprocessing")(parser.get_parsed_content("validate#datalist")[0])
+    assert validation["label"].shape[0] == 1  # evaluation sees the plain label
+
+
+def test_boundary_schedule_moves_weight_to_the_boundary_term_by_epoch_alone():
+    from types import SimpleNamespace
+
+    from monai_gdl import VNetDiceCEBoundaryLoss
+    from monai_gdl.bundle.schedules import BoundaryWeightSchedule
+
+    loss = VNetDiceCEBoundaryLoss(lambda_dice=1.0, lambda_ce=0.5, lambda_boundary=2.0)
+    schedule = BoundaryWeightSchedule(loss, step=0.25, floor=0.1)
+    seen = []
+    for epoch in (1, 2, 4, 5, 2):  # a resumed run re-enters at any epoch: the weights depend on it alone
+        schedule._set(SimpleNamespace(state=SimpleNamespace(epoch=epoch)))
+        seen.append((loss.lambda_dice, loss.lambda_ce, loss.lambda_boundary))
+    assert seen[0] == (1.0, 0.5, 0.0)
+    assert seen[1] == pytest.approx((0.75, 0.375, 0.5)) and seen[4] == seen[1]
+    assert seen[3] == pytest.approx((0.1, 0.05, 1.8))  # the floor
+    with pytest.raises(ValueError, match="step=2 must lie in"):
+        BoundaryWeightSchedule(loss, step=2)
+    with pytest.raises(ValueError, match="has no lambda_boundary"):
+        BoundaryWeightSchedule(monai_gdl.VNetDiceCELoss())
 
 
 def test_network_and_transforms_are_json_and_override_from_the_command_line(tmp_path):
@@ -271,6 +324,19 @@ def _bundle(
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory):
     return write_synthetic_dataset(str(tmp_path_factory.mktemp("data") / "ds"), num_cases=5, shape=(24, 24, 16), seed=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["loss_dice_ce_skeleton.json", "loss_dice_ce_boundary.json", "loss_tversky_ce.json"])
+def test_new_loss_configs_train_from_the_command_line(tmp_path, tiny_dataset, config):
+    out = str(tmp_path / "out")
+    common = ["--bundle_root", str(tmp_path / "bundle"), "--dataset_dir", tiny_dataset, "--output_dir", out, *TINY]
+    train = _bundle(["train.json", config], "--epochs", "2", *common, cwd=str(tmp_path),
+                    env=dict(os.environ, MONAI_GDL_BACKEND="auto"))
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    with open(os.path.join(out, "logs", "history.csv")) as f:
+        history = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in history] == [1, 2] and all(0 <= float(r["val_mean_dice"]) <= 1 for r in history)
 
 
 @pytest.mark.slow
