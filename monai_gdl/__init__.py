@@ -8,7 +8,8 @@ wrapper) as attributes of ``monai.losses`` (no MONAI name is replaced), so bundl
 Subpackages: :mod:`monai_gdl.losses` (options, terms, checks, sums, formulas, modules),
 :mod:`monai_gdl.kernels` (statistics contract, reference math, backends and their registry, operators),
 :mod:`monai_gdl.structure_maps` (the skeleton and distance maps the structure terms read, made in the data
-pipeline), :mod:`monai_gdl.bundle` (what the bundle configs import). Tools: ``python -m monai_gdl.benchmark | data | report``.
+pipeline), :mod:`monai_gdl.bundle` (what the bundle configs import). Tools: ``python -m monai_gdl.benchmark |
+data | report | study``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from monai_gdl.losses import (
     DeepSupervisionWrapper,
     FocalTverskyLoss,
     LossInputError,
-    SalehiTverskyLoss,
     SalehiTverskyCELoss,
+    SalehiTverskyLoss,
     SudreGeneralizedDiceCELoss,
     SudreGeneralizedDiceFocalLoss,
     SudreGeneralizedDiceLoss,
@@ -39,7 +40,6 @@ from monai_gdl.losses import (
     vnet_dice_from_statistics,
     vnet_dice_loss,
 )
-
 from monai_gdl.structure_maps import SignedDistanceMapd, TubedSkeletonMapd, signed_distance_map, tubed_skeleton
 
 __version__ = "0.5.0"

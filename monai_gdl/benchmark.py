@@ -26,6 +26,10 @@ as the data pipeline does),
 twice, write the gradient) per second of the method, as a share of the copy bandwidth measured on
 the same tensors in the same process. The case heading names the backend our fused rows ran on.
 
+``--structure-maps`` times instead the data-pipeline transforms the structure terms read (the tubed skeleton,
+the signed distance maps): per case on the MSD hippocampus labels (``--hippocampus DIR``) and on 128^3
+synthetic labels (a large ellipsoid and branching tubes), median over the cases after one warm-up case.
+
 ``--huge-pages`` runs every method with ``THP_MEM_ALLOC_ENABLE=1``, so PyTorch's allocator puts
 all large tensors on transparent huge pages, as our native backend does for its gradient buffer:
 a like-for-like allocator comparison (page faults dominate MONAI's time on some machines).
@@ -268,6 +272,50 @@ def _machine(device: str) -> str:
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} threads={torch.get_num_threads()}"
 
 
+def _structure_map_times(hippocampus: str, cases: int) -> int:
+    """Median seconds per case of :func:`~monai_gdl.tubed_skeleton` and :func:`~monai_gdl.signed_distance_map`."""
+    import glob
+
+    import numpy as np
+
+    from monai_gdl import signed_distance_map, tubed_skeleton
+
+    labels: dict[str, list] = {}
+    files = sorted(glob.glob(os.path.join(hippocampus, "labelsTr", "*.nii*")))[: cases + 1]
+    if files:
+        import nibabel as nib
+
+        labels["MSD hippocampus (native grid, 3 classes)"] = [np.asarray(nib.load(f).dataobj) for f in files]
+    else:
+        print(f"# no labels in {hippocampus}/labelsTr: hippocampus rows skipped (--hippocampus DIR)")
+    from monai_gdl.study import write_tube_dataset
+
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        folder, _ = write_tube_dataset(tmp, min(cases, 4) + 1, (128, 128, 128), seed=0)
+        import nibabel as nib
+
+        labels["128^3 synthetic (ellipsoid + tubes, 3 classes)"] = [
+            np.asarray(nib.load(f).dataobj) for f in sorted(glob.glob(os.path.join(folder, "labelsTr", "*.nii*")))
+        ]
+    print(f"# structure maps: seconds per case (median after one warm-up case), machine: {_machine('cpu')}")
+    print("| labels | cases | shape | tubed_skeleton s | signed_distance_map s |")
+    print("|---|---|---|---|---|")
+    for name, volumes in labels.items():
+        times: dict[str, list[float]] = {"skeleton": [], "distance": []}
+        for i, label in enumerate(volumes):
+            for key, fn in (("skeleton", tubed_skeleton), ("distance", signed_distance_map)):
+                t0 = time.perf_counter()
+                fn(label, 3)
+                if i:
+                    times[key].append(time.perf_counter() - t0)
+        shape = "x".join(map(str, volumes[0].shape))
+        print(
+            f"| {name} | {len(volumes) - 1} | {shape} | {statistics.median(times['skeleton']):.3f} | "
+            f"{statistics.median(times['distance']):.3f} |"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -292,11 +340,22 @@ def main(argv: list[str] | None = None) -> int:
         help="run every method with THP_MEM_ALLOC_ENABLE=1 (PyTorch's allocator on transparent huge pages, Linux)",
     )
     parser.add_argument("--json", help="also write all results to this JSON file")
+    parser.add_argument(
+        "--structure-maps", action="store_true", help="time the skeleton and distance map transforms instead"
+    )
+    parser.add_argument(
+        "--hippocampus",
+        default=os.path.join("..", "shared", "data", "Task04_Hippocampus"),
+        help="MSD Task04 folder for --structure-maps (default: ../shared/data/Task04_Hippocampus)",
+    )
+    parser.add_argument("--cases", type=int, default=20, help="cases per dataset for --structure-maps (default 20)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
         return 0
+    if args.structure_maps:
+        return _structure_map_times(args.hippocampus, args.cases)
 
     print(
         f"# monai_gdl benchmark: fwd+bwd, {args.device} {args.dtype}, B={args.batch}, median of {args.reps} "
@@ -328,9 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"| {'method':<36} | {'ms':>9} | {'extra MiB':>9} | {'xMONAI':>7} | {'xCE':>6} | {'/Dice':>6} "
                     f"| {'/D+CE':>6} | {'mem%':>7} | {'%copyBW':>7} |"
                 )
-                print(
-                    f"|{'-' * 38}|{'-' * 11}|{'-' * 11}|{'-' * 9}|{'-' * 8}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 9}|"
-                )
+                print(f"|{'-' * 38}|{'-' * 11}|{'-' * 11}|{'-' * 9}|{'-' * 8}|{'-' * 8}|{'-' * 8}|{'-' * 9}|{'-' * 9}|")
                 for method, r in rows.items():
                     if "error" in r or "median_s" not in r:
                         print(f"| {METHODS[method]:<36} | error: {r.get('error', '?')[:60]}")

@@ -50,7 +50,7 @@ def _needs(package: str) -> Any:
             import skimage.morphology as module
     except ImportError as err:
         raise StructureMapError(
-            f"the structure maps need {package} ({err}); install them with pip install \"monai_gdl[structures]\"."
+            f'the structure maps need {package} ({err}); install them with pip install "monai_gdl[structures]".'
         ) from err
     return module
 
@@ -62,11 +62,14 @@ def _class_indices(label: Any, num_classes: int, what: str) -> np.ndarray:
         array = array[0]
     if array.ndim not in (2, 3):
         raise StructureMapError(
-            f"{what}: label has shape {tuple(np.shape(label))}; give one case's label map, 1 x H x W[ x D] or H x W[ x D]."
+            f"{what}: label has shape {tuple(np.shape(label))}; give one case's label map, 1 x H x W[ x D] or "
+            "H x W[ x D]."
         )
     if np.issubdtype(array.dtype, np.floating):
         if not np.isfinite(array).all() or not (array == np.round(array)).all():
-            raise StructureMapError(f"{what}: label holds non-integer or non-finite values; it must hold class indices.")
+            raise StructureMapError(
+                f"{what}: label holds non-integer or non-finite values; it must hold class indices."
+            )
     values = array.astype(np.int64)
     if values.size and (values.min() < 0 or values.max() >= num_classes):
         raise StructureMapError(
@@ -90,7 +93,9 @@ def tubed_skeleton(label: Any, num_classes: int, *, dilations: int = 2) -> np.nd
         (3, 'uint8')
     """
     if dilations < 0 or int(dilations) != dilations:
-        raise StructureMapError(f"dilations={dilations!r}: give the number of dilations, an integer >= 0 (2 in the paper).")
+        raise StructureMapError(
+            f"dilations={dilations!r}: give the number of dilations, an integer >= 0 (2 in the paper)."
+        )
     values = _class_indices(label, num_classes, "tubed_skeleton")
     ndi, morphology = _needs("scipy"), _needs("skimage")
     cross = ndi.generate_binary_structure(values.ndim, 1)
@@ -253,7 +258,10 @@ class SignedDistanceMapd(_StructureMapd):
             spacing = _spacing(label)
             if spacing is None:
                 raise StructureMapError(
-                    "units='mm' needs the label's spacing: load it with LoadImaged (a MetaTensor), or use units='voxel'."
+                    "units='mm' needs the label's spacing: load it with LoadImaged (a MetaTensor), or use "
+                    "units='voxel'."
                 )
         values = _class_indices(label, self.num_classes, "SignedDistanceMapd")
-        return signed_distance_map(values, self.num_classes, spacing=None if spacing is None else spacing[: values.ndim])
+        return signed_distance_map(
+            values, self.num_classes, spacing=None if spacing is None else spacing[: values.ndim]
+        )

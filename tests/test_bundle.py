@@ -136,8 +136,6 @@ def test_structure_map_configs_add_their_map_to_the_training_patches_only(tmp_pa
 
 
 def test_boundary_schedule_moves_weight_to_the_boundary_term_by_epoch_alone():
-    from types import SimpleNamespace
-
     from monai_gdl import VNetDiceCEBoundaryLoss
     from monai_gdl.bundle.schedules import BoundaryWeightSchedule
 
@@ -145,7 +143,7 @@ def test_boundary_schedule_moves_weight_to_the_boundary_term_by_epoch_alone():
     schedule = BoundaryWeightSchedule(loss, step=0.25, floor=0.1)
     seen = []
     for epoch in (1, 2, 4, 5, 2):  # a resumed run re-enters at any epoch: the weights depend on it alone
-        schedule._set(SimpleNamespace(state=SimpleNamespace(epoch=epoch)))
+        schedule.apply(epoch)
         seen.append((loss.lambda_dice, loss.lambda_ce, loss.lambda_boundary))
     assert seen[0] == (1.0, 0.5, 0.0)
     assert seen[1] == pytest.approx((0.75, 0.375, 0.5)) and seen[4] == seen[1]
@@ -331,8 +329,14 @@ def tiny_dataset(tmp_path_factory):
 def test_new_loss_configs_train_from_the_command_line(tmp_path, tiny_dataset, config):
     out = str(tmp_path / "out")
     common = ["--bundle_root", str(tmp_path / "bundle"), "--dataset_dir", tiny_dataset, "--output_dir", out, *TINY]
-    train = _bundle(["train.json", config], "--epochs", "2", *common, cwd=str(tmp_path),
-                    env=dict(os.environ, MONAI_GDL_BACKEND="auto"))
+    train = _bundle(
+        ["train.json", config],
+        "--epochs",
+        "2",
+        *common,
+        cwd=str(tmp_path),
+        env=dict(os.environ, MONAI_GDL_BACKEND="auto"),
+    )
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     with open(os.path.join(out, "logs", "history.csv")) as f:
         history = list(csv.DictReader(f))

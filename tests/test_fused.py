@@ -67,7 +67,9 @@ def _stats_and_grad(fn, x, target, mask, activation, kind, squared, soft=False):
 
 
 def _fused(x, target, mask, activation, label_map, squared, soft=False):
-    stats, _, _ = fused_sums(x, target, activation=activation, label_map=label_map, squared=squared, soft=soft, mask=mask)
+    stats, _, _ = fused_sums(
+        x, target, activation=activation, label_map=label_map, squared=squared, soft=soft, mask=mask
+    )
     return stats
 
 

@@ -78,8 +78,10 @@ def test_distance_in_mm_scales_with_the_spacing():
 
 
 def test_dictionary_transforms_in_a_cached_monai_pipeline():
-    label = MetaTensor(torch.from_numpy(_tube((16, 16, 16), [(2, 8, 8), (13, 8, 8)], 2.0, 1)).float()[None],
-                       affine=torch.diag(torch.tensor([2.0, 1.0, 1.0, 1.0])))
+    label = MetaTensor(
+        torch.from_numpy(_tube((16, 16, 16), [(2, 8, 8), (13, 8, 8)], 2.0, 1)).float()[None],
+        affine=torch.diag(torch.tensor([2.0, 1.0, 1.0, 1.0])),
+    )
     data = [{"label": label}]
     transforms = [TubedSkeletonMapd("label", num_classes=2), SignedDistanceMapd("label", num_classes=2, units="mm")]
     item = CacheDataset(data, transforms, progress=False)[0]

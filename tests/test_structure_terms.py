@@ -19,8 +19,14 @@ from monai_gdl import (
 )
 from monai_gdl.kernels import native
 
-BACKENDS = ["reference", "eager", "triton", pytest.param("native", marks=pytest.mark.skipif(
-    not native.available(), reason="no C compiler for the native CPU kernel"))]
+BACKENDS = [
+    "reference",
+    "eager",
+    "triton",
+    pytest.param(
+        "native", marks=pytest.mark.skipif(not native.available(), reason="no C compiler for the native CPU kernel")
+    ),
+]
 
 
 def _skeleton_like(labels: torch.Tensor, seed: int) -> torch.Tensor:
@@ -115,8 +121,12 @@ def test_boundary_term_equals_monai_boundary_loss(backend, include_background, r
     distance = torch.stack([torch.from_numpy(signed_distance_map(lab, 3)) for lab in labels])
     theirs = BoundaryLoss(softmax=True, to_onehot_y=True, include_background=include_background, reduction=reduction)
     loss = VNetDiceCEBoundaryLoss(
-        to_onehot_y=True, include_background=include_background, reduction=reduction, lambda_dice=0.0,
-        lambda_ce=0.0, implementation=backend,
+        to_onehot_y=True,
+        include_background=include_background,
+        reduction=reduction,
+        lambda_dice=0.0,
+        lambda_ce=0.0,
+        implementation=backend,
     )
     x = logits if backend == "reference" else logits.float()
     got = _value_and_grad(lambda y: loss(y, labels, distance=distance), x)
@@ -154,24 +164,41 @@ def test_bf16_logits_keep_float32_sums():
 @pytest.mark.parametrize(
     "make,call,match",
     [
-        (lambda: VNetDiceCESkeletonRecallLoss(to_onehot_y=True), lambda loss, x, y: loss(x, y),
-         r"needs its skeleton map and got none: pass loss\(input, target, skeleton=...\)"),
-        (lambda: VNetDiceCEBoundaryLoss(to_onehot_y=True), lambda loss, x, y: loss(x, y),
-         r"needs its distance map and got none"),
-        (lambda: VNetDiceCESkeletonRecallLoss(to_onehot_y=True),
-         lambda loss, x, y: loss(x, y, skeleton=torch.zeros(2, 1, 4, 4, 3, dtype=torch.uint8)),
-         r"skeleton has shape 2x1x4x4x3 but the input 2x3x4x4x4 needs 2x1x4x4x4"),
-        (lambda: VNetDiceCESkeletonRecallLoss(to_onehot_y=True),
-         lambda loss, x, y: loss(x, y, skeleton=torch.full((2, 1, 4, 4, 4), 3, dtype=torch.uint8)),
-         r"skeleton holds labels in \[3, 3\] but the input has 3 classes"),
-        (lambda: VNetDiceCEBoundaryLoss(to_onehot_y=True),
-         lambda loss, x, y: loss(x, y, distance=torch.full((2, 3, 4, 4, 4), float("nan"))),
-         r"distance contains NaN or inf"),
-        (lambda: VNetDiceCEBoundaryLoss(to_onehot_y=True),
-         lambda loss, x, y: loss(x, y, distance=torch.zeros(2, 3, 4, 4, 4, dtype=torch.long)),
-         r"distance has dtype torch.int64; it holds floating point distances"),
-        (lambda: VNetDiceCESkeletonRecallLoss(to_onehot_y=True, lambda_skel=-1.0), None,
-         r"lambda_skel=-1.0: a term's weight must be >= 0"),
+        (
+            lambda: VNetDiceCESkeletonRecallLoss(to_onehot_y=True),
+            lambda loss, x, y: loss(x, y),
+            r"needs its skeleton map and got none: pass loss\(input, target, skeleton=...\)",
+        ),
+        (
+            lambda: VNetDiceCEBoundaryLoss(to_onehot_y=True),
+            lambda loss, x, y: loss(x, y),
+            r"needs its distance map and got none",
+        ),
+        (
+            lambda: VNetDiceCESkeletonRecallLoss(to_onehot_y=True),
+            lambda loss, x, y: loss(x, y, skeleton=torch.zeros(2, 1, 4, 4, 3, dtype=torch.uint8)),
+            r"skeleton has shape 2x1x4x4x3 but the input 2x3x4x4x4 needs 2x1x4x4x4",
+        ),
+        (
+            lambda: VNetDiceCESkeletonRecallLoss(to_onehot_y=True),
+            lambda loss, x, y: loss(x, y, skeleton=torch.full((2, 1, 4, 4, 4), 3, dtype=torch.uint8)),
+            r"skeleton holds labels in \[3, 3\] but the input has 3 classes",
+        ),
+        (
+            lambda: VNetDiceCEBoundaryLoss(to_onehot_y=True),
+            lambda loss, x, y: loss(x, y, distance=torch.full((2, 3, 4, 4, 4), float("nan"))),
+            r"distance contains NaN or inf",
+        ),
+        (
+            lambda: VNetDiceCEBoundaryLoss(to_onehot_y=True),
+            lambda loss, x, y: loss(x, y, distance=torch.zeros(2, 3, 4, 4, 4, dtype=torch.long)),
+            r"distance has dtype torch.int64; it holds floating point distances",
+        ),
+        (
+            lambda: VNetDiceCESkeletonRecallLoss(to_onehot_y=True, lambda_skel=-1.0),
+            None,
+            r"lambda_skel=-1.0: a term's weight must be >= 0",
+        ),
     ],
 )
 def test_bad_structure_maps_are_refused_by_name(make, call, match):

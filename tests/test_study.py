@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from monai_gdl.study import LOSSES, write_imbalance_dataset
+from monai_gdl.study import LOSSES, STRUCTURES, write_imbalance_dataset, write_tube_dataset
 
 
 @pytest.mark.slow
@@ -27,12 +27,16 @@ def test_quick_study_writes_tables_and_figures(tmp_path):
     with open(out / "runs.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["loss"] for r in rows} == set(LOSSES) and {r["class"] for r in rows} == {"large", "small"}
+    assert set(STRUCTURES) <= set(LOSSES) and {r["dataset"] for r in rows} == {"synthetic_1", "thin"}
     assert all(0.0 <= float(r["final_dice"]) <= 1.0 for r in rows)
+    small = [r for r in rows if r["class"] == "small"]
+    assert all(0.0 <= float(r["cldice"]) <= 1.0 and float(r["components_error"]) >= 0 for r in small)
     with open(out / "curves.csv") as f:
         curves = list(csv.DictReader(f))
-    assert len(curves) == 2 * len(LOSSES)  # two epochs per loss
+    assert len(curves) == 2 * 2 * len(LOSSES)  # two datasets, two epochs per loss
     summary = (out / "summary.md").read_text()
-    assert "## synthetic_1" in summary and all(f"| {name} |" in summary for name in LOSSES)
+    assert "## synthetic_1" in summary and "## thin" in summary
+    assert all(f"| {name} |" in summary for name in LOSSES) and "| loss | lr | clDice | components error |" in summary
     assert summary in run.stdout
 
 
@@ -40,6 +44,21 @@ def test_imbalance_dataset_has_the_requested_small_share(tmp_path):
     for fraction in (0.001, 0.01, 0.05):
         _, share = write_imbalance_dataset(str(tmp_path / f"d{fraction}"), fraction, 3, (40, 40, 40), seed=0)
         assert share == pytest.approx(fraction, rel=0.25)
+
+
+def test_tube_dataset_is_thin_connected_and_beside_the_large_structure(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    from scipy import ndimage
+
+    folder, share = write_tube_dataset(str(tmp_path / "thin"), 3, (32, 32, 32), seed=0)
+    assert 0.002 < share < 0.05
+    for i in range(3):
+        label = np.asarray(nib.load(f"{folder}/labelsTr/thin_{i:03d}.nii.gz").dataobj)
+        tubes = label == 2
+        assert ndimage.label(tubes, structure=np.ones((3, 3, 3)))[1] == 1  # one branching tree
+        assert ndimage.distance_transform_edt(tubes).max() <= 2.5  # radius 1-2 voxels
+        assert (label == 1).mean() > 0.1
 
 
 @pytest.mark.slow

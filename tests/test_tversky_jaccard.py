@@ -49,14 +49,28 @@ TVERSKY_CASES = [
     ({"to_onehot_y": True, "sigmoid": True, "batch": True}, X3, Y3, 0.422979),
     ({"to_onehot_y": True, "sigmoid": True, "reduction": "sum", "smooth_nr": 1e-4, "smooth_dr": 1e-4}, X3, Y3, 1.74013),
     ({"to_onehot_y": True, "softmax": True, "smooth_nr": 1e-4, "smooth_dr": 1e-4}, X3, Y3, 0.383713),
-    ({"to_onehot_y": True, "softmax": True, "reduction": "none", "smooth_nr": 1e-4, "smooth_dr": 1e-4}, X3, Y3,
-     [[0.210961, 0.295339], [0.599952, 0.428547]]),
+    (
+        {"to_onehot_y": True, "softmax": True, "reduction": "none", "smooth_nr": 1e-4, "smooth_dr": 1e-4},
+        X3,
+        Y3,
+        [[0.210961, 0.295339], [0.599952, 0.428547]],
+    ),
     ({"sigmoid": True, "alpha": 0.3, "beta": 0.7, "smooth_nr": 1e-6, "smooth_dr": 1e-6}, X1, T1, 0.3589),
     ({"sigmoid": True, "alpha": 0.7, "beta": 0.3, "smooth_nr": 1e-6, "smooth_dr": 1e-6}, X1, T1, 0.247366),
     ({"other_act": torch.tanh, "smooth_nr": 1e-4, "smooth_dr": 1e-4, **PRODUCT}, X2, T2, 0.999963),
     ({"other_act": torch.tanh, "smooth_nr": 0, "smooth_dr": 1e-3, "batch": True, **PRODUCT}, X2, T2, 0.999963),
-    ({"to_onehot_y": True, "other_act": lambda x: torch.log_softmax(x, dim=1), "smooth_nr": 1e-4, "smooth_dr": 1e-4,
-      **PRODUCT}, X3, Y3, -8.533317),
+    (
+        {
+            "to_onehot_y": True,
+            "other_act": lambda x: torch.log_softmax(x, dim=1),
+            "smooth_nr": 1e-4,
+            "smooth_dr": 1e-4,
+            **PRODUCT,
+        },
+        X3,
+        Y3,
+        -8.533317,
+    ),
 ]
 
 
@@ -107,8 +121,15 @@ def _assert_equal(ours, theirs, logits, target, path):
 )
 def test_tversky_equals_monai(shape, act, include_background, batch, reduction, label_map, path):
     logits, labels, onehot = random_case(shape, seed=sum(shape) + 7)
-    common = dict(include_background=include_background, to_onehot_y=label_map, batch=batch, reduction=reduction,
-                  alpha=0.3, beta=0.7, **act)
+    common = dict(
+        include_background=include_background,
+        to_onehot_y=label_map,
+        batch=batch,
+        reduction=reduction,
+        alpha=0.3,
+        beta=0.7,
+        **act,
+    )
     ours = SalehiTverskyLoss(implementation="reference" if path == "reference" else "auto", **common)
     _assert_equal(ours, TverskyLoss(**common), logits, labels if label_map else onehot, path)
 
@@ -187,8 +208,9 @@ def test_tversky_with_class_weights_and_mask_matches_cropping():
 
 def test_tversky_ce_equals_monai_tversky_plus_cross_entropy():
     logits, labels, _ = random_case((2, 4, 7, 6, 5), seed=37)
-    ours = SalehiTverskyCELoss(to_onehot_y=True, alpha=0.3, beta=0.7, gamma=1.0, lambda_tversky=0.7, lambda_ce=1.3,
-                               implementation="reference")
+    ours = SalehiTverskyCELoss(
+        to_onehot_y=True, alpha=0.3, beta=0.7, gamma=1.0, lambda_tversky=0.7, lambda_ce=1.3, implementation="reference"
+    )
     tversky = TverskyLoss(softmax=True, to_onehot_y=True, alpha=0.3, beta=0.7)
 
     def theirs(x, y):

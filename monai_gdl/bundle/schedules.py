@@ -40,10 +40,11 @@ class BoundaryWeightSchedule:
     def attach(self, trainer) -> None:
         from ignite.engine import Events
 
-        trainer.add_event_handler(Events.EPOCH_STARTED, self._set)
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda engine: self.apply(engine.state.epoch))
 
-    def _set(self, engine) -> None:
-        alpha = self.alpha(engine.state.epoch)
+    def apply(self, epoch: int) -> None:
+        """Set the loss's weights for ``epoch`` (1-based)."""
+        alpha = self.alpha(epoch)
         self.loss.lambda_boundary = (1.0 - alpha) * self.initial["lambda_boundary"]  # each set is checked
         self.loss.lambda_dice = alpha * self.initial["lambda_dice"]
         self.loss.lambda_ce = alpha * self.initial["lambda_ce"]

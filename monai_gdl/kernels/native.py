@@ -156,7 +156,9 @@ def why_not(
     if weight_map is not None:
         codes = _LABEL_CODES if map_labels else _DENSE_CODES
         if weight_map.dtype not in codes:
-            return f"it does not take a structure map of dtype {weight_map.dtype} (it takes {', '.join(map(str, codes))})"
+            return (
+                f"it does not take a structure map of dtype {weight_map.dtype} (it takes {', '.join(map(str, codes))})"
+            )
         if not _sample_contiguous(weight_map):
             return "it does not take a structure map that is not contiguous per sample"
     reason = unavailable_reason()
@@ -241,7 +243,19 @@ def _forward(
 
 
 def _backward(
-    lib, grad, x, target, mask, activation, label_map, squared, soft, voxel_term, gamma, weight_map=None, map_labels=False
+    lib,
+    grad,
+    x,
+    target,
+    mask,
+    activation,
+    label_map,
+    squared,
+    soft,
+    voxel_term,
+    gamma,
+    weight_map=None,
+    map_labels=False,
 ) -> torch.Tensor:
     """``dL/dx`` from ``grad = (dL/dI, dL/dP, dL/dF, dL/dQ, dL/dW)`` (``5 x B x C``)."""
     upstream = grad.to(torch.float32).contiguous()

@@ -8,7 +8,8 @@ keeps it as one opaque node and calls its real implementation at run time.
 ``fused_sums(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma, backend,
 weight_map=None, map_labels=False) -> 8 x B x C`` (``I, P, G, V, F, Q, W, S``, see
 :mod:`monai_gdl.kernels.contract`), ``x`` is ``B x C x N``; ``fused_sums_backward`` maps
-``(dL/dI, dL/dP, dL/dF, dL/dQ, dL/dW)`` (``5 x B x C``) to ``dL/dx`` (``x``'s dtype and layout). :func:`fused_sums` (the Python face) resolves ``"auto"`` to a backend once per
+``(dL/dI, dL/dP, dL/dF, dL/dQ, dL/dW)`` (``5 x B x C``) to ``dL/dx`` (``x``'s dtype and layout).
+:func:`fused_sums` (the Python face) resolves ``"auto"`` to a backend once per
 forward outside a compiled graph, so the backward runs on the backend that ran the forward; inside
 a compiled or exported graph the operator resolves it at run time, so the same graph runs the
 native kernel on CPU and Triton on CUDA.
@@ -189,4 +190,8 @@ def fused_sums(
     stacked = torch.ops.monai_gdl.fused_sums(
         x, t, m, activation, label_map, squared, soft, voxel_term, float(gamma), chosen, w, map_labels
     )
-    return DiceStatistics.from_stacked(stacked), VoxelTermSums.from_stacked(stacked), WeightMapSums.from_stacked(stacked)
+    return (
+        DiceStatistics.from_stacked(stacked),
+        VoxelTermSums.from_stacked(stacked),
+        WeightMapSums.from_stacked(stacked),
+    )

@@ -4,7 +4,8 @@ Each program takes ``BLOCK`` voxels of one sample with all classes (``C`` padded
 two), computes the activation in float32 in registers, and either atomically adds its partial
 ``(I, P, G, V, F, Q, W, S)`` sums into the ``B x C`` statistics (forward) or writes ``dL/dx`` for its
 voxels (backward); the voxel term of a compound loss (``TERM``: 1 softmax, 2 sigmoid) is computed
-from the same registers, and a structure term's map (``HAS_MAP``: labels or dense rows) is read once. Same math as :func:`monai_gdl.kernels.reference.forward_chunk` / ``backward_chunk``,
+from the same registers, and a structure term's map (``HAS_MAP``: labels or dense rows) is read once.
+Same math as :func:`monai_gdl.kernels.reference.forward_chunk` / ``backward_chunk``,
 which are the reference in the tests. Runs on CUDA, or on CPU tensors under ``TRITON_INTERPRET=1``.
 """
 
@@ -109,9 +110,7 @@ if triton is not None:
         """The structure map's tile ``a`` (C_PAD x BLOCK): label rows, or dense float rows."""
         if MAP_LABELS:
             return _label_rows(w_ptr, b * W_BSTRIDE, cls, vox, vox_ok)
-        return tl.load(w_ptr + b * W_BSTRIDE + cls[:, None] * N + vox[None, :], mask=tile_ok, other=0.0).to(
-            tl.float32
-        )
+        return tl.load(w_ptr + b * W_BSTRIDE + cls[:, None] * N + vox[None, :], mask=tile_ok, other=0.0).to(tl.float32)
 
     @triton.jit
     def _softplus(x):

@@ -114,7 +114,8 @@ class VNetDiceLoss(DiceFamilyLoss):
             class (MONAI's meaning).
         rescale_weight: see ``weight``.
         jaccard: score ``1 - IoU`` instead (MONAI's ``jaccard=True``): the denominator becomes
-            ``2 * (sum(p^k) + sum(g^k) - I) + smooth_dr``, so ``f = 1 - (2 I + smooth_nr) / (2 (P + G - I) + smooth_dr)``;
+            ``2 * (sum(p^k) + sum(g^k) - I) + smooth_dr``, so
+            ``f = 1 - (2 I + smooth_nr) / (2 (P + G - I) + smooth_dr)``;
             with the soft-label intersection ``IoU = sum min(p, g) / sum max(p, g)``, 1 only at ``p == g``.
         ignore_index: label value whose voxels are excluded from every sum (label-map targets).
         validate: scan the values on every call (labels in range, one-hot targets in [0, 1], NaN/inf;

@@ -147,9 +147,7 @@ class VNetDice(_Term):
     uses_class_weight: ClassVar[bool] = True
 
     def loss(self, stats: DiceStatistics, dice: DiceOptions, weight: torch.Tensor | None, spatial_dims: int):
-        f = vnet_dice_from_statistics(
-            stats, smooth_nr=dice.smooth_nr, smooth_dr=dice.smooth_dr, jaccard=self.jaccard
-        )
+        f = vnet_dice_from_statistics(stats, smooth_nr=dice.smooth_nr, smooth_dr=dice.smooth_dr, jaccard=self.jaccard)
         f = apply_class_weight(f, weight, self.rescale_weight)
         return reduce_loss(f, dice.reduction, spatial_dims=spatial_dims, batch=dice.batch)
 
@@ -418,7 +416,11 @@ class SkeletonRecall(_MapTerm):
     def loss(self, term: VoxelTermInputs, dice: DiceOptions) -> torch.Tensor:
         assert term.map_sums is not None, "scored_sums returns the map sums when a map is passed"
         return skeleton_recall_from_sums(
-            term.map_sums, batch=dice.batch, smooth_nr=dice.smooth_nr, smooth_dr=dice.smooth_dr, reduction=dice.reduction
+            term.map_sums,
+            batch=dice.batch,
+            smooth_nr=dice.smooth_nr,
+            smooth_dr=dice.smooth_dr,
+            reduction=dice.reduction,
         )
 
 
