@@ -187,7 +187,7 @@ def test_bf16_logits_keep_float32_sums():
         (
             lambda: VNetDiceCEBoundaryLoss(to_onehot_y=True),
             lambda loss, x, y: loss(x, y, distance=torch.full((2, 3, 4, 4, 4), float("nan"))),
-            r"distance contains NaN or inf",
+            r"the structure map \(distance=, or the channels packed behind the label\) contains NaN or inf",
         ),
         (
             lambda: VNetDiceCEBoundaryLoss(to_onehot_y=True),

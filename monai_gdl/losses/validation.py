@@ -13,6 +13,8 @@ from typing import Optional
 
 import torch
 
+from monai_gdl.kernels import Row
+
 __all__ = [
     "CHECK_CHUNK_ELEMENTS",
     "LossInputError",
@@ -97,9 +99,17 @@ def _check_probability_values(input: torch.Tensor) -> None:
 
 
 def check_statistics_finite(input: torch.Tensor, sums: torch.Tensor) -> None:
-    """NaN or +inf logits make the per-class sums non-finite: caught here at no extra pass over the input."""
-    if not bool(torch.isfinite(sums).all()):
-        raise LossInputError(_NON_FINITE.format(shape=_shape_str(input)))
+    """NaN or +inf logits make the per-class sums non-finite: caught here at no extra pass over the input. A
+    dense structure map with NaN/inf makes its own sum ``S = sum(m a)`` non-finite (``NaN * 0`` is NaN), which is
+    how its values are checked: at no extra pass over a ``C``-channel map either."""
+    if bool(torch.isfinite(sums).all()):
+        return
+    if sums.shape[0] > Row.MAP_VOLUME and bool(torch.isfinite(sums[: Row.MAP_OVERLAP]).all()):
+        raise LossInputError(
+            "the structure map (distance=, or the channels packed behind the label) contains NaN or inf; recompute "
+            "it with monai_gdl.SignedDistanceMapd (a class absent from the label gets a zero map, never inf)."
+        )
+    raise LossInputError(_NON_FINITE.format(shape=_shape_str(input)))
 
 
 def _check_label_map_shape(input: torch.Tensor, target: torch.Tensor) -> None:
@@ -278,9 +288,9 @@ def check_structure_map(
     loss_name: str, argument: str, value: torch.Tensor, input: torch.Tensor, *, labels: bool, scan: bool
 ) -> None:
     """A structure term's per-voxel map against the input (``B x C x spatial``): a label map ``B x 1 x spatial``
-    of classes ``0..C-1`` (``labels``), or a dense ``B x C x spatial`` float map; ``scan`` also reads the
-    values (integral labels in range; finite distances). Errors name the argument and the transform that
-    makes it."""
+    of classes ``0..C-1`` (``labels``), or a dense ``B x C x spatial`` float map; ``scan`` also reads a label
+    map's values (integral, in range; one channel, cheap). A dense map's values are checked from its sums
+    (:func:`check_statistics_finite`). Errors name the argument and the transform that makes it."""
     maker = "TubedSkeletonMapd" if labels else "SignedDistanceMapd"
     if not isinstance(value, torch.Tensor):
         raise LossInputError(f"{loss_name}: {argument} must be a torch.Tensor, got {type(value).__name__}.")
@@ -296,7 +306,7 @@ def check_structure_map(
     if value.dtype == torch.bool or value.dtype.is_complex or (not labels and not value.is_floating_point()):
         kind = "integer class indices" if labels else "floating point distances"
         raise LossInputError(f"{loss_name}: {argument} has dtype {value.dtype}; it holds {kind}.")
-    if not scan:
+    if not scan or not labels:
         return
     lo, hi = float("inf"), float("-inf")
     for chunk in _chunks(_flat(value.detach())):
