@@ -28,7 +28,10 @@ def _execute(name: str) -> tuple[str, list[str], int]:
     return "".join(stdout), stderr, images
 
 
-@pytest.mark.parametrize("name", ["01_dice_vs_gdl_explained.ipynb", "02_training_with_monai_gdl.ipynb"])
+@pytest.mark.parametrize(
+    "name",
+    ["01_dice_vs_gdl_explained.ipynb", "02_training_with_monai_gdl.ipynb", "03_small_and_thin_structures.ipynb"],
+)
 def test_stored_notebook_has_its_outputs(name):
     nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -64,3 +67,23 @@ def test_training_notebook_trains_and_runs_the_bundle():
     assert listing in text
     assert "epoch 3 loss" in text and "at epoch 3" in text
     assert images == 2
+
+
+@pytest.mark.slow
+def test_structures_notebook_prints_what_its_text_reads():
+    text, stderr, images = _execute("03_small_and_thin_structures.ipynb")
+    assert stderr == []
+    assert "vessel: 87 pixels, 87 on its tubed skeleton; missed: 18 pixels; false positive: 29 pixels" in text
+    rows = {line[:22].strip(): line for line in text.splitlines() if "mean |gradient| per pixel" in line}
+    assert len(rows) == 6 and images == 1
+
+    def per_pixel(name):
+        parts = rows[name].split("(x1e-4): ")[1].replace(",", "").split()
+        return float(parts[1]), float(parts[4]), float(parts[6])  # missed, false positive, elsewhere
+
+    dice, tversky, skeleton = per_pixel("V-Net Dice (plain)"), per_pixel("Tversky a=0.3 b=0.7"), per_pixel(
+        "Skeleton Recall term"
+    )
+    assert tversky[0] > dice[0] and skeleton[1] == 0.0 and skeleton[0] > tversky[0]
+    boundary = per_pixel("boundary term")
+    assert boundary[2] > boundary[0]  # the distance map pushes far pixels down hardest
