@@ -10,7 +10,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from monai_gdl import VNetDiceCELoss, generalized_dice_loss, vnet_dice_loss
+from monai_gdl import (
+    VNetDiceCEBoundaryLoss,
+    VNetDiceCELoss,
+    VNetDiceCESkeletonRecallLoss,
+    generalized_dice_loss,
+    tversky_loss,
+    vnet_dice_loss,
+)
 
 WORLD = 2
 
@@ -27,7 +34,30 @@ def _dice_ce(x, y, *, distributed=True, **_):
     )(x, y)
 
 
-LOSSES = (("vnet", vnet_dice_loss), ("gdl", generalized_dice_loss), ("dice_ce", _dice_ce))
+def _skeleton(x, y, *, distributed=True, **_):
+    """Skeleton Recall: its map's sums are all-reduced with the rest (class 2's voxels stand in for a skeleton)."""
+    skeleton = torch.where(y == 2, y, torch.zeros_like(y))
+    return VNetDiceCESkeletonRecallLoss(to_onehot_y=True, batch=True, distributed=distributed)(x, y, skeleton=skeleton)
+
+
+def _boundary(x, y, *, distributed=True, **_):
+    """The boundary term: its sums and the voxel count are all-reduced (a +-1 map per class stands in)."""
+    distance = torch.cat([(y != c).double() * 2 - 1 for c in range(3)], dim=1)
+    return VNetDiceCEBoundaryLoss(to_onehot_y=True, batch=True, distributed=distributed)(x, y, distance=distance)
+
+
+def _tversky(x, y, **options):
+    return tversky_loss(x, y, alpha=0.3, beta=0.7, gamma=0.75, **options)
+
+
+LOSSES = (
+    ("vnet", vnet_dice_loss),
+    ("gdl", generalized_dice_loss),
+    ("dice_ce", _dice_ce),
+    ("tversky", _tversky),
+    ("skeleton", _skeleton),
+    ("boundary", _boundary),
+)
 
 
 def _free_port() -> int:
