@@ -220,19 +220,13 @@ def test_flag_parses_every_spelling_and_refuses_the_rest():
             flag("amp", value)
 
 
-def test_old_module_paths_forward_with_a_warning():
-    """Users' own configs may name the 0.4 paths (``monai_gdl.bundle.cli.start``, ``...handlers.X``)."""
+def test_the_04_module_paths_are_gone_in_06():
+    """``monai_gdl.bundle.cli`` and ``.handlers`` forwarded with a FutureWarning through 0.5 and are removed in 0.6."""
     import monai_gdl.bundle
-    from monai_gdl.bundle import checkpoints, console
 
-    with pytest.warns(FutureWarning, match=r"monai_gdl.bundle.cli.start moved to monai_gdl.bundle.console.start"):
-        assert monai_gdl.bundle.cli.start is console.start
-    with pytest.warns(FutureWarning, match=r"handlers.TrainingCheckpoints moved"):
-        assert monai_gdl.bundle.handlers.TrainingCheckpoints is checkpoints.TrainingCheckpoints
-    with pytest.warns(FutureWarning):
-        assert monai_gdl.bundle.cli.as_bool("false") is False
-    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
-        monai_gdl.bundle.handlers.nothing  # noqa: B018
+    for name in ("cli", "handlers"):
+        with pytest.raises(AttributeError):
+            getattr(monai_gdl.bundle, name)
 
 
 @pytest.mark.slow

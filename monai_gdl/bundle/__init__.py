@@ -10,12 +10,10 @@ loading), :mod:`.datasets` (MSD-layout datasets: find, split, check, synthesise)
 :mod:`.epoch_summary` (the epoch line and ``history.csv``),
 :mod:`.curves` (``training_curves.png``), :mod:`.overlays` (evaluation overlays),
 :mod:`.predictions` (the inference summary), :mod:`.lock` (one training per output folder),
-:mod:`.atomic` (atomic writes) and :mod:`.ranks`
+:mod:`.schedules` (loss weights that change over training), :mod:`.atomic` (atomic writes) and :mod:`.ranks`
 (which process writes). The network, transforms and metrics themselves are written in the JSON
-configs. ``cli`` and ``handlers`` are the 0.4 paths, forwarding with a warning until 0.6.
+configs.
 """
-
-import importlib
 
 from monai_gdl.bundle import (
     atomic,
@@ -30,6 +28,7 @@ from monai_gdl.bundle import (
     overlays,
     predictions,
     ranks,
+    schedules,
     seeding,
     split,
     transforms,
@@ -48,14 +47,9 @@ __all__ = [
     "overlays",
     "predictions",
     "ranks",
+    "schedules",
     "seeding",
     "split",
     "transforms",
 ]
 
-
-def __getattr__(name: str) -> object:
-    """The deprecated 0.4 modules (``monai_gdl.bundle.cli``, ``.handlers``), loaded when a config names them."""
-    if name in ("cli", "handlers"):
-        return importlib.import_module(f"monai_gdl.bundle.{name}")
-    raise AttributeError(f"module 'monai_gdl.bundle' has no attribute {name!r}")
