@@ -168,7 +168,7 @@ def _focal_tversky_by_the_paper(probs, onehot, alpha_fn, beta_fp, gamma_paper, s
     return ((1 - ti) ** (1 / gamma_paper)).mean()
 
 
-@pytest.mark.parametrize("implementation", ["reference", "auto", "eager"])
+@pytest.mark.parametrize("implementation", ["reference", "auto", "eager", "triton"])
 def test_focal_tversky_equals_the_papers_formula(implementation):
     logits, labels, onehot = random_case((2, 3, 8, 7, 6), seed=29)
     x = logits.clone().requires_grad_(True)

@@ -529,7 +529,7 @@ static inline float sigmoid_focal_share(float x, float g, float gamma) {
 }
 
 /* Row d = e (softmax: p dL/dp plus the softmax term's share, summed into dot) or dL/dx (sigmoid,
- * none), one class; EXTRA is the map term's share of dL/dp (0, or dc[v] written before). */
+ * none), one class; EXTRA is the map term's share of dL/dp, m dL/dW a (0 without a map). */
 #define ROW_LOOP(DI, G, TERM_E, EXTRA)                                                             \
     _Pragma("omp simd")                                                                           \
     for (int v = 0; v < len; ++v) {                                                                \
@@ -559,9 +559,13 @@ DEFINE_STORE_ROWS(store_rows_f16, float16_t, STORE_F16)
     else if (gamma == 0.0f) ROW_LOOP(DI, G, SOFTMAX_TERM_E, EXTRA)                                 \
     else ROW_LOOP(DI, G, SOFTMAX_FOCAL_TERM_E, EXTRA)
 
+#define LABEL_MAP_A (wlab[v] == cls ? gwc * mk[v] : 0.0f)
+#define DENSE_MAP_A (gwc * wc[v] * mk[v])
+
 #define ROW_FOR_TARGET(DI, G)                                                                      \
     if (wtype == W_NONE) ROW_FOR_TERM(DI, G, 0.0f)                                                 \
-    else ROW_FOR_TERM(DI, G, dc[v])
+    else if (wtype == T_DENSE_F32) ROW_FOR_TERM(DI, G, DENSE_MAP_A)                                \
+    else ROW_FOR_TERM(DI, G, LABEL_MAP_A)
 
 #define SIGMOID_TERM_LOOP(G, SHARE)                                                                \
     _Pragma("omp simd")                                                                           \
@@ -590,19 +594,6 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
             load_tile(&s, x, xtype, t, ttype, t_bstride, mask, wmap, wtype, w_bstride, layout, b, C, N, v0, len, act,
                       term);
             for (int v = 0; v < len; ++v) dot[v] = 0.0f;
-            if (wtype != W_NONE) /* m dL/dW a into the rows, read back (and overwritten) by the row loops */
-                for (int64_t c = 0; c < C; ++c) {
-                    float *restrict dc = s.d + c * s.T;
-                    const float gwc = gw[b * C + c];
-                    const int32_t cls = (int32_t)c;
-                    if (wtype == T_DENSE_F32) {
-                        const float *restrict wc = s.w + c * N;
-                        for (int v = 0; v < len; ++v) dc[v] = gwc * wc[v] * mk[v];
-                    } else {
-                        const int32_t *restrict wlab = s.wlab;
-                        for (int v = 0; v < len; ++v) dc[v] = wlab[v] == cls ? gwc * mk[v] : 0.0f;
-                    }
-                }
             for (int64_t c = 0; c < C; ++c) {
                 const float *restrict ec = s.e + c * s.T;
                 const float *restrict gc = ttype == T_DENSE_F32 ? s.g + c * s.g_row : NULL;
@@ -610,6 +601,9 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
                 float *restrict dc = s.d + c * s.T;
                 const int32_t cls = (int32_t)c;
                 const float a = ga[b * C + c], beta = gb[b * C + c], f = gf[b * C + c], q = gq[b * C + c];
+                const float gwc = wtype == W_NONE ? 0.0f : gw[b * C + c];
+                const float *restrict wc = wtype == T_DENSE_F32 ? s.w + c * N : NULL;
+                const int32_t *restrict wlab = s.wlab;
                 if (gc == NULL) ROW_FOR_TARGET(LABEL_G, LABEL_G)
                 else if (soft) ROW_FOR_TARGET(SOFT_DI_DP(DENSE_G), DENSE_G)
                 else ROW_FOR_TARGET(DENSE_G, DENSE_G)
