@@ -81,8 +81,10 @@ def test_structures_notebook_prints_what_its_text_reads():
         parts = rows[name].split("(x1e-4): ")[1].replace(",", "").split()
         return float(parts[1]), float(parts[4]), float(parts[6])  # missed, false positive, elsewhere
 
-    dice, tversky, skeleton = per_pixel("V-Net Dice (plain)"), per_pixel("Tversky a=0.3 b=0.7"), per_pixel(
-        "Skeleton Recall term"
+    dice, tversky, skeleton = (
+        per_pixel("V-Net Dice (plain)"),
+        per_pixel("Tversky a=0.3 b=0.7"),
+        per_pixel("Skeleton Recall term"),
     )
     assert tversky[0] > dice[0] and skeleton[1] == 0.0 and skeleton[0] > tversky[0]
     boundary = per_pixel("boundary term")
