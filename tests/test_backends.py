@@ -28,7 +28,8 @@ def test_auto_steps_aside_for_what_the_kernel_does_not_cover():
 @needs_native
 def test_explicit_native_backend_names_what_it_cannot_take():
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
-    with use_backend("native"), pytest.raises(RuntimeError, match=r"backend 'native'.*dtype torch.float64.*'auto'"):
+    pattern = r"backend 'native'.*float64 logits: float64 is for checking .*train in float32.*'auto'"
+    with use_backend("native"), pytest.raises(RuntimeError, match=pattern):
         VNetDiceLoss(softmax=True, to_onehot_y=True)(x, torch.randint(0, 3, (2, 1, 4, 4)))
 
 
@@ -89,3 +90,109 @@ def test_auto_backend_on_cpu():
             kernels.resolve_backend(torch.zeros(1, 2, 3), torch.zeros(1, 2, 3, dtype=torch.float64), None, False)
             == "eager"
         )
+
+
+def _triton_for_auto_on_cpu(monkeypatch, forward=None):
+    """Let ``auto`` consider Triton for CPU tensors (its interpreter runs them), as it does for CUDA ones, with
+    a fresh self-check cache and, optionally, another forward kernel."""
+    import dataclasses
+
+    from monai_gdl.kernels import backends
+
+    triton = backends.REGISTRY["triton"]
+    changes = {"why_not_auto": backends._runs_anything}
+    if forward is not None:
+        changes["forward"] = forward
+    monkeypatch.setitem(backends.REGISTRY, "triton", dataclasses.replace(triton, **changes))
+    monkeypatch.setattr(backends, "_checked", {})
+    return backends
+
+
+def _case():
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(2, 3, 9, 8, 7, generator=g), torch.randint(0, 3, (2, 1, 9, 8, 7), generator=g)
+
+
+def _value_and_grad(loss, x, y):
+    x = x.clone().requires_grad_(True)
+    value = loss(x, y)
+    value.backward()
+    return value.detach(), x.grad
+
+
+def test_auto_trusts_triton_only_after_its_self_check_and_checks_each_case_once(monkeypatch):
+    backends = _triton_for_auto_on_cpu(monkeypatch)
+    x, y = _case()
+    flat, labels = x.reshape(2, 3, -1), y.reshape(2, 1, -1)
+    options = ("softmax", True, False, "softmax", 0.0)
+    assert backends.resolve_backend(flat, labels, None, True, "auto", None, False, options) == "triton"
+    assert len(backends._checked) == 1 and next(iter(backends._checked.values())) is None
+    backends.resolve_backend(flat, labels, None, True, "auto", None, False, options)
+    assert len(backends._checked) == 1  # cached: once per case per process
+    backends.resolve_backend(flat, labels, None, True, "auto", None, False, ("softmax", False, False, "none", 0.0))
+    assert len(backends._checked) == 2  # another kernel variant is another case
+
+
+@pytest.mark.parametrize("fault", ["raises", "wrong"])
+def test_a_failing_or_wrong_triton_kernel_falls_back_with_one_warning(monkeypatch, caplog, fault):
+    from monai_gdl.kernels import triton_backend
+
+    def broken(*args):
+        if fault == "raises":
+            raise RuntimeError("PTX: unsupported architecture sm_1000")
+        return triton_backend.forward(*args) * 1.01
+
+    backends = _triton_for_auto_on_cpu(monkeypatch, forward=broken)
+    x, y = _case()
+    loss = VNetDiceLoss(softmax=True, to_onehot_y=True)
+    with caplog.at_level("WARNING", logger="monai_gdl.kernels"):
+        got = [_value_and_grad(loss, x, y) for _ in range(2)]
+    warnings = [r.getMessage() for r in caplog.records if "checked on a slice" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    expected = "failed on this case (RuntimeError: PTX" if fault == "raises" else "its sums disagree with the eager"
+    assert expected in warnings[0] and "python -m monai_gdl.gpu_check" in warnings[0]
+    want = _value_and_grad(VNetDiceLoss(softmax=True, to_onehot_y=True, implementation="eager"), x, y)
+    for value, grad in got:  # the same result as without the fallback
+        torch.testing.assert_close(value, want[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad, want[1], rtol=1e-4, atol=1e-7)
+    assert [v for k, v in backends._checked.items() if k[0] == "triton"][0] is not None
+    if fault == "raises":  # an explicit choice skips the check and raises
+        with pytest.raises(RuntimeError, match="PTX"):
+            VNetDiceLoss(softmax=True, to_onehot_y=True, implementation="triton")(x, y)
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_its_table_under_the_interpreter(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    args = [
+        "--device",
+        "cpu",
+        "--quick",
+        "--size",
+        "6",
+        "--no-benchmark",
+        "--losses",
+        "VNetDiceCELoss",
+        "VNetDiceCEBoundaryLoss",
+        "VNetDiceCESkeletonRecallLoss",
+    ]
+    run = subprocess.run(
+        [sys.executable, "-m", "monai_gdl.gpu_check", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TRITON_INTERPRET="1"),
+        cwd=str(tmp_path),
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = [line for line in run.stdout.splitlines() if line.startswith("| VNet")]
+    assert len(rows) == 3 and all(line.endswith("| pass |") for line in rows)
+    assert "all rows pass." in run.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "monai_gdl.gpu_check"], capture_output=True, text=True, cwd=str(tmp_path), timeout=300
+    )
+    if not torch.cuda.is_available():
+        assert missing.returncode == 2 and "no CUDA device here" in missing.stdout

@@ -141,6 +141,11 @@ def why_not(
     library itself (not built here), then float16 without ``_Float16``. Each reason says the fix."""
     if x.device.type != "cpu":
         return f"it does not take logits on {x.device.type}"
+    if x.dtype == torch.float64:
+        return (
+            "it does not take float64 logits: float64 is for checking (tests, gradcheck), not for training; train "
+            "in float32 (or bfloat16 autocast), which the native kernel runs"
+        )
     if x.dtype not in _X_CODES:
         return f"it does not take logits of dtype {x.dtype} (it takes float32, bfloat16, float16)"
     if not (x.is_contiguous() or _channels_last(x)):

@@ -52,7 +52,8 @@ def fused_sums_op(
     map_labels: bool = False,
 ) -> torch.Tensor:
     check_pass_options(activation, voxel_term)
-    chosen = REGISTRY[resolve_backend(x, target, mask, label_map, backend, weight_map, map_labels)]
+    pass_options = (activation, squared, soft, voxel_term, gamma)
+    chosen = REGISTRY[resolve_backend(x, target, mask, label_map, backend, weight_map, map_labels, pass_options)]
     options = (activation, label_map, squared, soft, voxel_term, gamma, weight_map, map_labels)
     return chosen.forward(x, target, mask, *options).to(accumulation_dtype(x.dtype))
 
@@ -78,7 +79,8 @@ def fused_sums_backward_op(
     weight_map: Optional[torch.Tensor] = None,
     map_labels: bool = False,
 ) -> torch.Tensor:
-    chosen = REGISTRY[resolve_backend(x, target, mask, label_map, backend, weight_map, map_labels)]
+    pass_options = (activation, squared, soft, voxel_term, gamma)
+    chosen = REGISTRY[resolve_backend(x, target, mask, label_map, backend, weight_map, map_labels, pass_options)]
     options = (activation, label_map, squared, soft, voxel_term, gamma, weight_map, map_labels)
     grad_x = chosen.backward(grad, x, target, mask, *options)
     if grad_x.stride() != x.stride():  # the fake below promises x's layout
@@ -186,7 +188,9 @@ def fused_sums(
     w = None if weight_map is None else weight_map.reshape(b, weight_map.shape[1], -1)
     chosen = get_backend() if backend is None else backend
     if chosen == "auto" and not torch.compiler.is_compiling():
-        chosen = resolve_backend(x, t, m, label_map, chosen, w, map_labels)
+        chosen = resolve_backend(
+            x, t, m, label_map, chosen, w, map_labels, (activation, squared, soft, voxel_term, gamma)
+        )
     stacked = torch.ops.monai_gdl.fused_sums(
         x, t, m, activation, label_map, squared, soft, voxel_term, float(gamma), chosen, w, map_labels
     )
