@@ -343,43 +343,28 @@ static void load_tile(Scratch *s, const void *x, int xtype, const void *t, int t
 #define LABEL_G (lab[v] == cls ? 1.0f : 0.0f)
 #define DENSE_G (gc[v])
 
-/* base^gamma for base in [0, 1]: a product at the default gamma = 2 (the branch is the same for the whole
- * loop, so the compiler unswitches it), exp(gamma log(base)) otherwise. */
-static inline float pow_gamma(float base, float gamma) {
-    return gamma == 2.0f ? base * base : exp_f32(gamma * log_f32(base));
-}
-
 /* The voxel term's element l at voxel v of class row xc (see contract.py): softmax
  * (1 - p)^gamma * (lse - x); sigmoid s^gamma * (softplus(x) - x g), s = sigmoid(-x (2g - 1)). */
 #define SOFTMAX_ELEMENT(G) (lse[v] - xc[v])
-#define SOFTMAX_FOCAL_ELEMENT(G) (pow_gamma(1.0f - ec[v] * scale[v], gamma) * (lse[v] - xc[v]))
+#define SOFTMAX_FOCAL_ELEMENT(G) (exp_f32(gamma * log_f32(1.0f - ec[v] * scale[v])) * (lse[v] - xc[v]))
 #define SIGMOID_ELEMENT(G) (softplus_f32(xc[v]) - xc[v] * (G))
 #define SIGMOID_FOCAL_ELEMENT(G) \
     (exp_f32(-gamma * softplus_f32(xc[v] * (2.0f * (G) - 1.0f))) * (softplus_f32(xc[v]) - xc[v] * (G)))
 
 /* Hard targets (label maps, g in {0, 1}): one exp and one log per element. e = exp(-|x|),
- * softplus(x) = max(x, 0) + log(1 + e), sigmoid(+-x) from e without cancellation, s = 1 - p_t =
- * g sigmoid(-x) + (1 - g) sigmoid(x); s^gamma = s s at gamma = 2, else exp(-gamma softplus(x (2g - 1))) with
- * softplus(x (2g - 1)) = softplus(x) - x (1 - g). */
-static inline float sigmoid_focal_hard_s_gamma(float x, float g, float gamma, float e, float sp, float *sig) {
-    const float r = 1.0f / (1.0f + e), small = e * r;
-    const float sig_pos = x >= 0.0f ? r : small, sig_neg = x >= 0.0f ? small : r;
-    const float s = g * sig_neg + (1.0f - g) * sig_pos;
-    *sig = sig_pos;
-    return gamma == 2.0f ? s * s : exp_f32(-gamma * (sp - x * (1.0f - g)));
-}
-
+ * softplus(x) = max(x, 0) + log(1 + e), sigmoid(x) from e, s = 1 - p_t = sigmoid(x) + g (1 - 2 sigmoid(x)),
+ * s^gamma = exp(-gamma softplus(x (2g - 1))) with softplus(x (2g - 1)) = softplus(x) - x (1 - g). */
 static inline float sigmoid_focal_hard_element(float x, float g, float gamma) {
-    float ax = x < 0.0f ? -x : x, e = exp_f32(-ax), sig;
+    float ax = x < 0.0f ? -x : x, e = exp_f32(-ax);
     float sp = (x > 0.0f ? x : 0.0f) + log_f32(1.0f + e);
-    return sigmoid_focal_hard_s_gamma(x, g, gamma, e, sp, &sig) * (sp - x * g);
+    return exp_f32(-gamma * (sp - x * (1.0f - g))) * (sp - x * g);
 }
 
 static inline float sigmoid_focal_hard_share(float x, float g, float gamma) {
-    float ax = x < 0.0f ? -x : x, e = exp_f32(-ax), sig;
+    float ax = x < 0.0f ? -x : x, e = exp_f32(-ax), r = 1.0f / (1.0f + e);
     float sp = (x > 0.0f ? x : 0.0f) + log_f32(1.0f + e);
-    float s_gamma = sigmoid_focal_hard_s_gamma(x, g, gamma, e, sp, &sig);
-    float s = sig + g * (1.0f - 2.0f * sig);
+    float sig = x >= 0.0f ? r : e * r, s = sig + g * (1.0f - 2.0f * sig);
+    float s_gamma = exp_f32(-gamma * (sp - x * (1.0f - g)));
     return s_gamma * ((sig - g) - gamma * (2.0f * g - 1.0f) * (1.0f - s) * (sp - x * g));
 }
 
@@ -532,7 +517,7 @@ static inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
 static inline float softmax_focal_share(float w, float p, float log_p, float gamma) {
     float one_minus = 1.0f - p;
     float t = one_minus > 0.0f ? log_p / (one_minus > 0.0f ? one_minus : 1.0f) : -1.0f;
-    return w * pow_gamma(one_minus, gamma) * (gamma * p * t - 1.0f);
+    return w * exp_f32(gamma * log_f32(one_minus)) * (gamma * p * t - 1.0f);
 }
 
 /* d l / d x of the sigmoid focal element: s^gamma (sigmoid(x) - g) - gamma (2g - 1) s^gamma (1 - s) bce. */
