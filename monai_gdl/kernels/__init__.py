@@ -11,7 +11,15 @@ Layout (each module imports only those above it):
 - :mod:`~monai_gdl.kernels.ops`: the ``torch.library`` operators the losses call (:func:`fused_sums`).
 """
 
-from monai_gdl.kernels.backends import BACKENDS, REGISTRY, get_backend, resolve_backend, set_backend, use_backend
+from monai_gdl.kernels.backends import (
+    BACKENDS,
+    CHECK_TOLERANCE,
+    REGISTRY,
+    get_backend,
+    resolve_backend,
+    set_backend,
+    use_backend,
+)
 from monai_gdl.kernels.contract import (
     VOXEL_TERMS,
     DiceStatistics,
@@ -30,6 +38,7 @@ from monai_gdl.kernels.reference import (
 
 __all__ = [
     "BACKENDS",
+    "CHECK_TOLERANCE",
     "REGISTRY",
     "VOXEL_TERMS",
     "DiceStatistics",

@@ -37,7 +37,16 @@ from monai_gdl.kernels import chunked, native, triton_backend
 from monai_gdl.kernels.contract import LOGIT_ROWS
 from monai_gdl.kernels.reference import backward_chunk, forward_chunk
 
-__all__ = ["BACKENDS", "REGISTRY", "Backend", "get_backend", "resolve_backend", "set_backend", "use_backend"]
+__all__ = [
+    "BACKENDS",
+    "CHECK_TOLERANCE",
+    "REGISTRY",
+    "Backend",
+    "get_backend",
+    "resolve_backend",
+    "set_backend",
+    "use_backend",
+]
 
 logger = logging.getLogger("monai_gdl.kernels")
 
@@ -140,7 +149,7 @@ def _case_key(x, target, mask, label_map, weight_map, map_labels, options) -> tu
     )
 
 
-def _self_check(backend: Backend, x, target, mask, label_map, weight_map, map_labels, options) -> str | None:
+def _check_on_slice(backend: Backend, x, target, mask, label_map, weight_map, map_labels, options) -> str | None:
     """``backend`` on a slice of the real inputs against the eager chunk math: None if it agrees, else why not."""
     n = min(x.shape[2], CHECK_VOXELS)
 
@@ -172,7 +181,7 @@ def _self_check(backend: Backend, x, target, mask, label_map, weight_map, map_la
 def _checked_reason(backend: Backend, x, target, mask, label_map, weight_map, map_labels, options) -> str | None:
     key = (backend.name, _case_key(x, target, mask, label_map, weight_map, map_labels, options))
     if key not in _checked:
-        reason = _self_check(backend, x, target, mask, label_map, weight_map, map_labels, options)
+        reason = _check_on_slice(backend, x, target, mask, label_map, weight_map, map_labels, options)
         _checked[key] = reason
         if reason is not None:
             logger.warning(
