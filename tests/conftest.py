@@ -44,6 +44,21 @@ def _native_available() -> bool:
 needs_native = pytest.mark.skipif(not _native_available(), reason="no C compiler for the native CPU kernel")
 
 
+def _monai_has_ignore_index() -> bool:
+    import inspect
+
+    from monai.losses import DiceLoss
+
+    return "ignore_index" in inspect.signature(DiceLoss).parameters
+
+
+#: Comparisons with MONAI's ``DiceLoss(ignore_index=...)``, which MONAI added in 1.6 (the floor, 1.5, lacks it; our
+#: ``ignore_index`` is also checked against ``mask=`` and float64 math, which need no MONAI).
+needs_monai_ignore_index = pytest.mark.skipif(
+    not _monai_has_ignore_index(), reason="this MONAI's DiceLoss has no ignore_index (added in MONAI 1.6)"
+)
+
+
 def run_python(code: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """``code`` (dedented) in a fresh interpreter with ``env`` added to this one's environment."""
     full = dict(os.environ, **(env or {}))

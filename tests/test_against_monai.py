@@ -11,7 +11,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import random_case
+from conftest import needs_monai_ignore_index, random_case
 from monai.losses import DiceLoss, GeneralizedDiceLoss
 
 from monai_gdl import SudreGeneralizedDiceLoss, VNetDiceLoss, kernels
@@ -160,6 +160,7 @@ def test_soft_label_false_is_monai_default_product_form(path):
              GeneralizedDiceLoss(sigmoid=True), logits, soft, path)
 
 
+@needs_monai_ignore_index
 @pytest.mark.parametrize("path", PATHS)
 def test_ignore_index_equals_monai(path):
     logits, labels, _ = random_case((2, 3, 8, 8, 4), seed=11)

@@ -31,9 +31,15 @@ def test_a_truncated_cached_library_is_rebuilt_with_a_warning(tmp_path):
         assert torch.allclose(loss, ref, atol=1e-6)
         print("ok", native_build.library_path().name)
     """
+    built = native_build.library_path()  # this process's cache: the verified build every test run has made
+    (tmp_path / "cache").mkdir(mode=0o700)
+    library = tmp_path / "cache" / built.name
+    library.write_bytes(built.read_bytes())
+    library.chmod(0o700)
+    seeded = library.stat().st_mtime_ns
     first = run_python(probe, env)
-    assert first.returncode == 0, first.stderr[-2000:]
-    (library,) = (tmp_path / "cache").glob("native-*.so")
+    assert first.returncode == 0 and f"ok {library.name}" in first.stdout, first.stderr[-2000:]
+    assert library.stat().st_mtime_ns == seeded  # the seeded copy was loaded, not rebuilt
     for damage in (lambda b: b[: len(b) // 3], lambda b: b[:4096] + bytes(len(b) - 4096)):
         library.write_bytes(damage(library.read_bytes()))
         again = run_python(probe, env)

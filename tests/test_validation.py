@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import needs_native, run_python
+from conftest import needs_monai_ignore_index, needs_native, run_python
 from monai.losses import DiceLoss
 
 from monai_gdl import (
@@ -259,6 +259,7 @@ def test_ignore_index_of_a_scored_class_is_refused(make, ignore_index, include_b
         make(ignore_index=ignore_index, include_background=include_background)(x, y)
 
 
+@needs_monai_ignore_index
 def test_ignoring_the_unscored_background_equals_monai():
     x = torch.randn(2, 3, 6, 7, 5, dtype=torch.float64)
     y = torch.randint(0, 3, (2, 1, 6, 7, 5))

@@ -27,6 +27,9 @@ __all__ = [
     "vnet_dice_from_statistics",
 ]
 
+# The choices as tuples once: inside a compiled step, torch < 2.5's dynamo cannot trace ``typing.get_args``.
+_W_TYPES, _ABSENT_CLASS, _ALL_ABSENT = get_args(WType), get_args(AbsentClass), get_args(AllAbsent)
+
 
 def _one_minus_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
     """``1 - numerator / denominator``, 0 (with a zero gradient) where the denominator is 0."""
@@ -132,9 +135,9 @@ def generalized_dice_weights(
         >>> generalized_dice_weights(torch.tensor([[10.0, 0.0, 5.0]]))  # 1/100, absent -> max 1/25, 1/25; normalised
         tensor([[0.1111, 0.4444, 0.4444]])
     """
-    check_choice("w_type", w_type, get_args(WType))
-    check_choice("absent_class", absent_class, get_args(AbsentClass))
-    check_choice("all_absent", all_absent, get_args(AllAbsent))
+    check_choice("w_type", w_type, _W_TYPES)
+    check_choice("absent_class", absent_class, _ABSENT_CLASS)
+    check_choice("all_absent", all_absent, _ALL_ABSENT)
     with torch.no_grad():
         v = target_volume.detach()
         if w_type == "uniform":
