@@ -380,6 +380,7 @@ def test_train_evaluate_infer_export_end_to_end(tmp_path, tiny_dataset, loss_fil
         history = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in history] == [1, 2] and all(0 <= float(r["val_mean_dice"]) <= 1 for r in history)
     assert {"val_dice_large", "val_dice_small"} <= set(history[0])
+    assert all(float(r["epoch_s"]) > 0 and f"({float(r['epoch_s']):.1f} s)" in train.stdout for r in history)
     assert torch.load(os.path.join(out, "models", "last.pt"), weights_only=True)["epoch"] == 2
 
     evaluate = _bundle(["train.json", *loss_files, "evaluate.json"], *common, cwd=str(tmp_path))

@@ -110,7 +110,7 @@ def test_a_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path, dataset
     want, got = _history(str(tmp_path / "whole")), _history(killed_out)
     assert [r["epoch"] for r in got] == ["1", "2", "3", "4"]
     for a, b in zip(want, got):
-        for key in a:
+        for key in set(a) - {"epoch_s"}:  # all but the wall time
             assert math.isclose(float(a[key]), float(b[key]), rel_tol=1e-4, abs_tol=1e-4), (a["epoch"], key, a, b)
     assert not [f for _, _, files in os.walk(killed_out) for f in files if ".tmp-" in f]
 

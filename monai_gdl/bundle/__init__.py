@@ -10,7 +10,8 @@ loading), :mod:`.datasets` (MSD-layout datasets: find, split, check, synthesise)
 :mod:`.epoch_summary` (the epoch line and ``history.csv``),
 :mod:`.curves` (``training_curves.png``), :mod:`.overlays` (evaluation overlays),
 :mod:`.predictions` (the inference summary), :mod:`.lock` (one training per output folder),
-:mod:`.schedules` (loss weights that change over training), :mod:`.atomic` (atomic writes) and :mod:`.ranks`
+:mod:`.schedules` (loss weights that change over training), :mod:`.precision` (mixed precision and
+channels-last on CPU and GPU), :mod:`.atomic` (atomic writes) and :mod:`.ranks`
 (which process writes). The network, transforms and metrics themselves are written in the JSON
 configs.
 """
@@ -26,6 +27,7 @@ from monai_gdl.bundle import (
     files,
     lock,
     overlays,
+    precision,
     predictions,
     ranks,
     schedules,
@@ -45,6 +47,7 @@ __all__ = [
     "files",
     "lock",
     "overlays",
+    "precision",
     "predictions",
     "ranks",
     "schedules",

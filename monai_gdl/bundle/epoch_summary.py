@@ -6,6 +6,7 @@ import csv
 import io
 import logging
 import os
+import time
 from collections.abc import Sequence
 
 import torch
@@ -20,10 +21,12 @@ HISTORY_FILE = "history.csv"
 
 
 class EpochSummary:
-    """One line per epoch on the console (loss, lr, validation mean and per-class Dice), the same row in
-    ``history.csv`` (atomic; a resumed run rewrites its future rows) and ``training_curves.png`` after each
-    validation and at the end. MONAI's ``StatsHandler`` logs per iteration and per engine, so it cannot
-    give this one line."""
+    """One line per epoch on the console (loss, lr, validation mean and per-class Dice, the epoch's wall
+    seconds with its validation), the same row in ``history.csv`` (atomic; a resumed run rewrites its future
+    rows; ``epoch_s`` summed up to an epoch is the time to its Dice) and ``training_curves.png`` after the first
+    validation, then at most every ``plot_every_s`` seconds (drawing takes about 0.3 s: every epoch of a
+    short run would spend a quarter of its time on it), and at the end. MONAI's ``StatsHandler`` logs per
+    iteration and per engine, so it cannot give this one line."""
 
     def __init__(
         self,
@@ -33,6 +36,7 @@ class EpochSummary:
         evaluator=None,
         include_background: bool = False,
         mean_metric: str = "val_mean_dice",
+        plot_every_s: float = 30.0,
     ) -> None:
         self.log_dir = log_dir
         self.optimizer = optimizer
@@ -41,6 +45,9 @@ class EpochSummary:
         self.mean_metric = mean_metric
         self._losses: list[float] = []
         self._lr = 0.0
+        self._started = time.perf_counter()
+        self.plot_every_s = plot_every_s
+        self._plotted: float | None = None  # when the curves were last drawn (None: not yet)
 
     def attach(self, trainer) -> None:
         from ignite.engine import Events
@@ -53,6 +60,7 @@ class EpochSummary:
     def _start_epoch(self, _trainer) -> None:
         self._losses.clear()
         self._lr = self.optimizer.param_groups[0]["lr"]  # the rate this epoch trains with
+        self._started = time.perf_counter()
 
     def _collect(self, trainer) -> None:
         output = trainer.state.output
@@ -75,21 +83,26 @@ class EpochSummary:
         loss = sum(self._losses) / max(1, len(self._losses))
         lr = self._lr
         mean_dice, per_class = self._validation(epoch)
+        seconds = time.perf_counter() - self._started  # training and this epoch's validation: time to Dice
         row = {"epoch": epoch, "loss": loss, "lr": lr, "val_mean_dice": "" if mean_dice is None else mean_dice}
         row.update({f"val_dice_{n}": (per_class[i] if i < len(per_class) else "") for i, n in enumerate(self.names)})
+        row["epoch_s"] = round(seconds, 2)
         text = f"epoch {epoch}/{trainer.state.max_epochs} loss {loss:.4f} lr {lr:.2e}"
         if mean_dice is not None:
             classes = " ".join(f"{n} {v:.4f}" for n, v in zip(self.names, per_class))
             text += f" val_mean_dice {mean_dice:.4f} [{classes}]"
+        text += f" ({row['epoch_s']:.1f} s)"
         logger.info(text)
         os.makedirs(self.log_dir, exist_ok=True)
         write_history(os.path.join(self.log_dir, HISTORY_FILE), row)
-        if mean_dice is not None:
+        due = self._plotted is None or time.perf_counter() - self._plotted >= self.plot_every_s
+        if mean_dice is not None and due:
             self._plot()
 
     def _plot(self) -> str:
         from monai_gdl.bundle.curves import plot_training_curves
 
+        self._plotted = time.perf_counter()
         return plot_training_curves(self.log_dir)
 
     def _finish(self, trainer) -> None:

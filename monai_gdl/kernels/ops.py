@@ -15,8 +15,8 @@ a compiled or exported graph the operator resolves it at run time, so the same g
 native kernel on CPU and Triton on CUDA.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: torch.library reads the operators' schemas from the annotations,
+# and torch 2.4's custom_op does not resolve them from strings.
 from typing import Optional
 
 import torch
@@ -165,11 +165,11 @@ def fused_sums(
     label_map: bool,
     squared: bool,
     soft: bool = False,
-    mask: torch.Tensor | None = None,
+    mask: Optional[torch.Tensor] = None,
     voxel_term: str = "none",
     gamma: float = 0.0,
-    backend: str | None = None,
-    weight_map: torch.Tensor | None = None,
+    backend: Optional[str] = None,
+    weight_map: Optional[torch.Tensor] = None,
     map_labels: bool = False,
 ) -> tuple[DiceStatistics, VoxelTermSums, WeightMapSums]:
     """Dice statistics, voxel-term sums and structure-map sums of ``input`` (``B x C x spatial``) by the fused

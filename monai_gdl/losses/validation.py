@@ -327,7 +327,14 @@ def check_structure_map(
         )
 
 
-@torch.library.custom_op("monai_gdl::checked_sums", mutates_args=())
+# The schema is written out: this module's annotations are strings (``from __future__ import annotations``),
+# which torch 2.4's custom_op cannot read.
+@torch.library.custom_op(
+    "monai_gdl::checked_sums",
+    mutates_args=(),
+    schema="(Tensor stats, Tensor input, Tensor target, bool to_onehot_y, bool softmax, bool has_activation, "
+    "SymInt? ignore_index) -> Tensor",
+)
 def checked_sums(
     stats: torch.Tensor,
     input: torch.Tensor,
