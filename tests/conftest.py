@@ -44,6 +44,15 @@ def _native_available() -> bool:
 needs_native = pytest.mark.skipif(not _native_available(), reason="no C compiler for the native CPU kernel")
 
 
+def skip_without_triton() -> None:
+    """Skip the calling test where the Triton kernels cannot run: Triton missing or older than they need."""
+    from monai_gdl.kernels import triton_backend
+
+    reason = triton_backend.unusable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+
+
 def _monai_has_ignore_index() -> bool:
     import inspect
 
@@ -56,6 +65,18 @@ def _monai_has_ignore_index() -> bool:
 #: ``ignore_index`` is also checked against ``mask=`` and float64 math, which need no MONAI).
 needs_monai_ignore_index = pytest.mark.skipif(
     not _monai_has_ignore_index(), reason="this MONAI's DiceLoss has no ignore_index (added in MONAI 1.6)"
+)
+
+
+def _monai_has_boundary_loss() -> bool:
+    import monai.losses
+
+    return hasattr(monai.losses, "BoundaryLoss")
+
+
+#: Comparisons with MONAI's ``BoundaryLoss``, which MONAI added in 1.6 (not in the floor, 1.5).
+needs_monai_boundary_loss = pytest.mark.skipif(
+    not _monai_has_boundary_loss(), reason="this MONAI has no BoundaryLoss (added in MONAI 1.6)"
 )
 
 

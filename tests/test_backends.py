@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import needs_native
+from conftest import needs_native, skip_without_triton
 
 from monai_gdl import VNetDiceLoss, kernels, use_backend
 from monai_gdl.kernels import native, native_build
@@ -100,6 +100,7 @@ def _triton_for_auto_on_cpu(monkeypatch, forward=None):
     from monai_gdl.kernels import backends
 
     triton = backends.REGISTRY["triton"]
+    skip_without_triton()  # the real kernels run (under the interpreter) in these tests
     changes = {"why_not_auto": backends._runs_anything}
     if forward is not None:
         changes["forward"] = forward

@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import torch
+from conftest import skip_without_triton
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -101,7 +102,7 @@ def test_fused_matches_reference(monkeypatch, backend, case):
     shape, activation, kind, squared, masked, soft = case
     dtype = torch.float32 if backend in FLOAT32_BACKENDS else torch.float64
     if backend == "triton":
-        pytest.importorskip("triton")
+        skip_without_triton()
     monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 97)  # chunks that do not divide the volume
     x, target, mask = _for_backend(backend, *_make(shape, activation, kind, masked, dtype))
     with use_backend(backend):
@@ -138,7 +139,7 @@ def test_voxel_term_matches_autograd_reference(monkeypatch, backend, case):
     shape, activation, kind, masked, voxel_term, gamma = case
     dtype = torch.float32 if backend in FLOAT32_BACKENDS else torch.float64
     if backend == "triton":
-        pytest.importorskip("triton")
+        skip_without_triton()
     monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 97)
     x, target, mask = _for_backend(backend, *_make(shape, activation, kind, masked, dtype))
     label_map = kind.startswith("label")
@@ -181,7 +182,7 @@ def test_voxel_term_matches_autograd_reference(monkeypatch, backend, case):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_accumulate_in_float32(backend, dtype):
     if backend == "triton":
-        pytest.importorskip("triton")
+        skip_without_triton()
     x, labels, _ = _for_backend(backend, *_make((2, 4, 16, 16, 8), "softmax", "label", False, dtype))
     xx = x.clone().requires_grad_(True)
     with use_backend(backend):

@@ -10,6 +10,7 @@ import pickle
 
 import pytest
 import torch
+from conftest import skip_without_triton
 from monai.losses import DiceCELoss, DiceLoss, GeneralizedDiceLoss
 
 import monai_gdl
@@ -141,6 +142,8 @@ def test_implementation_names_a_backend_for_one_loss(monkeypatch, backend):
     """``implementation`` speaks the backends' vocabulary: a backend name runs that backend for this loss."""
     if backend == "native" and not monai_gdl.kernels.native.available():
         pytest.skip("no C compiler")
+    if backend == "triton":
+        skip_without_triton()
     ran = []
     original = REGISTRY[backend]
 

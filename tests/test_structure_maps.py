@@ -3,11 +3,12 @@ the dictionary transforms in a MONAI pipeline, and the errors."""
 
 from __future__ import annotations
 
+import monai.losses
 import numpy as np
 import pytest
 import torch
+from conftest import needs_monai_boundary_loss
 from monai.data import CacheDataset, MetaTensor
-from monai.losses import BoundaryLoss
 from skimage.morphology import dilation, skeletonize
 
 from monai_gdl import SignedDistanceMapd, TubedSkeletonMapd, signed_distance_map, tubed_skeleton
@@ -55,6 +56,7 @@ def test_separate_classes_equal_the_authors_skeleton_and_touching_ones_stay_in_t
         assert (ours == c).any() and np.all(touching[ours == c] == c)
 
 
+@needs_monai_boundary_loss
 def test_signed_distance_maps_equal_monai_boundary_loss_maps():
     g = np.random.default_rng(0)
     label = np.zeros((10, 9, 8), dtype=np.int64)
@@ -62,7 +64,7 @@ def test_signed_distance_maps_equal_monai_boundary_loss_maps():
     label[6:9, 4:8, 0:4] = 2
     label[g.random(label.shape) < 0.02] = 3
     onehot = torch.nn.functional.one_hot(torch.from_numpy(label), 5).permute(3, 0, 1, 2)[None].float()
-    want = BoundaryLoss().compute_distance_map(onehot)[0].numpy()  # class 4 absent: zero map, as ours
+    want = monai.losses.BoundaryLoss().compute_distance_map(onehot)[0].numpy()  # class 4 absent: zero map, as ours
     np.testing.assert_allclose(signed_distance_map(label, num_classes=5), want, atol=1e-6)
 
 

@@ -4,10 +4,11 @@ into the target, and refused with a clear error when it is missing or wrong."""
 
 from __future__ import annotations
 
+import monai.losses
 import pytest
 import torch
-from conftest import random_case
-from monai.losses import BoundaryLoss, DiceCELoss
+from conftest import needs_monai_boundary_loss, random_case
+from monai.losses import DiceCELoss
 
 from monai_gdl import (
     LossInputError,
@@ -112,6 +113,7 @@ def _blobs(shape=(2, 1, 12, 11, 10), seed=9, classes=3):
     return labels
 
 
+@needs_monai_boundary_loss
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("include_background", [True, False])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -119,7 +121,9 @@ def test_boundary_term_equals_monai_boundary_loss(backend, include_background, r
     labels = _blobs()
     logits = torch.randn(2, 3, *labels.shape[2:], generator=torch.Generator().manual_seed(10), dtype=torch.float64)
     distance = torch.stack([torch.from_numpy(signed_distance_map(lab, 3)) for lab in labels])
-    theirs = BoundaryLoss(softmax=True, to_onehot_y=True, include_background=include_background, reduction=reduction)
+    theirs = monai.losses.BoundaryLoss(
+        softmax=True, to_onehot_y=True, include_background=include_background, reduction=reduction
+    )
     loss = VNetDiceCEBoundaryLoss(
         to_onehot_y=True,
         include_background=include_background,
@@ -136,6 +140,7 @@ def test_boundary_term_equals_monai_boundary_loss(backend, include_background, r
     torch.testing.assert_close(got[1].double(), want[1], **tol)
 
 
+@needs_monai_boundary_loss
 def test_boundary_compound_is_the_sum_of_its_parts_and_an_absent_class_costs_nothing():
     labels = _blobs(classes=2)  # class 2 absent: its map is 0, so its probabilities do not enter the term
     logits = torch.randn(2, 3, *labels.shape[2:], generator=torch.Generator().manual_seed(11), dtype=torch.float64)
@@ -143,9 +148,9 @@ def test_boundary_compound_is_the_sum_of_its_parts_and_an_absent_class_costs_not
     distance = torch.cat([distance, torch.from_numpy(signed_distance_map(labels[1], 3))[None]])
     assert not distance[:, 2].any()
     loss = VNetDiceCEBoundaryLoss(to_onehot_y=True, lambda_boundary=0.3, implementation="reference")
-    parts = DiceCELoss(softmax=True, to_onehot_y=True, squared_pred=True)(logits, labels) + 0.3 * BoundaryLoss(
-        softmax=True, to_onehot_y=True
-    )(logits, labels)
+    parts = DiceCELoss(softmax=True, to_onehot_y=True, squared_pred=True)(
+        logits, labels
+    ) + 0.3 * monai.losses.BoundaryLoss(softmax=True, to_onehot_y=True)(logits, labels)
     torch.testing.assert_close(loss(logits, labels, distance=distance), parts)
     packed = torch.cat([labels.double(), distance.double()], dim=1)
     torch.testing.assert_close(loss(logits, packed), parts)

@@ -15,7 +15,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import random_case
+from conftest import random_case, skip_without_triton
 from monai.losses import DiceLoss, TverskyLoss
 
 from monai_gdl import (
@@ -170,6 +170,8 @@ def _focal_tversky_by_the_paper(probs, onehot, alpha_fn, beta_fp, gamma_paper, s
 
 @pytest.mark.parametrize("implementation", ["reference", "auto", "eager", "triton"])
 def test_focal_tversky_equals_the_papers_formula(implementation):
+    if implementation == "triton":
+        skip_without_triton()
     logits, labels, onehot = random_case((2, 3, 8, 7, 6), seed=29)
     x = logits.clone().requires_grad_(True)
     want = _focal_tversky_by_the_paper(torch.softmax(x, 1), onehot, 0.7, 0.3, 4 / 3)

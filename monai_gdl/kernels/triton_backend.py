@@ -12,6 +12,7 @@ which are the reference in the tests. Runs on CUDA, or on CPU tensors under ``TR
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 
@@ -23,10 +24,28 @@ try:
 except ImportError:  # Triton is optional: the chunked PyTorch path covers every case
     triton = None
 
-__all__ = ["backward", "forward", "why_not"]
+__all__ = ["MIN_TRITON", "backward", "forward", "unusable_reason", "why_not"]
+
+#: The oldest Triton these kernels run on: 3.0 (torch 2.4's) rejects a block size passed on to a helper as the
+#: bound of ``tl.arange``; 3.2 (torch 2.6's) and later run them (``.ci/floors`` and CI).
+MIN_TRITON = (3, 2)
 
 _ACTIVATION_CODES = {"none": 0, "softmax": 1, "sigmoid": 2}
 _TERM_CODES = {"none": 0, "softmax": 1, "sigmoid": 2}
+
+
+def unusable_reason() -> str | None:
+    """Why no Triton kernel can run here at all (None when Triton is installed and new enough)."""
+    if triton is None:
+        return "Triton is not installed (pip install 'triton>=3.2')"
+    found = tuple(int(part) for part in re.findall(r"\d+", triton.__version__)[:2])
+    if found < MIN_TRITON:
+        wanted = ".".join(map(str, MIN_TRITON))
+        return (
+            f"Triton {triton.__version__} is older than the {wanted} these kernels need "
+            f"(pip install 'triton>={wanted}', or torch >= 2.6, which brings it)"
+        )
+    return None
 
 
 def why_not(
@@ -37,10 +56,11 @@ def why_not(
     weight_map: torch.Tensor | None = None,
     map_labels: bool = False,
 ) -> str | None:
-    """Why the Triton kernels cannot run these tensors (None when they can): CUDA tensors (CPU ones under
-    ``TRITON_INTERPRET=1``), not float64, Triton installed."""
-    if triton is None:
-        return "Triton is not installed (pip install triton)"
+    """Why the Triton kernels cannot run these tensors (None when they can): Triton installed and new enough,
+    CUDA tensors (CPU ones under ``TRITON_INTERPRET=1``), not float64."""
+    reason = unusable_reason()
+    if reason is not None:
+        return reason
     if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
         return f"it runs CUDA tensors (or CPU ones under TRITON_INTERPRET=1), not {x.device.type} ones"
     if x.dtype == torch.float64:
