@@ -53,6 +53,16 @@ def skip_without_triton() -> None:
         pytest.skip(reason)
 
 
+def _triton_unusable_reason() -> str | None:
+    from monai_gdl.kernels import triton_backend
+
+    return triton_backend.unusable_reason()
+
+
+#: Parameters that run the Triton kernels (under the interpreter on CPU): skipped where they cannot run.
+needs_triton = pytest.mark.skipif(_triton_unusable_reason() is not None, reason=str(_triton_unusable_reason()))
+
+
 def _monai_has_ignore_index() -> bool:
     import inspect
 

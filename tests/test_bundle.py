@@ -522,7 +522,8 @@ def test_interrupted_training_resumes_from_last_checkpoint(tmp_path, tiny_datase
 
 @pytest.mark.slow
 def test_multi_gpu_config_runs_under_torchrun_on_two_cpu_ranks(tmp_path):
-    """The DDP override really trains (gloo backend on CPU here; nccl on GPUs)."""
+    """The DDP override really trains (gloo backend on CPU here; nccl on GPUs), with mixed precision (bfloat16
+    autocast on a CPU that has it) and channels-last weights."""
     out = str(tmp_path / "out")
     files = "[" + ",".join(f"'{os.path.join(CONFIGS, f)}'" for f in ["train.json", "multi_gpu_train.json"]) + "]"
     cmd = [
@@ -541,6 +542,10 @@ def test_multi_gpu_config_runs_under_torchrun_on_two_cpu_ranks(tmp_path):
         out,
         "--epochs",
         "1",
+        "--amp",
+        "True",
+        "--channels_last",
+        "True",
         *TINY,
     ]
     run = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=600)

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 import torch
-from conftest import skip_without_triton
+from conftest import needs_triton, skip_without_triton
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -310,7 +310,10 @@ def test_compiled_failure_falls_back_to_eager():
     assert calls == ["compiled"]  # tried once, then eager for good
 
 
-@pytest.mark.parametrize("implementation", ["eager", pytest.param("native", marks=needs_native), "triton", "reference"])
+@pytest.mark.parametrize(
+    "implementation",
+    ["eager", pytest.param("native", marks=needs_native), pytest.param("triton", marks=needs_triton), "reference"],
+)
 def test_float_labels_one_step_off_an_integer_are_their_class_with_validate_false(implementation):
     """A float32 label map stored a float step off its integers (1.0000001, 0.99999994) was read as "no class"
     by some backends with validate=False: those voxels silently left every sum. Every backend rounds now."""

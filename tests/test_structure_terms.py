@@ -7,7 +7,7 @@ from __future__ import annotations
 import monai.losses
 import pytest
 import torch
-from conftest import needs_monai_boundary_loss, random_case
+from conftest import needs_monai_boundary_loss, needs_triton, random_case
 from monai.losses import DiceCELoss
 
 from monai_gdl import (
@@ -23,7 +23,7 @@ from monai_gdl.kernels import native
 BACKENDS = [
     "reference",
     "eager",
-    "triton",
+    pytest.param("triton", marks=needs_triton),
     pytest.param(
         "native", marks=pytest.mark.skipif(not native.available(), reason="no C compiler for the native CPU kernel")
     ),
