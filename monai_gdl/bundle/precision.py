@@ -18,6 +18,7 @@ import platform
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 from monai.inferers import Inferer
 
 from monai_gdl.bundle.checks import flag
@@ -75,8 +76,12 @@ def prepare_network(network: torch.nn.Module, device: object, channels_last: obj
 
 class MixedPrecisionInferer(Inferer):
     """``inferer`` run under bfloat16 autocast on a CPU when ``amp`` (see the module), with 5D inputs in
-    ``channels_last_3d`` when ``channels_last``; otherwise ``inferer`` itself. Wraps any MONAI inferer
-    (``SimpleInferer`` for training, ``SlidingWindowInferer`` for validation and inference)."""
+    ``channels_last_3d`` when ``channels_last``, on plain tensors. Wraps any MONAI inferer (``SimpleInferer`` for
+    training, ``SlidingWindowInferer`` for validation and inference).
+
+    The network gets ``inputs.as_tensor()``: a ``MetaTensor`` runs every operation of the forward and backward
+    passes through its ``__torch_function__`` (a quarter of a training epoch of the default UNet on a CPU), and
+    nothing downstream reads the prediction's metadata: ``Invertd`` takes the inverse from the image's."""
 
     def __init__(self, inferer: Inferer, device: object, amp: object = False, channels_last: object = False) -> None:
         super().__init__()
@@ -86,6 +91,8 @@ class MixedPrecisionInferer(Inferer):
         self.channels_last = flag("channels_last", channels_last)
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(inputs, MetaTensor):
+            inputs = inputs.as_tensor()
         if self.channels_last and inputs.ndim == 5:
             inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
         if self.dtype is None:
