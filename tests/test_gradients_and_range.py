@@ -132,3 +132,23 @@ def test_normalized_weights_are_not_swamped_by_smoothing():
     normalized = SudreGeneralizedDiceLoss(to_onehot_y=True)(undecided, labels)
     assert abs(float(normalized) - 0.5) < 1e-5
     assert abs(float(raw) - 0.5) > 0.05
+
+
+@pytest.mark.parametrize("implementation", ["fused", "reference"])
+def test_a_class_whose_squared_probabilities_are_subnormal_keeps_a_finite_gradient(implementation):
+    """Found by the property test above: with ``smooth_dr=0``, an absent class predicted at p ~ 1e-20 has
+    ``P = sum p^2`` subnormal in float32; ``1 / P`` overflowed and ``inf * 0`` made every gradient NaN. Such a
+    class now scores as empty (0, zero gradient) and the rest matches float64."""
+    x = torch.tensor([[[41.4933, 21.8477], [-4.7771, -12.5362], [-17.0623, 50.3125]]])
+    labels = torch.tensor([[[2, 2]]])
+    opts = dict(softmax=True, to_onehot_y=True, include_background=False, smooth_nr=0.0, smooth_dr=0.0)
+    xx = x.clone().requires_grad_(True)
+    value = VNetDiceLoss(**opts, implementation=implementation)(xx, labels)
+    value.backward()
+    assert torch.isfinite(xx.grad).all(), xx.grad
+    x64 = x.double().requires_grad_(True)
+    p = torch.softmax(x64, 1)[:, 2]  # class 2 (present everywhere); class 1: empty, 0
+    want = (1 - 2 * p.sum() / ((p * p).sum() + 2)) / 2
+    want.backward()
+    assert float(value) == pytest.approx(float(want), abs=1e-6)
+    torch.testing.assert_close(xx.grad.double(), x64.grad, atol=1e-6, rtol=1e-4)

@@ -32,8 +32,10 @@ _W_TYPES, _ABSENT_CLASS, _ALL_ABSENT = get_args(WType), get_args(AbsentClass), g
 
 
 def _one_minus_ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """``1 - numerator / denominator``, 0 (with a zero gradient) where the denominator is 0."""
-    empty = denominator == 0
+    """``1 - numerator / denominator``, 0 (with a zero gradient) where the denominator is 0, or below the dtype's
+    smallest normal number: there ``1 / denominator`` overflows, and ``inf * 0`` turned the whole gradient to NaN (a
+    class neither present nor predicted whose probabilities square to a subnormal, ``smooth_dr=0``)."""
+    empty = denominator.abs() < torch.finfo(denominator.dtype).tiny
     ratio = numerator / torch.where(empty, torch.ones_like(denominator), denominator)
     return torch.where(empty, torch.zeros_like(ratio), 1.0 - ratio)
 
