@@ -7,10 +7,16 @@ virtual machines cost several times a steady-state step). Another measures the p
 memory: beyond the logits, the target and the gradient, over the warm-up steps and one more. Its
 baseline is taken once a tiny call of the same method has loaded the libraries (and built or
 compiled any kernel) and the full-size inputs exist, before the first full-size call, so memory a
-method keeps resident after its first step (caches, pools, workspaces) counts. On CPU that is the
-process's peak resident set (``VmHWM``, reset at the baseline), with glibc told to return freed
-blocks at once so the reading is honest (which slows allocation, hence the separate process); on
-CUDA it is ``torch.cuda.max_memory_allocated`` against ``memory_allocated`` at the baseline.
+method keeps resident after its first step (caches, pools, workspaces) counts. The forward and the
+backward are read apart: the forward's peak against the baseline, the backward's against the baseline
+plus the gradient. Read over the whole step, a temporary the forward makes and frees (a copy of the
+target, say) would hide under the gradient the backward allocates later. On CPU the peak is the
+process's peak resident set (``VmHWM``, reset before each phase), with glibc told to return freed
+blocks at once so the reading counts live memory only (which slows allocation, hence the separate
+process); on CUDA it is ``torch.cuda.max_memory_allocated`` (reset before each phase).
+
+Label maps come as ``int64`` (``torch.randint``, MONAI's ``AsDiscrete``) or ``float32`` (MONAI's
+``LoadImaged`` of a NIfTI label): ``--label-dtypes`` runs the label-map cases with each.
 
 Ratios are computed within the same run: ``xMONAI`` = MONAI's time / ours (V-Net Dice against
 ``DiceLoss(softmax=True, squared_pred=True, to_onehot_y=True)``, GDL against
@@ -149,6 +155,20 @@ def _rss(key: str) -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
 
 
+def _peak_meter(device):
+    """``(reset, peak)``: start a phase, then read its peak memory in bytes (CUDA allocator or resident set)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.reset_peak_memory_stats, torch.cuda.max_memory_allocated
+
+    def reset() -> None:
+        with open("/proc/self/clear_refs", "w") as f:  # VmHWM := VmRSS
+            f.write("5")
+
+    return reset, lambda: _rss("VmHWM:")
+
+
 def _worker(spec: dict) -> dict:
     """Run one (case, method) in this process and return its timings and peak extra memory."""
     import torch
@@ -163,7 +183,7 @@ def _worker(spec: dict) -> dict:
         gen = torch.Generator(device="cpu").manual_seed(0)
         logits = torch.randn(b, c, size, size, size, generator=gen).to(device=device, dtype=dtype)
         labels = torch.randint(0, c, (b, 1, size, size, size), generator=gen).to(device)
-        target = labels
+        target = labels.to(getattr(torch, spec.get("label_dtype", "int64")))
         if spec["target"] == "onehot":
             target = torch.nn.functional.one_hot(labels[:, 0], c).movedim(-1, 1).to(dtype).contiguous()
         maps = {}
@@ -195,17 +215,22 @@ def _worker(spec: dict) -> dict:
             **_bandwidth(logits, target, spec["reps"], sync),
         }
     grad_bytes = logits.numel() * logits.element_size()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        before = _rss("VmRSS:")
+    reset, peak = _peak_meter(device)
+    sync()
+    before = torch.cuda.memory_allocated() if device.type == "cuda" else _rss("VmRSS:")
+    extra = 0
     for _ in range(spec["warmup"] + 1):
-        step(logits, target, labels, maps)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _rss("VmHWM:")
-    return {"extra_bytes": peak - before - grad_bytes}
+        logits.grad = None
+        reset()
+        loss = loss_fn(logits, target, labels, maps)
+        sync()
+        extra = max(extra, peak() - before)  # forward: no gradient yet
+        reset()
+        loss.backward()
+        del loss
+        sync()
+        extra = max(extra, peak() - before - grad_bytes)
+    return {"extra_bytes": extra}
 
 
 def _backend_used(method: str, logits, target) -> str | None:
@@ -325,6 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[96, 128])
     parser.add_argument("--targets", nargs="+", default=["label", "onehot"], choices=["label", "onehot"])
     parser.add_argument(
+        "--label-dtypes",
+        nargs="+",
+        default=["int64"],
+        choices=["int64", "float32", "int32", "uint8"],
+        help="dtypes of the label-map target (default int64, as torch.randint; float32 is what LoadImaged gives)",
+    )
+    parser.add_argument(
         "--methods",
         nargs="+",
         default=list(DEFAULT_METHODS),
@@ -363,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"# machine: {_machine(args.device)}")
     results = []
-    for target in args.targets:
+    kinds = [(t, d) for t in args.targets for d in (args.label_dtypes if t == "label" else [args.dtype])]
+    for target, target_dtype in kinds:
         for classes in args.classes:
             for size in args.sizes:
                 case = dict(
@@ -373,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
                     classes=classes,
                     size=size,
                     target=target,
+                    label_dtype=target_dtype,
                     reps=args.reps,
                     warmup=args.warmup,
                 )
@@ -380,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(dict(case, huge_pages=args.huge_pages, results=rows))
                 backends = sorted({r["backend"] for r in rows.values() if r.get("backend")})
                 print(
-                    f"\n## target={target} C={classes} {size}^3"
+                    f"\n## target={target} ({target_dtype}) C={classes} {size}^3"
                     + (f" (fused backend: {', '.join(backends)})" if backends else "")
                 )
                 print(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -37,3 +38,50 @@ def test_benchmark_prints_a_table_and_measures_extra_memory(tmp_path):
     ours, monai = case["results"]["vnet_fused"]["extra_bytes"], case["results"]["monai_dice"]["extra_bytes"]
     assert monai > 2 * logits_bytes, monai  # MONAI's one-hot and products: several volumes
     assert ours < logits_bytes // 4, ours  # the fused pass: no volume-sized temporary
+
+
+_MEMORY_SCRIPT = r"""
+import json, sys
+import torch
+from monai_gdl import benchmark
+
+real = benchmark._loss_callable
+
+
+def planted(method, target_kind):
+    loss = real(method, target_kind)
+
+    def with_copy(x, target, labels, maps):
+        copy = target.clone()  # a label-sized temporary, freed before the backward
+        del copy
+        return loss(x, target, labels, maps)
+
+    return with_copy
+
+
+spec = dict(device="cpu", dtype="float32", batch=2, classes=4, size=96, method="vnet_fused", target="label",
+            measure="memory", warmup=1, reps=1)
+out = {}
+for dtype in ("int64", "float32", "int32", "uint8"):
+    out[dtype] = benchmark._worker(dict(spec, label_dtype=dtype))["extra_bytes"]
+benchmark._loss_callable = planted
+out["planted_int64"] = benchmark._worker(dict(spec, label_dtype="int64"))["extra_bytes"]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_memory_figure_is_flat_in_the_label_dtype_and_catches_a_planted_copy():
+    """The fused V-Net Dice makes no copy of a label map of any dtype (the value scan included), and the
+    benchmark's memory reading sees a label-sized temporary that the forward makes and frees, which a reading
+    over the whole step would hide under the gradient the backward allocates later. Run as the benchmark runs
+    its memory workers: glibc returns freed blocks at once."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    out = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    extra = json.loads(out.stdout.strip().splitlines()[-1])
+    voxels = 2 * 96**3
+    for dtype, size in (("int64", 8), ("float32", 4), ("int32", 4), ("uint8", 1)):
+        assert extra[dtype] < 2 * 2**20, (dtype, extra)  # the scan's two reused 256 Ki-value buffers at most
+        assert extra[dtype] < voxels * size / 4 or dtype == "uint8", (dtype, extra)
+    assert extra["planted_int64"] > 0.9 * voxels * 8, extra

@@ -137,6 +137,30 @@ def test_validation_reads_in_chunks(monkeypatch):
         VNetDiceLoss(softmax=True, to_onehot_y=True)(torch.randn(2, 3, 20, 20, 20), labels)
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float32, torch.int32, torch.uint8])
+@pytest.mark.parametrize("ignore_index", [None, 9])
+@pytest.mark.parametrize("where", [(0, 0, 0, 0, 0), (1, 0, 2, 3, 4), (-1, 0, -1, -1, -1)])
+def test_label_scan_finds_a_bad_value_in_any_piece(monkeypatch, dtype, ignore_index, where):
+    """The piecewise label scan reads every value, of every label dtype, around ignored voxels and on a target
+    whose samples are not next to each other in memory (a slice of a bigger batch)."""
+    monkeypatch.setattr(validation, "CHECK_CHUNK_ELEMENTS", 7)
+    batch = _labels(b=4, s=(5, 6, 7)).to(dtype)
+    if ignore_index is not None:
+        batch[:, :, ::2] = ignore_index
+    labels = batch[::2]
+    assert not labels.is_contiguous()
+    loss = VNetDiceLoss(softmax=True, to_onehot_y=True, ignore_index=ignore_index)
+    x = torch.randn(2, 3, 5, 6, 7)
+    loss(x, labels)  # fine as it is
+    labels[where] = 5
+    with pytest.raises(LossInputError, match=r"labels in \[0, 5\]"):
+        loss(x, labels)
+    if dtype.is_floating_point:
+        labels[where] = 1.5
+        with pytest.raises(LossInputError, match=r"non-integer values"):
+            loss(x, labels)
+
+
 def test_multi_hot_bool_target_rejected_with_softmax():
     target = torch.zeros(1, 3, 4, 4, dtype=torch.bool)
     target[:, 0] = True

@@ -1,9 +1,10 @@
 """Input checks for the Dice-family losses: the one place where bad tensors are caught (options are
 checked once, when built: :mod:`~monai_gdl.losses.options`).
 
-Every check streams over the flattened volume in chunks (views, no copies), so validating a
-``B x C x 128^3`` input allocates only chunk-sized temporaries. Each error names the argument,
-what was seen and how to fix it.
+Every check streams over the flattened volume in pieces of ``CHECK_CHUNK_ELEMENTS`` values, each a
+contiguous view of one sample (a reduction over a strided view would copy it first), so validating a
+``B x C x 128^3`` input allocates only piece-sized temporaries, and the label-map scan, which runs on
+every call, reuses its two buffers. Each error names the argument, what was seen and how to fix it.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ __all__ = [
     "checked_sums",
 ]
 
-#: Elements per chunk read by the streaming checks (about 4 MiB of float32).
-CHECK_CHUNK_ELEMENTS = 1 << 20
+#: Elements per piece read by the streaming checks (1 MiB of float32: in cache, and far below a volume).
+CHECK_CHUNK_ELEMENTS = 1 << 18
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -36,10 +37,46 @@ class LossInputError(ValueError):
 
 
 def _chunks(flat: torch.Tensor) -> Iterator[torch.Tensor]:
-    """Views of ``flat`` (shape ``B x K x N``) along the last axis, about CHECK_CHUNK_ELEMENTS each."""
-    step = max(1, CHECK_CHUNK_ELEMENTS // max(1, flat.shape[0] * flat.shape[1]))
-    for start in range(0, flat.shape[-1], step):
-        yield flat[..., start : start + step]
+    """Views ``K x n`` of one sample of ``flat`` (``B x K x N``) along the last axis, about
+    CHECK_CHUNK_ELEMENTS values each: for the checks across channels."""
+    step = max(1, CHECK_CHUNK_ELEMENTS // max(1, flat.shape[1]))
+    for sample in flat:
+        for start in range(0, flat.shape[-1], step):
+            yield sample[:, start : start + step]
+
+
+def _row_pieces(flat: torch.Tensor) -> Iterator[torch.Tensor]:
+    """1-D views of each ``(sample, channel)`` row of ``flat``, CHECK_CHUNK_ELEMENTS values at most: contiguous
+    when the rows are, so a reduction over one reads it in place."""
+    for sample in flat:
+        for row in sample:
+            for start in range(0, row.numel(), CHECK_CHUNK_ELEMENTS):
+                yield row[start : start + CHECK_CHUNK_ELEMENTS]
+
+
+def _label_range(labels: torch.Tensor, ignore_index: int | None = None) -> tuple[float, float] | None:
+    """Smallest and largest value of a label map (``ignore_index`` left out; ``(inf, -inf)`` when nothing is
+    left), or None when a value is not an integer (NaN included). Float pieces are rounded into one reused
+    buffer and the ignore mask into another, so the scan allocates nothing volume-sized, nor per piece."""
+    lo, hi = float("inf"), float("-inf")
+    flat = _flat(labels.detach())
+    size = min(CHECK_CHUNK_ELEMENTS, flat.shape[-1])
+    rounded = torch.empty(size, dtype=flat.dtype, device=flat.device) if flat.is_floating_point() else None
+    keep = torch.empty(size, dtype=torch.bool, device=flat.device) if ignore_index is not None else None
+    for piece in _row_pieces(flat):
+        n = piece.numel()
+        if rounded is not None:
+            torch.round(piece, out=rounded[:n])
+            if not bool(torch.eq(piece, rounded[:n], out=keep[:n] if keep is not None else None).all()):
+                return None
+        if keep is not None:
+            torch.ne(piece, ignore_index, out=keep[:n])
+            if not bool(keep[:n].all()):
+                piece = piece[keep[:n]]
+        if piece.numel():
+            p_lo, p_hi = torch.aminmax(piece)
+            lo, hi = min(lo, float(p_lo)), max(hi, float(p_hi))
+    return lo, hi
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -85,7 +122,7 @@ def _check_input(input: torch.Tensor, *, softmax: bool) -> None:
 def _check_probability_values(input: torch.Tensor) -> None:
     """Without an activation the input is used as probabilities: NaN/inf or values outside [0, 1] are refused."""
     lo, hi = float("inf"), float("-inf")
-    for chunk in _chunks(_flat(input.detach())):
+    for chunk in _row_pieces(_flat(input.detach())):
         if not bool(torch.isfinite(chunk).all()):
             raise LossInputError(_NON_FINITE.format(shape=_shape_str(input)))
         c_lo, c_hi = torch.aminmax(chunk)
@@ -131,17 +168,13 @@ def _check_label_map_shape(input: torch.Tensor, target: torch.Tensor) -> None:
 
 
 def _check_label_map_values(num_classes: int, target: torch.Tensor, ignore_index: int | None) -> None:
-    lo, hi = float("inf"), float("-inf")
-    for chunk in _chunks(_flat(target.detach())):
-        if chunk.dtype.is_floating_point and not bool((chunk == torch.round(chunk)).all()):
-            raise LossInputError(
-                "label map target (to_onehot_y=True) holds non-integer values; labels must be class indices "
-                "(resample labels with mode='nearest', not linear interpolation)."
-            )
-        valid = chunk if ignore_index is None else chunk[chunk != ignore_index]
-        if valid.numel():
-            c_lo, c_hi = torch.aminmax(valid)
-            lo, hi = min(lo, float(c_lo)), max(hi, float(c_hi))
+    found = _label_range(target, ignore_index)
+    if found is None:
+        raise LossInputError(
+            "label map target (to_onehot_y=True) holds non-integer values; labels must be class indices "
+            "(resample labels with mode='nearest', not linear interpolation)."
+        )
+    lo, hi = found
     if lo < 0:
         raise LossInputError(
             f"label map target holds a negative label ({lo:g}); labels are class indices 0..{num_classes - 1}"
@@ -198,7 +231,7 @@ def _check_dense_target_values(target: torch.Tensor, *, softmax: bool) -> None:
     for chunk in _chunks(_flat(target.detach())):
         if not chunk.numel():
             continue
-        t_lo, t_hi = (float(v) for v in torch.aminmax(chunk.sum(dim=1, dtype=torch.float32)))
+        t_lo, t_hi = (float(v) for v in torch.aminmax(chunk.sum(dim=0, dtype=torch.float32)))
         if t_lo < 1 - 1e-3 or t_hi > 1 + 1e-3:
             bad = t_hi if t_hi > 1 + 1e-3 else t_lo
             raise LossInputError(
@@ -308,19 +341,16 @@ def check_structure_map(
         raise LossInputError(f"{loss_name}: {argument} has dtype {value.dtype}; it holds {kind}.")
     if not scan or not labels:
         return
-    lo, hi = float("inf"), float("-inf")
-    for chunk in _chunks(_flat(value.detach())):
-        if chunk.is_floating_point() and not bool(torch.isfinite(chunk).all()):
-            raise LossInputError(
-                f"{loss_name}: {argument} contains NaN or inf; recompute it with monai_gdl.{maker} (a class absent "
-                "from the label gets a zero map, never inf)."
-            )
-        if labels and chunk.is_floating_point() and not bool((chunk == torch.floor(chunk)).all()):
+    found = _label_range(value)
+    if found is None or not all(abs(v) < float("inf") for v in found if value.numel()):
+        if found is None and bool(torch.isfinite(value.detach()).all()):
             raise LossInputError(f"{loss_name}: {argument} holds non-integer values; it holds class indices.")
-        if chunk.numel():
-            c_lo, c_hi = torch.aminmax(chunk)
-            lo, hi = min(lo, float(c_lo)), max(hi, float(c_hi))
-    if labels and (lo < 0 or hi > input.shape[1] - 1):
+        raise LossInputError(
+            f"{loss_name}: {argument} contains NaN or inf; recompute it with monai_gdl.{maker} (a class absent "
+            "from the label gets a zero map, never inf)."
+        )
+    lo, hi = found
+    if lo < 0 or hi > input.shape[1] - 1:
         raise LossInputError(
             f"{loss_name}: {argument} holds labels in [{lo:g}, {hi:g}] but the input has {input.shape[1]} classes "
             f"(0..{input.shape[1] - 1}, 0 = no skeleton); it was made for another label set."
