@@ -68,11 +68,15 @@ def test_label_dtypes_and_labels_outside_the_classes(label_dtype):
     ("activation", "voxel_term", "gamma", "label_map"),
     [
         ("softmax", "softmax", 0.0, True),
-        ("softmax", "softmax", 2.0, True),
+        ("softmax", "softmax", 2.0, True),  # a whole gamma: products instead of exp/log
+        ("softmax", "softmax", 1.0, False),
+        ("softmax", "softmax", 3.0, True),
         ("softmax", "softmax", 1.5, False),
         ("sigmoid", "sigmoid", 0.0, True),
         ("sigmoid", "sigmoid", 2.0, False),
         ("softmax", "sigmoid", 2.0, True),
+        ("softmax", "sigmoid", 1.5, True),  # not whole: exp(gamma log s)
+        ("sigmoid", "sigmoid", 3.0, True),
         ("none", "sigmoid", 0.5, False),
     ],
 )

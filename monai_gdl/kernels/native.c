@@ -347,6 +347,31 @@ static void load_tile(Scratch *s, const void *x, int xtype, const void *t, int t
  * (1 - p)^gamma * (lse - x); sigmoid s^gamma * (softplus(x) - x g), s = sigmoid(-x (2g - 1)). */
 #define SOFTMAX_ELEMENT(G) (lse[v] - xc[v])
 #define SOFTMAX_FOCAL_ELEMENT(G) (exp_f32(gamma * log_f32(1.0f - ec[v] * scale[v])) * (lse[v] - xc[v]))
+/* q^n for a whole n in 0..7 from its bits, as arithmetic: factor k is b_k q^k + (1 - b_k) with b_k in {0, 1}
+ * (exact either way). No branch and no inner loop, so the voxel loop around it vectorizes (with a loop over n,
+ * or selects on n, gcc unswitched it into scalar copies). */
+typedef struct {
+    float b1, c1, b2, c2, b4, c4;
+} WholePower;
+
+static inline WholePower whole_power(int n) {
+    WholePower w = {(float)(n & 1), (float)!(n & 1), (float)((n >> 1) & 1), (float)!((n >> 1) & 1),
+                    (float)((n >> 2) & 1), (float)!((n >> 2) & 1)};
+    return w;
+}
+
+static inline float ipow_f32(float q, WholePower w) {
+    float q2 = q * q, q4 = q2 * q2;
+    return (w.b1 * q + w.c1) * (w.b2 * q2 + w.c2) * (w.b4 * q4 + w.c4);
+}
+
+/* gamma as a whole exponent 1..7 (0 when it is not one): the focal terms then multiply instead of exp(gamma log q). */
+static inline int whole_gamma(float gamma) {
+    return gamma >= 1.0f && gamma <= 7.0f && gamma == (float)(int)gamma ? (int)gamma : 0;
+}
+
+/* A whole gamma (the default 2) as products: (1 - p)^n without exp and log. */
+#define SOFTMAX_FOCAL_INT_ELEMENT(G) (ipow_f32(1.0f - ec[v] * scale[v], power) * (lse[v] - xc[v]))
 #define SIGMOID_ELEMENT(G) (softplus_f32(xc[v]) - xc[v] * (G))
 #define SIGMOID_FOCAL_ELEMENT(G) \
     (exp_f32(-gamma * softplus_f32(xc[v] * (2.0f * (G) - 1.0f))) * (softplus_f32(xc[v]) - xc[v] * (G)))
@@ -370,6 +395,24 @@ static inline float sigmoid_focal_hard_share(float x, float g, float gamma) {
 
 #define SIGMOID_FOCAL_HARD_ELEMENT(G) sigmoid_focal_hard_element(xc[v], (G), gamma)
 
+/* With a whole gamma n, s^n as products of s = sigmoid(x (1 - 2g)) (= 1 - p_t), which for a hard target
+ * comes from the same e = exp(-|x|) as softplus(x): one exp, one log and one division per element. */
+static inline float sigmoid_focal_hard_int_element(float x, float g, WholePower power) {
+    float ax = x < 0.0f ? -x : x, e = exp_f32(-ax), r = 1.0f / (1.0f + e);
+    float sp = (x > 0.0f ? x : 0.0f) + log_f32(1.0f + e);
+    float s = x * (1.0f - 2.0f * g) >= 0.0f ? r : e * r;
+    return ipow_f32(s, power) * (sp - x * g);
+}
+
+/* Soft targets: s = sigmoid(x (1 - 2g)) from its own exp. */
+static inline float sigmoid_focal_int_element(float x, float g, WholePower power) {
+    float y = x * (1.0f - 2.0f * g), ay = y < 0.0f ? -y : y, e = exp_f32(-ay), r = 1.0f / (1.0f + e);
+    return ipow_f32(y >= 0.0f ? r : e * r, power) * (softplus_f32(x) - x * g);
+}
+
+#define SIGMOID_FOCAL_HARD_INT_ELEMENT(G) sigmoid_focal_hard_int_element(xc[v], (G), power)
+#define SIGMOID_FOCAL_INT_ELEMENT(G) sigmoid_focal_int_element(xc[v], (G), power)
+
 #define TERM_SUMS_LOOP(G, ELEMENT)                                                                 \
     _Pragma("omp simd reduction(+ : sf, sq)")                                                     \
     for (int v = 0; v < len; ++v) {                                                                \
@@ -378,10 +421,12 @@ static inline float sigmoid_focal_hard_share(float x, float g, float gamma) {
         sq += (1.0f - g) * l;                                                                      \
     }
 
-#define TERM_SUMS(G, SIGMOID_FOCAL)                                                                \
+#define TERM_SUMS(G, SIGMOID_FOCAL, SIGMOID_FOCAL_INT)                                             \
     if (term == OPT_TERM_SOFTMAX && gamma == 0.0f) TERM_SUMS_LOOP(G, SOFTMAX_ELEMENT)              \
+    else if (term == OPT_TERM_SOFTMAX && gamma_int) TERM_SUMS_LOOP(G, SOFTMAX_FOCAL_INT_ELEMENT)    \
     else if (term == OPT_TERM_SOFTMAX) TERM_SUMS_LOOP(G, SOFTMAX_FOCAL_ELEMENT)                    \
     else if (gamma == 0.0f) TERM_SUMS_LOOP(G, SIGMOID_ELEMENT)                                     \
+    else if (gamma_int) TERM_SUMS_LOOP(G, SIGMOID_FOCAL_INT)                                       \
     else TERM_SUMS_LOOP(G, SIGMOID_FOCAL)
 
 /* stats (8 x B x C, double, accumulated into): I = sum m p g (soft: sum m min(p, g)), P = sum m p^k,
@@ -391,7 +436,8 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
                  int64_t N, int64_t n0, int64_t n1, int act, int options, float gamma, int layout, int64_t t_bstride,
                  const void *wmap, int wtype, int64_t w_bstride, double *stats) {
     const int squared = options & OPT_SQUARED, soft = (options & OPT_SOFT) != 0 && ttype == T_DENSE_F32;
-    const int term = options & (OPT_TERM_SOFTMAX | OPT_TERM_SIGMOID);
+    const int term = options & (OPT_TERM_SOFTMAX | OPT_TERM_SIGMOID), gamma_int = whole_gamma(gamma);
+    const WholePower power = whole_power(gamma_int);
     Scratch s;
     if (scratch_alloc(&s, C) != 0) return -1;
     const float *restrict scale = s.scale, *restrict mk = s.mk, *restrict lse = s.lse;
@@ -463,8 +509,8 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
                 V[c] += sv;
                 if (term && !(gc == NULL && term == OPT_TERM_SOFTMAX && gamma == 0.0f)) {
                     const float *restrict xc = s.lx + c * s.lx_row;
-                    if (gc == NULL) TERM_SUMS(LABEL_G, SIGMOID_FOCAL_HARD_ELEMENT)
-                    else TERM_SUMS(DENSE_G, SIGMOID_FOCAL_ELEMENT)
+                    if (gc == NULL) TERM_SUMS(LABEL_G, SIGMOID_FOCAL_HARD_ELEMENT, SIGMOID_FOCAL_HARD_INT_ELEMENT)
+                    else TERM_SUMS(DENSE_G, SIGMOID_FOCAL_ELEMENT, SIGMOID_FOCAL_INT_ELEMENT)
                 }
                 Fs[c] += sf;
                 Qs[c] += sq;
@@ -506,9 +552,12 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
 #define TERM_W(G) (mk[v] * (f * (G) + q * (1.0f - (G))))
 #define SOFTMAX_TERM_E(G) (-TERM_W(G))
 #define SOFTMAX_FOCAL_TERM_E(G) softmax_focal_share(TERM_W(G), p, xc[v] - lse[v], gamma)
+#define SOFTMAX_FOCAL_INT_TERM_E(G) softmax_focal_int_share(TERM_W(G), p, xc[v] - lse[v], gamma_int, power_less_one)
 #define SIGMOID_TERM_D(G) (TERM_W(G) * (sigmoid_f32(xc[v]) - (G)))
 #define SIGMOID_FOCAL_TERM_D(G) (TERM_W(G) * sigmoid_focal_share(xc[v], (G), gamma))
 #define SIGMOID_FOCAL_HARD_TERM_D(G) (TERM_W(G) * sigmoid_focal_hard_share(xc[v], (G), gamma))
+#define SIGMOID_FOCAL_INT_TERM_D(G) (TERM_W(G) * sigmoid_focal_int_share(xc[v], (G), gamma_int, power))
+#define SIGMOID_FOCAL_HARD_INT_TERM_D(G) (TERM_W(G) * sigmoid_focal_hard_int_share(xc[v], (G), gamma_int, power))
 #define NO_TERM(G) 0.0f
 
 static inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp_f32(-x)); }
@@ -520,12 +569,35 @@ static inline float softmax_focal_share(float w, float p, float log_p, float gam
     return w * exp_f32(gamma * log_f32(one_minus)) * (gamma * p * t - 1.0f);
 }
 
+/* The same for a whole gamma n: w (1 - p)^(n - 1) (n p log(p) - (1 - p)), no exp, log or division
+ * (power_less_one: the bits of n - 1). */
+static inline float softmax_focal_int_share(float w, float p, float log_p, int n, WholePower power_less_one) {
+    float one_minus = 1.0f - p;
+    return w * ipow_f32(one_minus, power_less_one) * ((float)n * p * log_p - one_minus);
+}
+
 /* d l / d x of the sigmoid focal element: s^gamma (sigmoid(x) - g) - gamma (2g - 1) s^gamma (1 - s) bce. */
 static inline float sigmoid_focal_share(float x, float g, float gamma) {
     float sign = 2.0f * g - 1.0f, y = x * sign;
     float s_gamma = exp_f32(-gamma * softplus_f32(y)), s = 1.0f - sigmoid_f32(y);
     float bce = softplus_f32(x) - x * g;
     return s_gamma * (sigmoid_f32(x) - g) - gamma * sign * s_gamma * (1.0f - s) * bce;
+}
+
+/* The two shares above with a whole gamma n: s^n as products of s = sigmoid(x (1 - 2g)); 1 - s = sigmoid(-x (1 - 2g)). */
+static inline float sigmoid_focal_int_share(float x, float g, int n, WholePower power) {
+    float sign = 2.0f * g - 1.0f, y = x * sign, ay = y < 0.0f ? -y : y, e = exp_f32(-ay), r = 1.0f / (1.0f + e);
+    float one_minus_s = y >= 0.0f ? r : e * r, s = y >= 0.0f ? e * r : r;
+    float bce = softplus_f32(x) - x * g;
+    return ipow_f32(s, power) * ((sigmoid_f32(x) - g) - (float)n * sign * one_minus_s * bce);
+}
+
+static inline float sigmoid_focal_hard_int_share(float x, float g, int n, WholePower power) {
+    float ax = x < 0.0f ? -x : x, e = exp_f32(-ax), r = 1.0f / (1.0f + e);
+    float sp = (x > 0.0f ? x : 0.0f) + log_f32(1.0f + e);
+    float sig = x >= 0.0f ? r : e * r, sign = 2.0f * g - 1.0f;
+    float s = x * sign <= 0.0f ? r : e * r, one_minus_s = x * sign <= 0.0f ? e * r : r;
+    return ipow_f32(s, power) * ((sig - g) - (float)n * sign * one_minus_s * (sp - x * g));
 }
 
 /* Row d = e (softmax: p dL/dp plus the softmax term's share, summed into dot) or dL/dx (sigmoid,
@@ -557,6 +629,7 @@ DEFINE_STORE_ROWS(store_rows_f16, float16_t, STORE_F16)
 #define ROW_FOR_TERM(DI, G, EXTRA)                                                                 \
     if (term != OPT_TERM_SOFTMAX) ROW_LOOP(DI, G, NO_TERM, EXTRA)                                  \
     else if (gamma == 0.0f) ROW_LOOP(DI, G, SOFTMAX_TERM_E, EXTRA)                                 \
+    else if (gamma_int) ROW_LOOP(DI, G, SOFTMAX_FOCAL_INT_TERM_E, EXTRA)                           \
     else ROW_LOOP(DI, G, SOFTMAX_FOCAL_TERM_E, EXTRA)
 
 #define LABEL_MAP_A (wlab[v] == cls ? gwc * mk[v] : 0.0f)
@@ -579,7 +652,8 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
                   int64_t N, int64_t n0, int64_t n1, int act, int options, float gamma, int layout, int64_t t_bstride,
                   const void *wmap, int wtype, int64_t w_bstride, const float *grad, void *out) {
     const int squared = options & OPT_SQUARED, soft = (options & OPT_SOFT) != 0 && ttype == T_DENSE_F32;
-    const int term = options & (OPT_TERM_SOFTMAX | OPT_TERM_SIGMOID);
+    const int term = options & (OPT_TERM_SOFTMAX | OPT_TERM_SIGMOID), gamma_int = whole_gamma(gamma);
+    const WholePower power = whole_power(gamma_int), power_less_one = whole_power(gamma_int - 1);
     const float *ga = grad, *gb = grad + B * C, *gf = gb + B * C, *gq = gf + B * C, *gw = gq + B * C;
     Scratch s;
     if (scratch_alloc(&s, C) != 0) return -1;
@@ -616,8 +690,10 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
                     const int32_t cls = (int32_t)c;
                     const float f = gf[b * C + c], q = gq[b * C + c];
                     if (gc == NULL && gamma == 0.0f) SIGMOID_TERM_LOOP(LABEL_G, SIGMOID_TERM_D)
+                    else if (gc == NULL && gamma_int) SIGMOID_TERM_LOOP(LABEL_G, SIGMOID_FOCAL_HARD_INT_TERM_D)
                     else if (gc == NULL) SIGMOID_TERM_LOOP(LABEL_G, SIGMOID_FOCAL_HARD_TERM_D)
                     else if (gamma == 0.0f) SIGMOID_TERM_LOOP(DENSE_G, SIGMOID_TERM_D)
+                    else if (gamma_int) SIGMOID_TERM_LOOP(DENSE_G, SIGMOID_FOCAL_INT_TERM_D)
                     else SIGMOID_TERM_LOOP(DENSE_G, SIGMOID_FOCAL_TERM_D)
                 }
             const int softmax = act == ACT_SOFTMAX;
