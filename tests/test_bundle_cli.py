@@ -47,6 +47,12 @@ def _error_block(run: subprocess.CompletedProcess) -> str:
 
 CASES = [
     ("typo", ["--epoch", "2"], "named", "unknown key(s) on the command line: --epoch (did you mean --epochs?)"),
+    (
+        "nested_typo",
+        ["--network_def#channel", "[8,16,32,64]"],
+        "named",
+        "--network_def#channel (network_def has no key 'channel': did you mean --network_def#channels",
+    ),
     ("epochs", ["--epochs", "0"], "named", "epochs=0; it must be a whole number >= 1"),
     ("patch", ["--patch_size", "[20,20,20]"], "named", "patch_size=[20, 20, 20] does not fit the network"),
     ("dataset", ["--dataset_dir", "/nowhere/at/all"], None, "dataset_dir='/nowhere/at/all' does not exist"),
@@ -169,6 +175,18 @@ def test_unknown_keys_lists_close_matches(tmp_path):
     assert unknown_keys(files, ["tracking_uri"]) != [] and unknown_keys(files, ["tracking_uri"], tracking=True) == []
     assert unknown_keys(files, ["zzz"]) == ["--zzz (no config key is close)"]
     assert json.loads(json.dumps(unknown_keys(files, ["epoch"])))
+    # nested keys: a typo inside a component, an index past a list, a key under a plain value
+    assert unknown_keys(files, ["loss#softmaxx"]) == [
+        "--loss#softmaxx (loss has no key 'softmaxx': did you mean --loss#softmax?)"
+    ]
+    assert unknown_keys(files, ["network_def#channels#9"]) == [
+        "--network_def#channels#9 (network_def#channels is a list of 4: use an index 0..3)"
+    ]
+    assert unknown_keys(files, ["epochs#x"]) == [
+        "--epochs#x (epochs is a value (60), not a dict or list: override --epochs itself)"
+    ]
+    # a new argument that the component's _target_ takes is fine (MONAI's UNet has dropout; Adam has weight_decay)
+    assert unknown_keys(files, ["network_def#dropout", "optimizer#weight_decay", "network_def#channels#3"]) == []
 
 
 @pytest.mark.parametrize(

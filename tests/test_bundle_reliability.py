@@ -378,3 +378,18 @@ def test_a_label_stored_in_another_orientation_over_the_same_voxels_is_accepted(
     diff = pair_mismatch(image, nib.Nifti1Image(np.asarray(label.dataobj), flipped))
     assert diff is not None and diff.startswith("orientation LPS vs LAS, and reoriented to RAS alike they still differ")
     assert "origin" in diff
+
+
+def test_output_inside_the_installed_package_is_refused(tmp_path):
+    """``--bundle_root $(python -m monai_gdl.bundle path)`` without ``--output_dir`` would write models, logs and
+    the synthetic data into site-packages: refused before anything is written, naming ``init``."""
+    from monai_gdl.bundle.datasets import resolve_dataset_dir
+    from monai_gdl.bundle.files import bundle_dir
+
+    package_bundle = bundle_dir()
+    before = sorted(os.listdir(package_bundle))
+    for call in (lambda: checks.check_output_dir(package_bundle), lambda: resolve_dataset_dir("", package_bundle)):
+        with pytest.raises(checks.OutputDirError, match=r"inside the installed monai_gdl package.*bundle init DIR"):
+            call()
+    assert sorted(os.listdir(package_bundle)) == before
+    assert checks.check_output_dir(str(tmp_path / "out")) == str(tmp_path / "out")  # elsewhere: fine

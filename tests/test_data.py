@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import glob
 import os
 
 import nibabel as nib
@@ -102,6 +103,14 @@ def test_image_files_for_inference(synth, tmp_path):
     assert len(image_files(os.path.join(synth, "imagesTr"))) == 6
     with pytest.raises(DatasetError, match="holds no .nii/.nii.gz images"):
         image_files(str(tmp_path))
+    one = sorted(glob.glob(os.path.join(synth, "imagesTr", "*.nii*")))[0]
+    assert image_files(one) == [{"image": one}]  # one NIfTI file is an input too
+    png = tmp_path / "slice.png"
+    png.write_bytes(b"\x89PNG")
+    with pytest.raises(DatasetError, match=r"slice.png' is not a NIfTI image .*convert it to NIfTI"):
+        image_files(str(png))
+    with pytest.raises(DatasetError, match=r"no input given: pass --input_dir"):
+        image_files("")
 
 
 @pytest.mark.skipif(not os.path.isdir(HIPPOCAMPUS), reason="shared real data not present")

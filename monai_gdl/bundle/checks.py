@@ -24,6 +24,7 @@ __all__ = [
     "check_device",
     "check_network",
     "check_output_dir",
+    "refuse_package_folder",
     "check_training",
     "flag",
 ]
@@ -127,10 +128,25 @@ class OutputDirError(OSError):
     """An ``output_dir`` the run cannot write to."""
 
 
+def refuse_package_folder(output_dir: str) -> str:
+    """An ``output_dir`` inside the installed monai_gdl package (``--bundle_root $(python -m monai_gdl.bundle
+    path)`` without ``--output_dir``) is refused: runs never write into site-packages. Returns ``output_dir``."""
+    package = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    target = os.path.realpath(os.path.abspath(os.path.expanduser(output_dir)))
+    if target == package or target.startswith(package + os.sep):
+        raise OutputDirError(
+            f"output_dir={output_dir!r} is inside the installed monai_gdl package ({package}), which runs never "
+            "write to. Copy the bundle to a folder of your own with `python -m monai_gdl.bundle init DIR` and "
+            "pass --bundle_root DIR, or keep the bundle root and pass --output_dir DIR."
+        )
+    return output_dir
+
+
 def check_output_dir(output_dir: str) -> str:
     """Create ``output_dir`` and prove it writable (a file is written, synced and removed) before any data
     is loaded, so a read-only or mistyped folder fails at once, naming the path; then (rank 0) remove the
     temporary files a killed run left there. Returns ``output_dir``."""
+    refuse_package_folder(output_dir)
     probe = os.path.join(output_dir, f".write-test.tmp-{os.getpid()}")
     try:
         os.makedirs(output_dir, exist_ok=True)

@@ -170,13 +170,67 @@ def unknown_keys(config_files: list[str], override_keys: list[str], tracking: bo
     if tracking:
         defined |= set(DEFAULT_MLFLOW_SETTINGS["configs"])
     lines = []
+    parser = None
     for key in override_keys:
-        top = key.lstrip("+").split("#", 1)[0].split("::", 1)[0]
+        path = key.lstrip("+").replace("::", "#").split("#")
+        top = path[0]
         if top and top not in defined:
             close = difflib.get_close_matches(top, sorted(defined - RUN_ARGUMENTS), n=3, cutoff=0.6)
             hint = f"did you mean {' or '.join('--' + c for c in close)}?" if close else "no config key is close"
             lines.append(f"--{key} ({hint})")
+        elif len(path) > 1 and top in defined - RUN_ARGUMENTS:
+            if parser is None:
+                parser = ConfigParser(ConfigParser.load_config_files(config_files))
+            problem = _nested_key_problem(parser, path)
+            if problem:
+                lines.append(f"--{key} ({problem})")
     return lines
+
+
+def _nested_key_problem(parser, path: list[str]) -> str | None:
+    """Why an override ``a#b#c`` would fail or change nothing, with close matches; None when it is fine. A new
+    key is fine inside a component whose ``_target_`` accepts it as an argument (``--network_def#dropout``)."""
+    node = parser.get(path[0])
+    for depth, part in enumerate(path[1:], start=1):
+        where = "#".join(path[:depth])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                return f"{where} is a list of {len(node)}: use an index 0..{len(node) - 1}"
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if part in node:
+                node = node[part]
+                continue
+            if depth == len(path) - 1 and _accepts_argument(node, part):
+                return None
+            keys = [k for k in node if not k.startswith("_")]
+            close = difflib.get_close_matches(part, keys, n=3, cutoff=0.6)
+            if close:
+                return f"{where} has no key {part!r}: did you mean {' or '.join(f'--{where}#{c}' for c in close)}?"
+            return f"{where} has no key {part!r}; its keys: {', '.join(keys) or 'none'}"
+        else:
+            return f"{where} is a value ({node!r}), not a dict or list: override --{where} itself"
+    return None
+
+
+def _accepts_argument(component: dict, name: str) -> bool:
+    """Whether the ``_target_`` of a config component takes ``name`` as a keyword (unknown targets: assume so)."""
+    import inspect
+    import pydoc
+
+    from monai.bundle.config_item import ComponentLocator, ConfigComponent
+
+    if "_target_" not in component:
+        return False
+    try:
+        module_name = ConfigComponent(config=component, locator=ComponentLocator()).resolve_module_name()
+        target = pydoc.locate(module_name) if isinstance(module_name, str) else None
+        parameters = inspect.signature(target).parameters if target is not None else None
+    except (TypeError, ValueError):
+        return True
+    if parameters is None:
+        return True
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def start(verbose=False) -> None:
@@ -194,7 +248,8 @@ def start(verbose=False) -> None:
     if unknown:
         raise UnknownKeyError(
             f"unknown key(s) on the command line: {'; '.join(unknown)}. No config in {json.dumps(files)} defines "
-            "them, so they would change nothing; every knob is listed in the README (The bundle)."
+            "them, so they would change nothing or fail deep inside MONAI; every knob is listed in the README "
+            "(The bundle)."
         )
     refused = text_booleans(files, {k: v for k, v in values.items() if k in keys})
     if refused:

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from monai_gdl.bundle.checks import refuse_package_folder
+
 __all__ = [
     "DatasetError",
     "audit_dataset",
@@ -384,8 +386,23 @@ def class_names(dataset_dir: str, num_classes: int) -> list[str]:
 
 
 def image_files(input_dir: str) -> list[dict]:
-    """``[{"image": path}, ...]`` for every NIfTI file in ``input_dir`` (inference input)."""
-    if not input_dir or not os.path.isdir(input_dir):
+    """``[{"image": path}, ...]`` for every NIfTI file in ``input_dir``, or ``input_dir`` itself when it is one
+    NIfTI file (inference input)."""
+    if not input_dir:
+        raise DatasetError(
+            "no input given: pass --input_dir FOLDER of .nii/.nii.gz images (or one .nii/.nii.gz file), or "
+            "--dataset_dir DIR to segment DIR/imagesTs."
+        )
+    if os.path.isfile(input_dir):
+        if not input_dir.endswith((".nii", ".nii.gz")):
+            raise DatasetError(
+                f"input_dir={input_dir!r} is not a NIfTI image (.nii/.nii.gz), which is what inference reads: "
+                "convert it to NIfTI (nibabel, or MONAI's LoadImage + SaveImage) or pass a folder of .nii/.nii.gz "
+                "images."
+            )
+        _check_header(input_dir)
+        return [{"image": input_dir}]
+    if not os.path.isdir(input_dir):
         raise DatasetError(f"input_dir={input_dir!r} does not exist; pass --input_dir FOLDER of .nii/.nii.gz images.")
     files = _nifti_in(input_dir)
     if not files:
@@ -457,6 +474,7 @@ def resolve_dataset_dir(dataset_dir: str, output_dir: str) -> str:
     """``dataset_dir`` itself, or (when empty) the synthetic default under ``output_dir``, generated on first use."""
     if dataset_dir:
         return os.path.abspath(os.path.expanduser(dataset_dir))
+    refuse_package_folder(output_dir)
     synth = os.path.join(os.path.abspath(os.path.expanduser(output_dir)), "synthetic_data")
     if not os.path.isfile(os.path.join(synth, "dataset.json")):
         staging = f"{synth}.tmp-{os.getpid()}"  # several ranks may get here at once: first rename wins

@@ -112,13 +112,14 @@ class EvaluationOverlays:
     def _summary(self, evaluator) -> None:
         if rank() != 0:
             return
-        value = evaluator.state.metrics.get(self.metric)
+        metrics = dict(evaluator.state.metrics)
         cases = len(evaluator.data_loader.dataset) if hasattr(evaluator.data_loader, "dataset") else "all"
-        mean = "" if value is None else f", {self.metric} {float(value):.4f}"
+        first = [self.metric] if self.metric in metrics else []
+        values = "".join(f", {name} {float(metrics[name]):.4f}" for name in first + sorted(set(metrics) - set(first)))
         logger.info(
-            "evaluated %s cases%s: per-case metrics (CSV) in %s, %d overlays",
+            "evaluated %s cases%s: per-case metrics (CSV) in %s, overlays of the first %d (--num_overlays N)",
             cases,
-            mean,
+            values,
             self.eval_dir,
             len(self.written),
         )
