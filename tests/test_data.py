@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
-import glob
 import os
 
 import nibabel as nib
