@@ -393,3 +393,36 @@ def test_output_inside_the_installed_package_is_refused(tmp_path):
             call()
     assert sorted(os.listdir(package_bundle)) == before
     assert checks.check_output_dir(str(tmp_path / "out")) == str(tmp_path / "out")  # elsewhere: fine
+
+
+def test_training_curves_name_the_run_and_loss_and_mark_the_best_epoch(tmp_path):
+    """The curve figure says which run and loss it shows and where ``model.pt`` (the best epoch) is."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from monai_gdl.bundle import curves
+
+    log_dir = tmp_path / "my_run" / "logs"
+    log_dir.mkdir(parents=True)
+    rows = ["epoch,loss,lr,val_mean_dice,val_dice_A", "1,0.9,1e-3,0.5,0.5", "2,0.8,1e-3,0.7,0.7", "3,0.7,1e-3,0.7,0.6"]
+    (log_dir / "history.csv").write_text("\n".join(rows) + "\n")
+    seen = {}
+    real_savefig = plt.Figure.savefig
+
+    def capture(fig, *args, **kwargs):
+        seen["title"] = fig._suptitle.get_text()
+        ax = fig.axes[1]
+        seen["labels"] = [line.get_label() for line in ax.get_lines()]
+        seen["best"] = [line.get_xydata().tolist() for line in ax.get_lines() if line.get_label().startswith("best")]
+        return real_savefig(fig, *args, **kwargs)
+
+    plt.Figure.savefig = capture
+    try:
+        curves.plot_training_curves(str(log_dir), loss_name="VNetDiceCELoss")
+    finally:
+        plt.Figure.savefig = real_savefig
+    assert seen["title"] == "my_run: VNetDiceCELoss"
+    assert "best 0.700 (model.pt)" in seen["labels"]
+    assert seen["best"] == [[[2.0, 0.7]]]  # the first epoch reaching the best, as the checkpoint keeps it

@@ -17,9 +17,17 @@ def _floats(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def plot_training_curves(log_dir: str) -> str:
+def _title(log_dir: str, loss_name: str) -> str:
+    """The run (its output folder's name) and the loss (training names it; a redraw by ``python -m
+    monai_gdl.report`` names the run only)."""
+    run = os.path.basename(os.path.dirname(os.path.abspath(log_dir))) or log_dir
+    return f"{run}: {loss_name}" if loss_name else run
+
+
+def plot_training_curves(log_dir: str, loss_name: str = "") -> str:
     """Draw ``training_curves.png`` from ``history.csv`` in ``log_dir`` and return its path (written atomically:
-    a viewer or a kill never sees half a PNG)."""
+    a viewer or a kill never sees half a PNG). The title names the run and ``loss_name``; the best validation
+    epoch (the one ``model.pt`` holds) is marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,17 +47,23 @@ def plot_training_curves(log_dir: str) -> str:
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
     ax_loss.set_title("training loss")
-    ax_dice.plot(*_floats(rows, "val_mean_dice"), "k-", linewidth=2, label="mean")
+    epochs, mean = _floats(rows, "val_mean_dice")
+    ax_dice.plot(epochs, mean, "k-", linewidth=2, label="mean")
     for key in rows[0]:
         if key.startswith("val_dice_"):
             ax_dice.plot(*_floats(rows, key), label=key[len("val_dice_") :])
+    if mean:
+        best = max(range(len(mean)), key=lambda i: (mean[i], -i))  # the first best, as the checkpoint keeps it
+        ax_dice.plot([epochs[best]], [mean[best]], "r*", markersize=12, label=f"best {mean[best]:.3f} (model.pt)")
+        ax_dice.axvline(epochs[best], color="r", alpha=0.3, linestyle="--")
     ax_dice.set_xlabel("epoch")
     ax_dice.set_ylabel("Dice")
     ax_dice.set_ylim(0, 1)
     ax_dice.set_title("validation Dice")
-    ax_dice.legend(loc="lower right")
+    ax_dice.legend(loc="lower right", framealpha=0.9)
     for ax in (ax_loss, ax_dice):
         ax.grid(alpha=0.3)
+    fig.suptitle(_title(log_dir, loss_name))
     fig.tight_layout()
     out = os.path.join(log_dir, "training_curves.png")
     tmp = f"{out}.tmp-{os.getpid()}"

@@ -37,8 +37,10 @@ class EpochSummary:
         include_background: bool = False,
         mean_metric: str = "val_mean_dice",
         plot_every_s: float = 30.0,
+        loss_name: str = "",
     ) -> None:
         self.log_dir = log_dir
+        self.loss_name = loss_name
         self.optimizer = optimizer
         self.evaluator = evaluator
         self.names = list(class_names)[0 if include_background else 1 :]
@@ -103,7 +105,7 @@ class EpochSummary:
         from monai_gdl.bundle.curves import plot_training_curves
 
         self._plotted = time.perf_counter()
-        return plot_training_curves(self.log_dir)
+        return plot_training_curves(self.log_dir, loss_name=self.loss_name)
 
     def _finish(self, trainer) -> None:
         if rank() == 0 and os.path.isfile(os.path.join(self.log_dir, HISTORY_FILE)):
