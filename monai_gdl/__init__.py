@@ -42,7 +42,7 @@ from monai_gdl.losses import (
 )
 from monai_gdl.structure_maps import SignedDistanceMapd, TubedSkeletonMapd, signed_distance_map, tubed_skeleton
 
-__version__ = "0.7.0"
+__version__ = "0.7.1"
 
 __all__ = [
     "BACKENDS",
