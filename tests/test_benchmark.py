@@ -21,7 +21,7 @@ def test_benchmark_prints_a_table_and_measures_extra_memory(tmp_path):
     cmd += ["--methods", *methods, "--reps", "1", "--warmup", "1", "--json", str(out_json)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "## target=label C=4 48^3 (fused backend: " in out.stdout
+    assert "## target=label (int64) C=4 48^3 (fused backend: " in out.stdout
     assert "error" not in out.stdout
     rows = {
         line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
