@@ -69,7 +69,7 @@ def _label_range(labels: torch.Tensor, ignore_index: int | None = None) -> tuple
             torch.round(piece, out=rounded[:n])
             if not bool(torch.eq(piece, rounded[:n], out=keep[:n] if keep is not None else None).all()):
                 return None
-        if keep is not None:
+        if keep is not None and ignore_index is not None:
             torch.ne(piece, ignore_index, out=keep[:n])
             if not bool(keep[:n].all()):
                 piece = piece[keep[:n]]
