@@ -9,6 +9,7 @@ every call, reuses its two buffers. Each error names the argument, what was seen
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Optional
 
@@ -342,7 +343,8 @@ def check_structure_map(
     if not scan or not labels:
         return
     found = _label_range(value)
-    if found is None or not all(abs(v) < float("inf") for v in found if value.numel()):
+    infinite = found is not None and value.numel() > 0 and not all(map(math.isfinite, found))
+    if found is None or infinite:
         if found is None and bool(torch.isfinite(value.detach()).all()):
             raise LossInputError(f"{loss_name}: {argument} holds non-integer values; it holds class indices.")
         raise LossInputError(
