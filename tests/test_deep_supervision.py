@@ -108,3 +108,35 @@ def test_bad_options_are_refused():
         DeepSupervisionWrapper(VNetDiceCELoss(), weight_mode="half")
     with pytest.raises(LossInputError, match="weights="):
         DeepSupervisionWrapper(VNetDiceCELoss(), weights=[0.0, -1.0])
+
+
+def test_a_list_of_targets_is_used_as_given_one_per_output():
+    """nnU-Net hands one target per output; a list equal to the resampled target gives the same loss, and the
+    list is used as given (a different low-resolution target changes only that level's term)."""
+    g = torch.Generator().manual_seed(2)
+    sizes = [(8, 8, 4), (4, 4, 2), (2, 2, 1)]
+    outputs = [torch.randn(2, 3, *s, generator=g) for s in sizes]
+    labels = torch.randint(0, 3, (2, 1, *sizes[0]), generator=g)
+    masks = (torch.rand(2, 1, *sizes[0], generator=g) > 0.2).float()
+    wrapper = DeepSupervisionWrapper(VNetDiceCELoss(to_onehot_y=True), weight_mode="same")
+    targets = [nearest_resize(labels, s) for s in sizes]
+    mask_list = [nearest_resize(masks, s) for s in sizes]
+    torch.testing.assert_close(wrapper(outputs, targets, mask_list), wrapper(outputs, labels, masks))
+    other = [targets[0], targets[1], torch.randint(0, 3, (2, 1, *sizes[2]), generator=g)]
+    loss = VNetDiceCELoss(to_onehot_y=True)
+    want = sum(loss(o, t) for o, t in zip(outputs, other))
+    torch.testing.assert_close(wrapper(outputs, other), want)
+
+
+@pytest.mark.parametrize(
+    "targets,match",
+    [
+        ([torch.zeros(1, 1, 8, 8, dtype=torch.long)], "2 deep-supervision outputs but 1 targets"),
+        ([torch.zeros(1, 1, 8, 8, dtype=torch.long), torch.zeros(1, 1, 8, 8, dtype=torch.long)], "target 1 has"),
+        ([], "give one tensor"),
+    ],
+)
+def test_a_bad_list_of_targets_is_refused(targets, match):
+    outputs = [torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 4, 4)]
+    with pytest.raises(LossInputError, match=match):
+        DeepSupervisionWrapper(VNetDiceCELoss(to_onehot_y=True), weight_mode="same")(outputs, targets)

@@ -34,9 +34,12 @@ def _assert_matches(got, got_grad, want, want_grad):
     torch.testing.assert_close(got_grad.double(), want_grad, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("label_dtype", [torch.uint8, torch.bool, torch.int32, torch.int64, torch.float32])
+@pytest.mark.parametrize(
+    "label_dtype", [torch.uint8, torch.bool, torch.int8, torch.int16, torch.int32, torch.int64, torch.float32]
+)
 def test_label_dtypes_and_labels_outside_the_classes(label_dtype):
-    """Labels outside 0..C-1 (ignore_index 255, -1, 2.5) match no class, as in the reference."""
+    """Labels outside 0..C-1 (ignore_index 255, -1, 2.5) match no class, as in the reference. int8 and int16
+    are what nnU-Net's data loader hands."""
     g = torch.Generator().manual_seed(1)
     c = 2 if label_dtype == torch.bool else 5
     x = torch.randn(2, c, 1000, generator=g)
@@ -245,3 +248,28 @@ def test_channels_last_logits_and_permuted_one_hot(dtype, activation):
         torch.testing.assert_close(v_fused, v_ref, rtol=1e-5, atol=1e-6)
         tol = dict(rtol=1e-4, atol=1e-7) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-5)
         torch.testing.assert_close(g_fused.float(), g_ref.float(), **tol)
+
+
+@pytest.mark.parametrize("target_dtype", [torch.bool, torch.uint8])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("voxel_term", ["none", "sigmoid"])
+def test_bool_one_hot_targets_run_natively(target_dtype, channels_last, voxel_term):
+    """nnU-Net's region targets are bool one-hot tensors: the kernel reads them as 0/1 rows (no float copy),
+    with the same values and gradients as the float64 reference on the float target, masked or not."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 3, 1200, generator=g)
+    target = (torch.rand(2, 3, 1200, generator=g) > 0.6).to(target_dtype)
+    if channels_last:
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)
+        target = target.transpose(1, 2).contiguous().transpose(1, 2)
+    mask = (torch.rand(2, 1, 1200, generator=g) > 0.25).view(torch.uint8)
+    with use_backend("auto"):
+        assert kernels.resolve_backend(x, target, mask, False) == "native"
+    grads = tuple(torch.randn(2, 3, generator=g) for _ in range(4 if voxel_term != "none" else 2))
+    options = ("sigmoid", False, False, False, voxel_term, 0.0)
+    upstream = torch.stack([*grads, *[torch.zeros_like(grads[0])] * (len(LOGIT_ROWS) - len(grads))])
+    got = native.forward(x, target, mask, *options)
+    got_grad = native.backward(upstream, x, target, mask, *options)
+    want = forward_chunk(x.double(), target.double(), mask, *options)
+    want_grad = backward_chunk(x.double(), target.double(), mask, upstream.double()[..., None], *options)
+    _assert_matches(got, got_grad, want, want_grad)

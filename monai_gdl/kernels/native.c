@@ -16,7 +16,7 @@
  * m dL/dW a to dL/dp (before the activation's chain).
  *
  * Layouts: x is B x C x N (contiguous) or B x N x C (channels-last, then so is the gradient), a
- * label map B x N, a dense target (float32) B x C x N or B x N x C, a mask B x N (uint8), a map
+ * label map B x N, a dense target (float32, or bool/uint8 0/1) B x C x N or B x N x C, a mask B x N (uint8), a map
  * B x N (labels) or B x C x N (dense). Label maps, dense targets stored B x C x N and maps may have any
  * batch stride (t_bstride, w_bstride, in elements: e.g. channels of one packed target tensor).
  * Channels-last tiles are transposed into C x T scratch on the way in (and out). Each call covers the voxel range [n0, n1) of every sample, so callers can
@@ -33,7 +33,17 @@
 
 enum { ACT_NONE = 0, ACT_SOFTMAX = 1, ACT_SIGMOID = 2 };
 enum { X_F32 = 0, X_BF16 = 1, X_F16 = 2 };
-enum { T_DENSE_F32 = 0, T_LABEL_U8 = 1, T_LABEL_I32 = 2, T_LABEL_I64 = 3, T_LABEL_F32 = 4 };
+enum {
+    T_DENSE_F32 = 0,
+    T_LABEL_U8 = 1,
+    T_LABEL_I32 = 2,
+    T_LABEL_I64 = 3,
+    T_LABEL_F32 = 4,
+    T_LABEL_I16 = 5,
+    T_LABEL_I8 = 6,
+    T_DENSE_U8 = 7 /* a bool / uint8 one-hot target (nnU-Net's regions), staged as float rows per tile */
+};
+#define IS_DENSE(tt) ((tt) == T_DENSE_F32 || (tt) == T_DENSE_U8)
 /* Layout bits: logits (and so the gradient) / dense target stored channels-last, i.e. B x N x C. */
 enum { LAYOUT_X_CHANNELS_LAST = 1, LAYOUT_T_CHANNELS_LAST = 2 };
 /* Option bits: squared denominator (k = 2); soft-label intersection min(p, g) for a dense target;
@@ -197,6 +207,8 @@ static void activate(const void *x, int xtype, int64_t N, int64_t C, int64_t v0,
 DEFINE_STAGE_ROWS(stage_rows_f32, float, LOAD_F32)
 DEFINE_STAGE_ROWS(stage_rows_bf16, uint16_t, LOAD_BF16)
 DEFINE_STAGE_ROWS(stage_rows_f16, float16_t, LOAD_F16)
+#define LOAD_U8(v) ((float)(v))
+DEFINE_STAGE_ROWS(stage_rows_u8, uint8_t, LOAD_U8)
 
 /* C x T float rows written back into a channels-last tile (the gradient), in the output dtype. */
 #define DEFINE_UNSTAGE_ROWS(NAME, OT, STORE)                                                       \
@@ -224,6 +236,8 @@ static void labels_tile(const void *t, int ttype, int64_t off, int len, int64_t 
     if (ttype == T_LABEL_U8) INT_LABEL_LOOP(uint8_t)
     else if (ttype == T_LABEL_I32) INT_LABEL_LOOP(int32_t)
     else if (ttype == T_LABEL_I64) INT_LABEL_LOOP(int64_t)
+    else if (ttype == T_LABEL_I16) INT_LABEL_LOOP(int16_t)
+    else if (ttype == T_LABEL_I8) INT_LABEL_LOOP(int8_t)
     else {
         /* float labels are rounded to the nearest class (halves up), as every backend does: a label stored
          * one float step off an integer (1.0000001) is still its class */
@@ -325,8 +339,18 @@ static void load_tile(Scratch *s, const void *x, int xtype, const void *t, int t
     if (term == OPT_TERM_SOFTMAX) /* log sum_j exp(x_j) = max + log(1 / scale) */
         for (int v = 0; v < len; ++v) s->lse[v] = s->mx[v] - log_f32(s->scale[v]);
     mask_tile(mask == NULL ? NULL : mask + b * N, v0, len, s->mk);
-    if (ttype != T_DENSE_F32) {
+    if (!IS_DENSE(ttype)) {
         labels_tile(t, ttype, b * t_bstride + v0, len, C, s->lab);
+    } else if (ttype == T_DENSE_U8) {
+        if (layout & LAYOUT_T_CHANNELS_LAST) {
+            stage_rows_u8((const uint8_t *)t, b, C, N, v0, len, T, s->gs);
+        } else {
+            const uint8_t *src = (const uint8_t *)t + b * t_bstride + v0;
+            for (int64_t c = 0; c < C; ++c)
+                for (int v = 0; v < len; ++v) s->gs[c * T + v] = (float)src[c * N + v];
+        }
+        s->g = s->gs;
+        s->g_row = T;
     } else if (layout & LAYOUT_T_CHANNELS_LAST) {
         stage_rows_f32((const float *)t, b, C, N, v0, len, T, s->gs);
         s->g = s->gs;
@@ -435,7 +459,7 @@ static inline float sigmoid_focal_int_element(float x, float g, WholePower power
 int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8_t *mask, int64_t B, int64_t C,
                  int64_t N, int64_t n0, int64_t n1, int act, int options, float gamma, int layout, int64_t t_bstride,
                  const void *wmap, int wtype, int64_t w_bstride, double *stats) {
-    const int squared = options & OPT_SQUARED, soft = (options & OPT_SOFT) != 0 && ttype == T_DENSE_F32;
+    const int squared = options & OPT_SQUARED, soft = (options & OPT_SOFT) != 0 && IS_DENSE(ttype);
     const int term = options & (OPT_TERM_SOFTMAX | OPT_TERM_SIGMOID), gamma_int = whole_gamma(gamma);
     const WholePower power = whole_power(gamma_int);
     Scratch s;
@@ -453,7 +477,7 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
                       term);
             for (int64_t c = 0; c < C; ++c) {
                 const float *restrict ec = s.e + c * s.T;
-                const float *restrict gc = ttype == T_DENSE_F32 ? s.g + c * s.g_row : NULL;
+                const float *restrict gc = IS_DENSE(ttype) ? s.g + c * s.g_row : NULL;
                 const int32_t cls = (int32_t)c;
                 float si = 0.0f, sp = 0.0f, sg = 0.0f, sv = 0.0f;
                 float sf = 0.0f, sq = 0.0f;
@@ -651,7 +675,7 @@ DEFINE_STORE_ROWS(store_rows_f16, float16_t, STORE_F16)
 int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint8_t *mask, int64_t B, int64_t C,
                   int64_t N, int64_t n0, int64_t n1, int act, int options, float gamma, int layout, int64_t t_bstride,
                   const void *wmap, int wtype, int64_t w_bstride, const float *grad, void *out) {
-    const int squared = options & OPT_SQUARED, soft = (options & OPT_SOFT) != 0 && ttype == T_DENSE_F32;
+    const int squared = options & OPT_SQUARED, soft = (options & OPT_SOFT) != 0 && IS_DENSE(ttype);
     const int term = options & (OPT_TERM_SOFTMAX | OPT_TERM_SIGMOID), gamma_int = whole_gamma(gamma);
     const WholePower power = whole_power(gamma_int), power_less_one = whole_power(gamma_int - 1);
     const float *ga = grad, *gb = grad + B * C, *gf = gb + B * C, *gq = gf + B * C, *gw = gq + B * C;
@@ -670,7 +694,7 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
             for (int v = 0; v < len; ++v) dot[v] = 0.0f;
             for (int64_t c = 0; c < C; ++c) {
                 const float *restrict ec = s.e + c * s.T;
-                const float *restrict gc = ttype == T_DENSE_F32 ? s.g + c * s.g_row : NULL;
+                const float *restrict gc = IS_DENSE(ttype) ? s.g + c * s.g_row : NULL;
                 const float *restrict xc = term ? s.lx + c * s.lx_row : NULL;
                 float *restrict dc = s.d + c * s.T;
                 const int32_t cls = (int32_t)c;
@@ -684,7 +708,7 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
             }
             if (term == OPT_TERM_SIGMOID) /* after the Dice term's chain: not part of the softmax dot */
                 for (int64_t c = 0; c < C; ++c) {
-                    const float *restrict gc = ttype == T_DENSE_F32 ? s.g + c * s.g_row : NULL;
+                    const float *restrict gc = IS_DENSE(ttype) ? s.g + c * s.g_row : NULL;
                     const float *restrict xc = s.lx + c * s.lx_row;
                     float *restrict dc = s.d + c * s.T;
                     const int32_t cls = (int32_t)c;

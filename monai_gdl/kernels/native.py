@@ -34,8 +34,18 @@ __all__ = ["available", "backward", "forward", "load", "unavailable_reason", "wh
 
 _ACTIVATION_CODES = {"none": 0, "softmax": 1, "sigmoid": 2}
 _X_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+#: Dense structure maps; dense targets also come as bool / uint8 0-1 (nnU-Net's region targets).
 _DENSE_CODES = {torch.float32: 0}
-_LABEL_CODES = {torch.uint8: 1, torch.bool: 1, torch.int32: 2, torch.int64: 3, torch.float32: 4}
+_DENSE_TARGET_CODES = {torch.float32: 0, torch.bool: 7, torch.uint8: 7}
+_LABEL_CODES = {
+    torch.uint8: 1,
+    torch.bool: 1,
+    torch.int8: 6,
+    torch.int16: 5,
+    torch.int32: 2,
+    torch.int64: 3,
+    torch.float32: 4,
+}
 _OPT_SQUARED, _OPT_SOFT = 1, 2
 _TERM_OPTIONS = {"none": 0, "softmax": 4, "sigmoid": 8}
 #: Below this many values a pass runs on one thread (thread hand-off would cost more than it saves).
@@ -150,7 +160,7 @@ def why_not(
         return f"it does not take logits of dtype {x.dtype} (it takes float32, bfloat16, float16)"
     if not (x.is_contiguous() or _channels_last(x)):
         return "it does not take logits that are neither contiguous nor channels-last (pass x.contiguous())"
-    codes = _LABEL_CODES if label_map else _DENSE_CODES
+    codes = _LABEL_CODES if label_map else _DENSE_TARGET_CODES
     if target.dtype not in codes:
         kind = "label map" if label_map else "one-hot/soft target"
         return f"it does not take a {kind} of dtype {target.dtype} (it takes {', '.join(str(d) for d in codes)})"
@@ -200,7 +210,7 @@ def _run_split(fn, n: int, values: int, arguments) -> None:
 
 def _arguments(x, target, mask, activation, label_map, squared, soft, voxel_term, gamma, weight_map, map_labels):
     b, c, n = x.shape
-    t_code = (_LABEL_CODES if label_map else _DENSE_CODES)[target.dtype]
+    t_code = (_LABEL_CODES if label_map else _DENSE_TARGET_CODES)[target.dtype]
     mask_ptr = None if mask is None else mask.data_ptr()
     layout = int(_channels_last(x)) | (2 if not label_map and _channels_last(target) else 0)
     # the kernel applies soft to dense targets only

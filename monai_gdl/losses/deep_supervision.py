@@ -1,11 +1,13 @@
-"""Deep supervision: one loss over a network's outputs at decreasing resolutions, from ONE target.
+"""Deep supervision: one loss over a network's outputs at decreasing resolutions.
 
-``DeepSupervisionWrapper(loss)(outputs, target)`` = ``sum_i w_i * loss(outputs[i], target_i)``,
-``target_i`` the target brought to ``outputs[i]``'s spatial size by nearest-neighbour selection
-(PyTorch's ``"nearest-exact"``: source index ``floor((i + 0.5) * in / out)`` per axis). It picks
-voxels of the target as they are, whatever their dtype: a label map stays a label map (the fused
-label-map path of the wrapped loss runs at every level; no one-hot, no float copy), a one-hot stays
-one-hot. A ``mask`` is downsampled the same way.
+``DeepSupervisionWrapper(loss)(outputs, target)`` = ``sum_i w_i * loss(outputs[i], target_i)``.
+``target`` is either ONE tensor at the first output's size, and ``target_i`` is that target brought
+to ``outputs[i]``'s spatial size by nearest-neighbour selection (PyTorch's ``"nearest-exact"``:
+source index ``floor((i + 0.5) * in / out)`` per axis), or a list with one target per output, used
+as given (nnU-Net's data loader hands such a list, each level downsampled by its own transform).
+Selection picks voxels of the target as they are, whatever their dtype: a label map stays a label
+map (the fused label-map path of the wrapped loss runs at every level; no one-hot, no float copy),
+a one-hot stays one-hot. A ``mask`` follows the same rules (one tensor, resampled; or a list).
 
 Weights (``weight_mode``): ``"nnunet"`` (default) as nnU-Net v2's ``DeepSupervisionWrapper``:
 ``1 / 2^i``, the lowest resolution's set to 0, normalised to sum 1 (levels with weight 0 are
@@ -69,7 +71,7 @@ class DeepSupervisionWrapper(nn.Module):
     highest resolution first, each no larger than the one before on every axis; or one stacked tensor
     ``B x L x C x spatial`` (MONAI's ``DynUNet(deep_supervision=True)`` in training mode, all levels
     already at full size). ``target``: ``B x 1 x spatial`` label map or ``B x C x spatial`` one-hot at
-    the first output's size.
+    the first output's size, or a list of such targets, one per output at that output's size.
 
     Example:
         >>> import torch
@@ -102,19 +104,54 @@ class DeepSupervisionWrapper(nn.Module):
         return self.weights
 
     def forward(
-        self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        outputs: torch.Tensor | Sequence[torch.Tensor],
+        target: torch.Tensor | Sequence[torch.Tensor],
+        mask: torch.Tensor | Sequence[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        levels = _as_levels(outputs, target)
+        first = target if isinstance(target, torch.Tensor) else _first(target, "target")
+        levels = _as_levels(outputs, first)
+        targets = _per_level(target, levels, "target")
+        masks = None if mask is None else _per_level(mask, levels, "mask")
         total = None
-        for output, weight in zip(levels, self.level_weights(len(levels))):
+        for i, weight in enumerate(self.level_weights(len(levels))):
             if weight == 0:
                 continue
-            size = output.shape[2:]
-            extra = {} if mask is None else {"mask": nearest_resize(mask, size)}
-            term = weight * self.loss(output, nearest_resize(target, size), **extra)
+            extra = {} if masks is None else {"mask": masks[i]}
+            term = weight * self.loss(levels[i], targets[i], **extra)
             total = term if total is None else total + term
         assert total is not None, "level_weights keeps at least one level"
         return total
+
+
+def _first(tensors: Sequence[torch.Tensor], name: str) -> torch.Tensor:
+    if not isinstance(tensors, (list, tuple)) or not tensors or not isinstance(tensors[0], torch.Tensor):
+        raise LossInputError(
+            f"{name} is {type(tensors).__name__}; give one tensor at the first output's size or a list of tensors, "
+            "one per output."
+        )
+    return tensors[0]
+
+
+def _per_level(
+    given: torch.Tensor | Sequence[torch.Tensor], levels: list[torch.Tensor], name: str
+) -> list[torch.Tensor]:
+    """One ``name`` tensor per output: one tensor resampled to each size, or a list checked against the outputs."""
+    if isinstance(given, torch.Tensor):
+        return [nearest_resize(given, output.shape[2:]) for output in levels]
+    _first(given, name)
+    if len(given) != len(levels):
+        raise LossInputError(
+            f"{len(levels)} deep-supervision outputs but {len(given)} {name}s; give one {name} per output (nnU-Net's "
+            f"list) or one {name} at the first output's size."
+        )
+    for i, (t, output) in enumerate(zip(given, levels)):
+        if not isinstance(t, torch.Tensor) or t.ndim != output.ndim or t.shape[2:] != output.shape[2:]:
+            raise LossInputError(
+                f"{name} {i} has shape {tuple(getattr(t, 'shape', ()))} but output {i} has shape "
+                f"{tuple(output.shape)}; each {name} in the list must match its output's spatial size."
+            )
+    return list(given)
 
 
 def _as_levels(outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> list[torch.Tensor]:
