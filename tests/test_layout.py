@@ -52,12 +52,24 @@ def test_no_import_cycle_anywhere():
             visit(module, [])
 
 
-def test_the_loss_core_does_not_import_the_bundle():
+def test_the_loss_core_does_not_import_the_bundle_or_the_integrations():
     graph = _import_graph()
     core = [m for m in graph if m.startswith(("monai_gdl.losses", "monai_gdl.kernels"))]
     assert core
     for module in core:
-        assert not {m for m in graph[module] if m.startswith("monai_gdl.bundle")}, module
+        assert not {m for m in graph[module] if m.startswith(("monai_gdl.bundle", "monai_gdl.integrations"))}, module
+
+
+def test_nnunet_is_imported_only_by_its_integration():
+    """nnU-Net is an optional extra: one module imports it (and gives the install hint when it is missing)."""
+    importers = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if any(n == "nnunetv2" or n.startswith("nnunetv2.") for n in names):
+                importers.add(_module_name(path))
+    assert importers == {"monai_gdl.integrations.nnunet"}
 
 
 def test_public_api_is_curated():

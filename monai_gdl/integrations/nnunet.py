@@ -1,0 +1,253 @@
+"""nnU-Net v2 trainers that train with the fused losses: the same loss nnU-Net builds, one pass, same numbers.
+
+nnU-Net's default loss (``nnUNetTrainer._build_loss``) is, for label maps, ``DC_and_CE_loss`` with
+``MemoryEfficientSoftDiceLoss`` (softmax, ``do_bg=False``, ``smooth=1e-5``, ``batch_dice`` from the plans,
+the ignore label excluded) and, for region-based training, ``DC_and_BCE_loss`` (sigmoid, ``do_bg=True``,
+the ignore label as the target's last channel), wrapped in its deep supervision (weights ``1/2^i``, the
+lowest resolution's 0, normalised; ``1e-6`` instead of 0 under DDP without ``torch.compile``). Per level::
+
+    labels:   -mean_{b,c>=1} D[b, c] + CE                     D = (2 I + s) / (P + G + s), s = 1e-5
+    regions:  -mean_{b,c} D[b, c] + BCE                        (mean over b only without batch_dice)
+
+Here the same loss is :class:`~monai_gdl.VNetDiceCELoss` / :class:`~monai_gdl.VNetDiceBCELoss`
+(``squared_pred=False``, ``smooth_nr = smooth_dr = 1e-5``) minus ``lambda_dice``, because nnU-Net logs
+``-Dice`` where ours is ``1 - Dice``: the value nnU-Net logs is the same number with either trainer, so
+curves do not jump when switching. nnU-Net's masked BCE (ignore label with regions) divides the sum over
+the region channels by the voxel count, i.e. the per-element mean times the number of regions; the region
+loss reproduces that with ``lambda_ce`` = the number of regions.
+
+Use (nnU-Net >= 2.8.1 finds trainers outside its package through ``nnUNet_extTrainer``)::
+
+    export nnUNet_extTrainer=$(python -m monai_gdl.integrations.nnunet path)
+    nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerFusedDiceCE     # label maps
+    nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerFusedDiceBCE    # region-based plans
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import metadata
+from pathlib import Path
+import torch
+from torch import nn
+
+from monai_gdl.losses import DeepSupervisionWrapper, LossInputError, VNetDiceBCELoss, VNetDiceCELoss
+
+#: nnU-Net's ``recursive_find_trainer_class_by_name`` reads ``nnUNet_extTrainer`` from this release on.
+MIN_NNUNET_FOR_DISCOVERY = (2, 8, 1)
+#: The folder ``nnUNet_extTrainer`` points at: one module that re-exports the trainers below.
+TRAINER_FOLDER = Path(__file__).resolve().parent / "nnunet_trainers"
+INSTALL_HINT = 'pip install "monai_gdl[nnunet]"'
+
+try:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+except ImportError as error:  # one line naming the fix, not nnU-Net's import chain
+    raise ImportError(f"monai_gdl.integrations.nnunet needs nnU-Net v2 ({error}); install it: {INSTALL_HINT}") from None
+
+__all__ = [
+    "NNUNetDiceBCELoss",
+    "NNUNetDiceCELoss",
+    "nnUNetTrainerFusedDiceBCE",
+    "nnUNetTrainerFusedDiceCE",
+    "nnunet_deep_supervision_weights",
+]
+
+NNUNET_SMOOTH = 1e-5
+
+
+class NNUNetDiceCELoss(nn.Module):
+    """nnU-Net's ``DC_and_CE_loss`` (its label-map loss), fused: ``VNetDiceCELoss - weight_dice``.
+
+    ``forward(net_output, target)``: ``B x C x spatial`` logits and nnU-Net's ``B x 1 x spatial`` label map
+    (any integer or float dtype; ``ignore_label`` voxels count in neither part). Returns a scalar:
+    ``weight_ce * CE - weight_dice * mean Dice`` over the foreground classes (per sample, or pooled over the
+    batch with ``batch_dice``, all-reduced under DDP).
+    """
+
+    def __init__(
+        self,
+        batch_dice: bool,
+        ignore_label: int | None = None,
+        weight_ce: float = 1.0,
+        weight_dice: float = 1.0,
+        smooth: float = NNUNET_SMOOTH,
+    ) -> None:
+        super().__init__()
+        self.weight_dice = float(weight_dice)
+        self.loss = VNetDiceCELoss(
+            include_background=False,
+            to_onehot_y=True,
+            softmax=True,
+            squared_pred=False,
+            batch=batch_dice,
+            smooth_nr=smooth,
+            smooth_dr=smooth,
+            ignore_index=ignore_label,
+            lambda_dice=weight_dice,
+            lambda_ce=weight_ce,
+        )
+
+    def forward(self, net_output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(net_output, target) - self.weight_dice
+
+
+class NNUNetDiceBCELoss(nn.Module):
+    """nnU-Net's ``DC_and_BCE_loss`` (region-based training), fused: ``VNetDiceBCELoss - weight_dice``.
+
+    ``forward(net_output, target)``: ``B x R x spatial`` logits, one per region, and nnU-Net's one-hot region
+    target (bool or float), ``B x R x spatial``, or ``B x (R + 1) x spatial`` with ``use_ignore_label`` (the
+    last channel marks the ignored voxels). With the ignore label the BCE is nnU-Net's: the masked sum over
+    the regions divided by the number of unmasked voxels (``lambda_ce = R`` on our per-element mean).
+    """
+
+    def __init__(
+        self,
+        batch_dice: bool,
+        num_regions: int,
+        use_ignore_label: bool = False,
+        weight_ce: float = 1.0,
+        weight_dice: float = 1.0,
+        smooth: float = NNUNET_SMOOTH,
+    ) -> None:
+        super().__init__()
+        if not isinstance(num_regions, int) or num_regions < 1:
+            raise LossInputError(f"num_regions={num_regions!r}: give the number of regions the network predicts.")
+        self.num_regions = num_regions
+        self.use_ignore_label = bool(use_ignore_label)
+        self.weight_dice = float(weight_dice)
+        self.loss = VNetDiceBCELoss(
+            include_background=True,
+            sigmoid=True,
+            squared_pred=False,
+            batch=batch_dice,
+            smooth_nr=smooth,
+            smooth_dr=smooth,
+            lambda_dice=weight_dice,
+            lambda_ce=weight_ce * (num_regions if use_ignore_label else 1),
+        )
+
+    def forward(self, net_output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        channels = self.num_regions + self.use_ignore_label
+        if net_output.shape[1] != self.num_regions or target.shape[1] != channels:
+            raise LossInputError(
+                f"net_output has {net_output.shape[1]} channels and target {target.shape[1]}; this loss was built for "
+                f"{self.num_regions} regions, so the target needs {channels} channels"
+                + (" (the regions, then the ignore channel)." if self.use_ignore_label else ".")
+            )
+        if not self.use_ignore_label:
+            return self.loss(net_output, target) - self.weight_dice
+        ignored = target[:, -1:]
+        return self.loss(net_output, target[:, :-1], mask=ignored == 0) - self.weight_dice
+
+
+def nnunet_deep_supervision_weights(levels: int, ddp_without_compile: bool = False) -> list[float]:
+    """nnU-Net v2's deep-supervision weights: ``1/2^i``, the lowest level's 0 (``1e-6`` under DDP without
+    ``torch.compile``, where nnU-Net keeps that head's parameters in use), normalised to sum 1."""
+    weights = [0.5**i for i in range(levels)]
+    if levels > 1:
+        weights[-1] = 1e-6 if ddp_without_compile else 0.0
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+class _FusedLossTrainer(nnUNetTrainer):
+    """An ``nnUNetTrainer`` whose ``_build_loss`` builds the fused loss; everything else is nnU-Net's."""
+
+    regions: bool  # the label kind this trainer's loss serves
+    other_trainer: str
+
+    # nnU-Net records its constructor's arguments by this signature's names (``my_init_kwargs``): keep it.
+    def __init__(
+        self,
+        plans: dict,
+        configuration: str,
+        fold: int,
+        dataset_json: dict,
+        device: torch.device = torch.device("cuda"),  # noqa: B008 (nnU-Net's own default)
+    ) -> None:
+        has_regions = PlansManager(plans).get_label_manager(dataset_json).has_regions
+        if has_regions != self.regions:  # refused before nnU-Net makes its output folders
+            plan = "region-based (sigmoid outputs)" if has_regions else "label maps (softmax)"
+            raise ValueError(
+                f"{type(self).__name__} cannot train this plan: its labels are {plan}. Use -tr {self.other_trainer}."
+            )
+        super().__init__(plans, configuration, fold, dataset_json, device)
+
+    def _single_level_loss(self) -> nn.Module:
+        raise NotImplementedError
+
+    def _build_loss(self) -> nn.Module:
+        loss = self._single_level_loss()
+        if not self.enable_deep_supervision:
+            return loss
+        levels = len(self._get_deep_supervision_scales())
+        weights = nnunet_deep_supervision_weights(levels, self.is_ddp and not self._do_i_compile())
+        return DeepSupervisionWrapper(loss, weights=weights)
+
+
+class nnUNetTrainerFusedDiceCE(_FusedLossTrainer):
+    """nnU-Net's trainer with its label-map loss (``DC_and_CE_loss``) fused: same values, one pass."""
+
+    regions = False
+    other_trainer = "nnUNetTrainerFusedDiceBCE"
+
+    def _single_level_loss(self) -> nn.Module:
+        return NNUNetDiceCELoss(
+            batch_dice=self.configuration_manager.batch_dice, ignore_label=self.label_manager.ignore_label
+        )
+
+
+class nnUNetTrainerFusedDiceBCE(_FusedLossTrainer):
+    """nnU-Net's trainer with its region loss (``DC_and_BCE_loss``) fused: same values, one pass."""
+
+    regions = True
+    other_trainer = "nnUNetTrainerFusedDiceCE"
+
+    def _single_level_loss(self) -> nn.Module:
+        return NNUNetDiceBCELoss(
+            batch_dice=self.configuration_manager.batch_dice,
+            num_regions=len(self.label_manager.foreground_regions),
+            use_ignore_label=self.label_manager.has_ignore_label,
+        )
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split(".")[:3]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def trainer_folder() -> Path:
+    """The folder to export as ``nnUNet_extTrainer``; refuses an nnU-Net that does not read that variable."""
+    version = metadata.version("nnunetv2")
+    if _version_tuple(version) < MIN_NNUNET_FOR_DISCOVERY:
+        minimum = ".".join(map(str, MIN_NNUNET_FOR_DISCOVERY))
+        raise RuntimeError(
+            f"nnunetv2 {version} does not look for trainers outside its package (nnUNet_extTrainer arrived in "
+            f"{minimum}); upgrade: pip install 'nnunetv2>={minimum}'"
+        )
+    return TRAINER_FOLDER
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m monai_gdl.integrations.nnunet",
+        description="nnU-Net v2 trainers with the fused losses: export nnUNet_extTrainer=$(... path), then "
+        "nnUNetv2_train DATASET CONFIG FOLD -tr nnUNetTrainerFusedDiceCE (or nnUNetTrainerFusedDiceBCE for regions).",
+    )
+    parser.add_argument("command", choices=["path"], help="path: print the folder to export as nnUNet_extTrainer")
+    parser.parse_args(argv)
+    try:
+        print(trainer_folder())
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
