@@ -25,7 +25,9 @@ from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 
 def find_trainer(name: str) -> type:
     for folder in os.environ["nnUNet_extTrainer"].split(os.pathsep):
-        found = recursive_find_python_class(folder, name, None, base_folder=folder, cleanup_imports_from_base_folder=True)
+        found = recursive_find_python_class(
+            folder, name, None, base_folder=folder, cleanup_imports_from_base_folder=True
+        )
         if found is not None:
             return found
     raise SystemExit(f"trainer {name} not found in nnUNet_extTrainer={os.environ['nnUNet_extTrainer']}")

@@ -215,6 +215,15 @@ def test_missing_nnunet_gives_one_line_naming_the_extra():
     assert 'pip install "monai_gdl[nnunet]"' in last
 
 
+def test_installing_nnunet_kept_the_cpu_torch_and_pulled_no_torchvision():
+    """.ci/run installs nnU-Net with --no-deps from an explicit list: torch stays the CPU build it was."""
+    import importlib.util
+
+    if os.environ.get("MONAI_GDL_REQUIRE_NNUNET") == "1":
+        assert torch.version.cuda is None, torch.__version__
+    assert importlib.util.find_spec("torchvision") is None or torch.version.cuda is not None
+
+
 def test_the_trainer_keeps_nnunets_constructor_record():
     """nnU-Net re-creates a trainer from ``my_init_kwargs`` (checkpoints, inference): same names as its own."""
     trainer = _trainer(nnUNetTrainerFusedDiceCE, "labels")

@@ -111,9 +111,8 @@ def _train(nnunet_env, trainer: str) -> dict:
     root, env = nnunet_env
     env = dict(env, nnUNet_n_proc_DA="0")  # augmentation in the training process: 2 cores
     out = root / f"{trainer}.json"
-    run = subprocess.run(
-        [sys.executable, str(HERE / "nnunet_train.py"), "901", trainer, str(out)], env=env, capture_output=True, text=True
-    )
+    command = [sys.executable, str(HERE / "nnunet_train.py"), "901", trainer, str(out)]
+    run = subprocess.run(command, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return json.loads(out.read_text())
 

@@ -26,9 +26,16 @@ Use (nnU-Net >= 2.8.1 finds trainers outside its package through ``nnUNet_extTra
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -233,14 +240,126 @@ def trainer_folder() -> Path:
     return TRAINER_FOLDER
 
 
+def _rss_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key))
+
+
+def measure_loss_step(
+    plans_file: str, dataset_json_file: str, configuration: str, loss: str, reps: int, what_if: dict | None = None
+) -> dict:
+    """One loss of a plan (``"nnunet"``: ``nnUNetTrainer._build_loss``; ``"fused"``: ours) on network-shaped
+    deep-supervision outputs (the plan's batch and patch, random logits) and nnU-Net's target list (its
+    ``DownsampleSegForDSTransform`` on an int16 label map, as its loader hands): median forward + backward
+    time after 3 warm-up steps, and the step's peak resident memory above the resident memory after warm-up
+    (inputs in place, their gradients freed), read on Linux from VmHWM after resetting it. ``what_if``
+    overrides the plan's ``patch_size`` / ``batch_size`` and the number of classes (``num_classes``)."""
+    from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+
+    os.environ.setdefault("nnUNet_results", tempfile.mkdtemp(prefix="nnunet_results_"))
+    with open(plans_file) as f:
+        plans = json.load(f)
+    with open(dataset_json_file) as f:
+        dataset_json = json.load(f)
+    plans["continue_training"] = False
+    what_if = what_if or {}
+    config = plans["configurations"][configuration]
+    for key in ("patch_size", "batch_size"):
+        if what_if.get(key) is not None:
+            config[key] = what_if[key]
+    if what_if.get("num_classes") is not None:
+        dataset_json["labels"] = {"background": 0, **{f"class_{i}": i for i in range(1, what_if["num_classes"])}}
+    cls = nnUNetTrainerFusedDiceCE if loss == "fused" else nnUNetTrainer
+    trainer = cls(plans, configuration, 0, dataset_json, device=torch.device("cpu"))
+    loss_fn = trainer._build_loss()
+    patch = trainer.configuration_manager.patch_size
+    batch, classes = trainer.configuration_manager.batch_size, trainer.label_manager.num_segmentation_heads
+    scales = trainer._get_deep_supervision_scales() or [[1.0] * len(patch)]
+    g = torch.Generator().manual_seed(0)
+    sizes = [[round(p * s) for p, s in zip(patch, scale)] for scale in scales]
+    outputs = [torch.randn(batch, classes, *size, generator=g).requires_grad_(True) for size in sizes]
+    labels = [torch.randint(0, classes, (1, *patch), generator=g).to(torch.int16) for _ in range(batch)]
+    per_sample = [DownsampleSegForDSTransform(scales)(segmentation=s)["segmentation"] for s in labels]
+    targets = [torch.stack(level) for level in zip(*per_sample)]
+
+    def step() -> None:
+        for o in outputs:
+            o.grad = None
+        value = loss_fn(outputs if len(outputs) > 1 else outputs[0], targets if len(targets) > 1 else targets[0])
+        value.backward()
+
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    for o in outputs:
+        o.grad = None
+    base = _rss_kib("VmRSS:")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    step()
+    peak = _rss_kib("VmHWM:")
+    return {
+        "loss": type(loss_fn.loss if hasattr(loss_fn, "loss") else loss_fn).__name__,
+        "ms": 1000 * statistics.median(times),
+        "extra_mib": (peak - base) / 1024,
+        "shape": f"{batch} x {classes} x {' x '.join(map(str, patch))}, {len(outputs)} outputs",
+    }
+
+
+def compare_losses(
+    plans_file: str, dataset_json_file: str, configuration: str, rounds: int, reps: int, what_if: dict
+) -> list[dict]:
+    """nnU-Net's loss and ours, each in a fresh process (memory readings unaffected by the other), alternated."""
+    results = []
+    for _ in range(rounds):
+        for loss in ("nnunet", "fused"):
+            arguments = [plans_file, dataset_json_file, configuration, loss, reps, what_if]
+            code = (
+                "import json; from monai_gdl.integrations.nnunet import measure_loss_step; "
+                f"print(json.dumps(measure_loss_step(*{arguments!r})))"
+            )
+            run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            results.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m monai_gdl.integrations.nnunet",
         description="nnU-Net v2 trainers with the fused losses: export nnUNet_extTrainer=$(... path), then "
         "nnUNetv2_train DATASET CONFIG FOLD -tr nnUNetTrainerFusedDiceCE (or nnUNetTrainerFusedDiceBCE for regions).",
     )
-    parser.add_argument("command", choices=["path"], help="path: print the folder to export as nnUNet_extTrainer")
-    parser.parse_args(argv)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("path", help="print the folder to export as nnUNet_extTrainer")
+    compare = commands.add_parser(
+        "compare-loss", help="time and peak extra memory of one loss step, nnU-Net's loss vs the fused one, for a plan"
+    )
+    compare.add_argument("--plans", required=True, help="nnUNetPlans.json from nnUNet_preprocessed/DATASET")
+    compare.add_argument("--dataset-json", required=True, help="dataset.json from nnUNet_preprocessed/DATASET")
+    compare.add_argument("--configuration", default="3d_fullres")
+    compare.add_argument("--rounds", type=int, default=2, help="alternations, one fresh process per loss each")
+    compare.add_argument("--reps", type=int, default=10, help="timed steps per process (after 3 warm-up steps)")
+    compare.add_argument("--patch-size", type=int, nargs="+", help="what if: this patch instead of the plan's")
+    compare.add_argument("--batch-size", type=int, help="what if: this batch size instead of the plan's")
+    compare.add_argument("--num-classes", type=int, help="what if: this many classes (background included)")
+    args = parser.parse_args(argv)
+    if args.command == "compare-loss":
+        for path in (args.plans, args.dataset_json):
+            if not Path(path).is_file():
+                message = f"error: {path} is not a file; give nnU-Net's preprocessed plans and dataset.json"
+                print(message, file=sys.stderr)
+                return 2
+        what_if = {"patch_size": args.patch_size, "batch_size": args.batch_size, "num_classes": args.num_classes}
+        results = compare_losses(args.plans, args.dataset_json, args.configuration, args.rounds, args.reps, what_if)
+        print(f"{results[0]['shape']} (CPU, {torch.get_num_threads()} threads, median of {args.reps} steps)")
+        print("| loss | forward + backward ms | peak extra MiB |\n|---|---:|---:|")
+        for r in results:
+            print(f"| {r['loss']} | {r['ms']:.1f} | {r['extra_mib']:.1f} |")
+        return 0
     try:
         print(trainer_folder())
     except RuntimeError as error:
