@@ -36,7 +36,9 @@ from monai_gdl.integrations.nnunet import (  # noqa: E402
     NNUNetDiceCELoss,
     nnUNetTrainerFusedDiceBCE,
     nnUNetTrainerFusedDiceCE,
+    nnUNetTrainerFusedSkeletonRecall,
 )
+from monai_gdl.structure_maps import tubed_skeleton  # noqa: E402
 
 DATA = pathlib.Path(__file__).parent / "data" / "nnunet"
 #: nnU-Net sums its Dice statistics in float32 whatever the input dtype: equal up to float32 rounding.
@@ -65,6 +67,9 @@ def _value_and_grads(loss, outputs, target):
 def _assert_same(ours, theirs):
     torch.testing.assert_close(ours[0], theirs[0].to(ours[0].dtype), **TOLERANCE)
     for a, b in zip(ours[1], theirs[1]):
+        if a is None or b is None:  # a level of weight 0: skipped (no gradient) or zeros
+            assert not (a if a is not None else b if b is not None else torch.zeros(1)).any()
+            continue
         torch.testing.assert_close(a, b, **TOLERANCE)
 
 
@@ -173,6 +178,7 @@ def test_deep_supervision_weights_are_nnunets_with_and_without_ddp():
     [
         (nnUNetTrainerFusedDiceCE, "regions", "-tr nnUNetTrainerFusedDiceBCE"),
         (nnUNetTrainerFusedDiceBCE, "labels", "-tr nnUNetTrainerFusedDiceCE"),
+        (nnUNetTrainerFusedSkeletonRecall, "regions", "-tr nnUNetTrainerFusedDiceBCE"),
     ],
 )
 def test_a_plan_the_trainer_cannot_serve_is_refused_naming_the_other(cls, kind, fix):
@@ -192,7 +198,7 @@ def test_nnunets_external_trainer_search_finds_the_trainers():
         [sys.executable, "-m", "monai_gdl.integrations.nnunet", "path"], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert pathlib.Path(printed) == nnunet.TRAINER_FOLDER and nnunet.TRAINER_FOLDER.is_dir()
-    for name in ("nnUNetTrainerFusedDiceCE", "nnUNetTrainerFusedDiceBCE"):
+    for name in ("nnUNetTrainerFusedDiceCE", "nnUNetTrainerFusedDiceBCE", "nnUNetTrainerFusedSkeletonRecall"):
         found = recursive_find_python_class(
             printed, name, None, base_folder=printed, verbose=False, cleanup_imports_from_base_folder=True
         )
@@ -229,3 +235,61 @@ def test_the_trainer_keeps_nnunets_constructor_record():
     trainer = _trainer(nnUNetTrainerFusedDiceCE, "labels")
     assert list(trainer.my_init_kwargs) == ["plans", "configuration", "fold", "dataset_json", "device"]
     assert copy.deepcopy(trainer.my_init_kwargs["configuration"]) == "3d_fullres"
+
+
+def _recall_float64(output, label, skeleton, batch_dice, smooth=1e-5):
+    """Skeleton Recall as its authors add it to nnU-Net's loss: -mean over foreground classes (and samples unless
+    batch_dice) of (sum p_c s_c + smooth) / (sum s_c + smooth), p the softmax; float64, written from the paper."""
+    p = torch.softmax(output.double(), 1)[:, 1:]
+    classes = torch.arange(1, output.shape[1]).view(1, -1, *[1] * (output.ndim - 2))
+    s = (skeleton == classes).double()
+    axes = [0, *range(2, output.ndim)] if batch_dice else list(range(2, output.ndim))
+    return -((p * s).sum(axes) + smooth).div(s.sum(axes) + smooth).mean()
+
+
+@pytest.mark.parametrize("batch_dice", [False, True])
+def test_skeleton_recall_trainer_loss_is_nnunets_plus_the_recall_term(batch_dice):
+    """nnU-Net's own DC_and_CE_loss (its trainer's deep-supervised loss) plus the recall term per level with
+    nnU-Net's weights, on targets whose second channel is the skeleton, as the trainer's transforms make them."""
+    trainer = _trainer(nnUNetTrainerFusedSkeletonRecall, "labels")
+    trainer.configuration_manager.configuration["batch_dice"] = batch_dice
+    reference = _trainer(nnUNetTrainer, "labels")
+    reference.configuration_manager.configuration["batch_dice"] = batch_dice
+    g = torch.Generator().manual_seed(9)
+    outputs, labels = _deep_supervision_batch(trainer, 3, g, top=3)
+    skeletons = [(torch.rand(t.shape, generator=g) < 0.1).to(t.dtype) * t for t in labels]
+    targets = [torch.cat([t, s], 1) for t, s in zip(labels, skeletons)]
+    ours = _value_and_grads(trainer._build_loss(), outputs, targets)
+    weights = nnunet.nnunet_deep_supervision_weights(len(outputs))
+    nnunet_loss = reference._build_loss()
+
+    def theirs_fn(outs, _):
+        recall = sum(w * _recall_float64(o, t, s, batch_dice) for w, o, t, s in zip(weights, outs, labels, skeletons))
+        return nnunet_loss(outs, labels) + recall.float()
+
+    theirs = _value_and_grads(theirs_fn, outputs, targets)
+    _assert_same(ours, theirs)
+    # nnU-Net's validation batches carry no skeleton: the Dice + CE part alone, as the plain fused trainer
+    plain = _value_and_grads(_trainer(nnUNetTrainerFusedDiceCE, "labels")._build_loss(), outputs, labels)
+    _assert_same(_value_and_grads(trainer._build_loss(), outputs, labels), plain)
+
+
+def test_skeleton_recall_transforms_append_the_skeleton_at_every_level():
+    """nnU-Net's own training transforms with the skeleton step: each level's target is label + tubed skeleton
+    of the augmented label (at full size exactly tubed_skeleton of it), downsampled together."""
+    trainer = _trainer(nnUNetTrainerFusedSkeletonRecall, "labels")
+    patch = trainer.configuration_manager.patch_size
+    rotation, dummy_2d, _, mirror_axes = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    scales = trainer._get_deep_supervision_scales()
+    transforms = trainer.get_training_transforms(
+        patch, rotation, scales, mirror_axes, dummy_2d, use_mask_for_norm=[False],
+        foreground_labels=trainer.label_manager.foreground_labels,
+    )  # fmt: skip
+    seg = torch.zeros(1, *patch, dtype=torch.int16)
+    seg[0, 10:30, 20:28, 12:28] = 1  # a slab and a rod, the kinds of shape a skeleton thins
+    seg[0, 18:23, 30:50, 18:23] = 2
+    torch.manual_seed(0)
+    out = transforms(image=torch.randn(1, *patch), segmentation=seg)["segmentation"]
+    assert [tuple(t.shape) for t in out] == [(2, *[round(p * s) for p, s in zip(patch, sc)]) for sc in scales]
+    label, skeleton = out[0][0], out[0][1]
+    assert skeleton.any() and torch.equal(skeleton, torch.from_numpy(tubed_skeleton(label.numpy(), 3)).to(torch.int16))

@@ -24,7 +24,7 @@ CASES = 6
 #: A trainer variant with tiny epochs for each trainer compared, as nnU-Net's own nnUNetTrainer_5epochs.
 TINY_TRAINERS = """
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from monai_gdl.integrations.nnunet import nnUNetTrainerFusedDiceCE
+from monai_gdl.integrations.nnunet import nnUNetTrainerFusedDiceCE, nnUNetTrainerFusedSkeletonRecall
 
 
 def _tiny(trainer):
@@ -34,6 +34,12 @@ def _tiny(trainer):
 
 
 class nnUNetTrainerFusedDiceCE_tiny(nnUNetTrainerFusedDiceCE):
+    def __init__(self, plans, configuration, fold, dataset_json, device):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _tiny(self)
+
+
+class nnUNetTrainerFusedSkeletonRecall_tiny(nnUNetTrainerFusedSkeletonRecall):
     def __init__(self, plans, configuration, fold, dataset_json, device):
         super().__init__(plans, configuration, fold, dataset_json, device)
         _tiny(self)
@@ -128,6 +134,14 @@ def test_fused_trainer_trains_validates_and_predicts_like_nnunets_own(nnunet_env
         assert predictions, "nnU-Net's final validation wrote no segmentation"
     # Same logging convention (-Dice + CE): the first epoch's losses are on the same scale, not 1 apart.
     assert abs(ours["train_losses"][0] - theirs["train_losses"][0]) < 0.5, (ours, theirs)
+
+
+def test_skeleton_recall_trainer_trains_through_nnunets_pipeline(nnunet_env):
+    """The skeleton is made in nnU-Net's augmentation pipeline and rides its deep-supervision target lists."""
+    result = _train(nnunet_env, "nnUNetTrainerFusedSkeletonRecall_tiny")
+    assert result["loss_class"] == "NNUNetDiceCESkeletonRecallLoss"
+    assert result["train_losses"][-1] < result["train_losses"][0], result["train_losses"]
+    assert sorted((pathlib.Path(result["output_folder"]) / "validation").glob("*.nii.gz"))
 
 
 def _timm_imports() -> str | None:

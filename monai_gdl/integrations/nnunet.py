@@ -21,11 +21,18 @@ Use (nnU-Net >= 2.8.1 finds trainers outside its package through ``nnUNet_extTra
     export nnUNet_extTrainer=$(python -m monai_gdl.integrations.nnunet path)
     nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerFusedDiceCE     # label maps
     nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerFusedDiceBCE    # region-based plans
+    nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainerFusedSkeletonRecall   # + Skeleton Recall (thin structures)
+
+Skeleton Recall (Kirchhoff et al., ECCV 2024) as its authors train it in nnU-Net: the tubed skeleton of each
+augmented training patch is computed in the data pipeline (:class:`TubedSkeletonTransform`, appended as a
+second segmentation channel, so nnU-Net's deep-supervision downsampling carries it to every level) and the
+loss adds ``-recall`` of the skeleton per foreground class (``weight_srec = 1``), fused into the same pass.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -35,11 +42,19 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from monai_gdl.losses import DeepSupervisionWrapper, LossInputError, VNetDiceBCELoss, VNetDiceCELoss
+from monai_gdl.losses import (
+    DeepSupervisionWrapper,
+    LossInputError,
+    VNetDiceBCELoss,
+    VNetDiceCELoss,
+    VNetDiceCESkeletonRecallLoss,
+)
+from monai_gdl.structure_maps import tubed_skeleton
 
 #: nnU-Net's ``recursive_find_trainer_class_by_name`` reads ``nnUNet_extTrainer`` from this release on.
 MIN_NNUNET_FOR_DISCOVERY = (2, 8, 1)
@@ -48,6 +63,9 @@ TRAINER_FOLDER = Path(__file__).resolve().parent / "nnunet_trainers"
 INSTALL_HINT = 'pip install "monai_gdl[nnunet]"'
 
 try:
+    from batchgeneratorsv2.transforms.base.basic_transform import SegOnlyTransform
+    from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+    from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 except ImportError as error:  # one line naming the fix, not nnU-Net's import chain
@@ -56,8 +74,11 @@ except ImportError as error:  # one line naming the fix, not nnU-Net's import ch
 __all__ = [
     "NNUNetDiceBCELoss",
     "NNUNetDiceCELoss",
+    "NNUNetDiceCESkeletonRecallLoss",
+    "TubedSkeletonTransform",
     "nnUNetTrainerFusedDiceBCE",
     "nnUNetTrainerFusedDiceCE",
+    "nnUNetTrainerFusedSkeletonRecall",
     "nnunet_deep_supervision_weights",
 ]
 
@@ -149,6 +170,67 @@ class NNUNetDiceBCELoss(nn.Module):
         return self.loss(net_output, target[:, :-1], mask=ignored == 0) - self.weight_dice
 
 
+class NNUNetDiceCESkeletonRecallLoss(nn.Module):
+    """nnU-Net's ``DC_and_CE_loss`` plus Skeleton Recall as its authors add it (``-recall`` per foreground class,
+    ``weight_srec``), fused: ``VNetDiceCESkeletonRecallLoss - weight_dice - weight_srec``.
+
+    ``forward(net_output, target)``: ``target`` ``B x 2 x spatial``, the label map then its tubed skeleton
+    (:class:`TubedSkeletonTransform`); a ``B x 1 x spatial`` target (nnU-Net's validation batches, which carry
+    no skeleton) gets the Dice + CE part alone, as :class:`NNUNetDiceCELoss`.
+    """
+
+    def __init__(
+        self,
+        batch_dice: bool,
+        ignore_label: int | None = None,
+        weight_ce: float = 1.0,
+        weight_dice: float = 1.0,
+        weight_srec: float = 1.0,
+        smooth: float = NNUNET_SMOOTH,
+    ) -> None:
+        super().__init__()
+        self.offset = float(weight_dice) + float(weight_srec)
+        self.loss = VNetDiceCESkeletonRecallLoss(
+            include_background=False,
+            to_onehot_y=True,
+            softmax=True,
+            squared_pred=False,
+            batch=batch_dice,
+            smooth_nr=smooth,
+            smooth_dr=smooth,
+            ignore_index=ignore_label,
+            lambda_dice=weight_dice,
+            lambda_ce=weight_ce,
+            lambda_skel=weight_srec,
+        )
+        self.without_skeleton = NNUNetDiceCELoss(batch_dice, ignore_label, weight_ce, weight_dice, smooth)
+
+    def forward(self, net_output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if target.shape[1] == 1:
+            return self.without_skeleton(net_output, target)
+        return self.loss(net_output, target) - self.offset
+
+
+class TubedSkeletonTransform(SegOnlyTransform):
+    """nnU-Net data-augmentation step: append the tubed skeleton of the (augmented) label map as a second
+    segmentation channel (:func:`~monai_gdl.tubed_skeleton`, ``dilations`` as the paper's 2; ignored voxels
+    have no skeleton). Runs per sample in nnU-Net's augmentation workers, before the deep-supervision
+    downsampling, so every level gets the skeleton picked by the same nearest-neighbour selection as its label."""
+
+    def __init__(self, num_classes: int, ignore_label: int | None = None, dilations: int = 2) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.ignore_label = ignore_label
+        self.dilations = dilations
+
+    def _apply_to_segmentation(self, segmentation: torch.Tensor, **params: object) -> torch.Tensor:
+        label = segmentation[0]
+        if self.ignore_label is not None:
+            label = torch.where(label == self.ignore_label, torch.zeros_like(label), label)
+        skeleton = tubed_skeleton(label.numpy(), self.num_classes, dilations=self.dilations)
+        return torch.cat([segmentation, torch.from_numpy(skeleton).to(segmentation.dtype)[None]])
+
+
 def nnunet_deep_supervision_weights(levels: int, ddp_without_compile: bool = False) -> list[float]:
     """nnU-Net v2's deep-supervision weights: ``1/2^i``, the lowest level's 0 (``1e-6`` under DDP without
     ``torch.compile``, where nnU-Net keeps that head's parameters in use), normalised to sum 1."""
@@ -218,6 +300,32 @@ class nnUNetTrainerFusedDiceBCE(_FusedLossTrainer):
             num_regions=len(self.label_manager.foreground_regions),
             use_ignore_label=self.label_manager.has_ignore_label,
         )
+
+
+class nnUNetTrainerFusedSkeletonRecall(nnUNetTrainerFusedDiceCE):
+    """nnU-Net's trainer with Dice + CE + Skeleton Recall (its authors' recipe), fused in one pass; the tubed
+    skeleton is made per training patch after augmentation (:class:`TubedSkeletonTransform`)."""
+
+    other_trainer = "nnUNetTrainerFusedDiceBCE (Skeleton Recall is for label maps, not regions)"
+
+    def _single_level_loss(self) -> nn.Module:
+        return NNUNetDiceCESkeletonRecallLoss(
+            batch_dice=self.configuration_manager.batch_dice, ignore_label=self.label_manager.ignore_label
+        )
+
+    @staticmethod
+    def get_training_transforms(*args: Any, **kwargs: Any) -> ComposeTransforms:  # type: ignore[override]
+        """nnU-Net's training transforms with :class:`TubedSkeletonTransform` just before its deep-supervision
+        downsampling (or last, without deep supervision)."""
+        composed = nnUNetTrainer.get_training_transforms(*args, **kwargs)
+        bound = inspect.signature(nnUNetTrainer.get_training_transforms).bind(*args, **kwargs)
+        labels = bound.arguments.get("foreground_labels") or [1]
+        ignore_label = bound.arguments.get("ignore_label")
+        step = TubedSkeletonTransform(max(label for label in labels if label != ignore_label) + 1, ignore_label)
+        transforms = list(composed.transforms)
+        at = next((i for i, t in enumerate(transforms) if isinstance(t, DownsampleSegForDSTransform)), len(transforms))
+        transforms.insert(at, step)
+        return ComposeTransforms(transforms)
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:
