@@ -8,7 +8,8 @@ wrapper) as attributes of ``monai.losses`` (no MONAI name is replaced), so bundl
 Subpackages: :mod:`monai_gdl.losses` (options, terms, checks, sums, formulas, modules),
 :mod:`monai_gdl.kernels` (statistics contract, reference math, backends and their registry, operators),
 :mod:`monai_gdl.structure_maps` (the skeleton and distance maps the structure terms read, made in the data
-pipeline), :mod:`monai_gdl.bundle` (what the bundle configs import). Tools: ``python -m monai_gdl.benchmark |
+pipeline), :mod:`monai_gdl.bundle` (what the bundle configs import), :mod:`monai_gdl.integrations` (nnU-Net v2 trainers,
+the Auto3DSeg override; imported only when used). Tools: ``python -m monai_gdl.benchmark |
 data | report | study``.
 """
 
@@ -42,7 +43,7 @@ from monai_gdl.losses import (
 )
 from monai_gdl.structure_maps import SignedDistanceMapd, TubedSkeletonMapd, signed_distance_map, tubed_skeleton
 
-__version__ = "0.7.1"
+__version__ = "0.8.0"
 
 __all__ = [
     "BACKENDS",
