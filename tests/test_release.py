@@ -41,9 +41,8 @@ def test_build_twine_check_and_a_complete_sdist(tmp_path):
     _build(REPO, dist, "--sdist", "--wheel")
     sdist, wheel = sorted(dist.glob("*.tar.gz")), sorted(dist.glob("*.whl"))
     assert len(sdist) == 1 and len(wheel) == 1
-    check = subprocess.run(
-        [sys.executable, "-m", "twine", "check", "--strict", str(sdist[0]), str(wheel[0])], capture_output=True, text=True
-    )
+    command = [sys.executable, "-m", "twine", "check", "--strict", str(sdist[0]), str(wheel[0])]
+    check = subprocess.run(command, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     with tarfile.open(sdist[0]) as tar:
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
