@@ -85,6 +85,25 @@ __all__ = [
 NNUNET_SMOOTH = 1e-5
 
 
+def _label_loss_options(
+    batch_dice: bool, ignore_label: int | None, weight_ce: float, weight_dice: float, smooth: float
+) -> dict[str, Any]:
+    """nnU-Net's label-map Dice + CE settings in our options: softmax, background out of the Dice, plain
+    (not squared) denominators, one smoothing term, the ignore label excluded."""
+    return {
+        "include_background": False,
+        "to_onehot_y": True,
+        "softmax": True,
+        "squared_pred": False,
+        "batch": batch_dice,
+        "smooth_nr": smooth,
+        "smooth_dr": smooth,
+        "ignore_index": ignore_label,
+        "lambda_dice": weight_dice,
+        "lambda_ce": weight_ce,
+    }
+
+
 class NNUNetDiceCELoss(nn.Module):
     """nnU-Net's ``DC_and_CE_loss`` (its label-map loss), fused: ``VNetDiceCELoss - weight_dice``.
 
@@ -104,18 +123,7 @@ class NNUNetDiceCELoss(nn.Module):
     ) -> None:
         super().__init__()
         self.weight_dice = float(weight_dice)
-        self.loss = VNetDiceCELoss(
-            include_background=False,
-            to_onehot_y=True,
-            softmax=True,
-            squared_pred=False,
-            batch=batch_dice,
-            smooth_nr=smooth,
-            smooth_dr=smooth,
-            ignore_index=ignore_label,
-            lambda_dice=weight_dice,
-            lambda_ce=weight_ce,
-        )
+        self.loss = VNetDiceCELoss(**_label_loss_options(batch_dice, ignore_label, weight_ce, weight_dice, smooth))
 
     def forward(self, net_output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.loss(net_output, target) - self.weight_dice
@@ -191,17 +199,7 @@ class NNUNetDiceCESkeletonRecallLoss(nn.Module):
         super().__init__()
         self.offset = float(weight_dice) + float(weight_srec)
         self.loss = VNetDiceCESkeletonRecallLoss(
-            include_background=False,
-            to_onehot_y=True,
-            softmax=True,
-            squared_pred=False,
-            batch=batch_dice,
-            smooth_nr=smooth,
-            smooth_dr=smooth,
-            ignore_index=ignore_label,
-            lambda_dice=weight_dice,
-            lambda_ce=weight_ce,
-            lambda_skel=weight_srec,
+            **_label_loss_options(batch_dice, ignore_label, weight_ce, weight_dice, smooth), lambda_skel=weight_srec
         )
         self.without_skeleton = NNUNetDiceCELoss(batch_dice, ignore_label, weight_ce, weight_dice, smooth)
 
