@@ -6,7 +6,7 @@ the call ``nnUNetv2_train`` makes once the trainer is not in nnU-Net's own packa
 first walks nnU-Net's package, whose Primus trainers import ``timm`` (hence torchvision), which does not
 load beside this machine's CPU torch; ``test_nnunet_e2e.py`` runs the real command where it does.
 
-usage: python tests/nnunet_train.py DATASET_ID TRAINER_NAME OUT_JSON
+usage: python tests/nnunet_train.py DATASET_ID TRAINER_NAME OUT_JSON [--no-final-validation]
 """
 
 from __future__ import annotations
@@ -35,16 +35,19 @@ def find_trainer(name: str) -> type:
 
 def main() -> None:
     dataset_id, trainer_name, out = sys.argv[1:4]
+    validate = "--no-final-validation" not in sys.argv[4:]
     dataset = maybe_convert_to_dataset_name(int(dataset_id))
     plans = load_json(join(nnUNet_preprocessed, dataset, "nnUNetPlans.json"))
     plans["continue_training"] = False
     dataset_json = load_json(join(nnUNet_preprocessed, dataset, "dataset.json"))
     trainer = find_trainer(trainer_name)(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
     trainer.run_training()
-    trainer.perform_actual_validation(False)
+    if validate:
+        trainer.perform_actual_validation(False)
     log = trainer.logger.local_logger.my_fantastic_logging
     epoch_s = [b - a for a, b in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]
-    summary = load_json(join(trainer.output_folder, "validation", "summary.json"))
+    summary_file = join(trainer.output_folder, "validation", "summary.json")
+    summary = load_json(summary_file) if validate else None
     result = {
         "trainer": type(trainer).__name__,
         "loss_class": type(trainer.loss.loss if hasattr(trainer.loss, "loss") else trainer.loss).__name__,
@@ -52,7 +55,7 @@ def main() -> None:
         "val_losses": [float(v) for v in log["val_losses"]],
         "seconds_per_iteration": [s / trainer.num_iterations_per_epoch for s in epoch_s],
         "output_folder": trainer.output_folder,
-        "validation_dice": summary["foreground_mean"]["Dice"],
+        "validation_dice": summary["foreground_mean"]["Dice"] if summary else None,
     }
     assert all(math.isfinite(v) for v in result["train_losses"])
     with open(out, "w") as f:

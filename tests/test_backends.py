@@ -13,7 +13,8 @@ from monai_gdl.kernels import native, native_build
 
 @needs_native
 def test_auto_steps_aside_for_what_the_kernel_does_not_cover():
-    """It takes contiguous and channels-last logits; strided views with gaps, float64 and int16 go elsewhere."""
+    """It takes contiguous and channels-last logits; strided views with gaps, float64 logits and float16 labels go
+    elsewhere."""
     x = torch.randn(2, 3, 10)
     labels = torch.randint(0, 3, (2, 1, 10))
     with use_backend("auto"):
@@ -21,7 +22,7 @@ def test_auto_steps_aside_for_what_the_kernel_does_not_cover():
         assert kernels.resolve_backend(x.double(), labels, None, True) == "eager"
         assert kernels.resolve_backend(x.transpose(1, 2).contiguous().transpose(1, 2), labels, None, True) == "native"
         assert kernels.resolve_backend(torch.randn(2, 3, 20)[:, :, ::2], labels, None, True) == "eager"  # gaps
-        assert kernels.resolve_backend(x, labels.to(torch.int16), None, True) == "eager"
+        assert kernels.resolve_backend(x, labels.to(torch.float16), None, True) == "eager"
         assert kernels.resolve_backend(x, torch.rand(2, 3, 10, dtype=torch.float64), None, False) == "eager"
 
 
