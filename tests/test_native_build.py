@@ -40,12 +40,12 @@ def test_a_truncated_cached_library_is_rebuilt_with_a_warning(tmp_path):
     first = run_python(probe, env)
     assert first.returncode == 0 and f"ok {library.name}" in first.stdout, first.stderr[-2000:]
     assert library.stat().st_mtime_ns == seeded  # the seeded copy was loaded, not rebuilt
-    for damage in (lambda b: b[: len(b) // 3], lambda b: b[:4096] + bytes(len(b) - 4096)):
-        library.write_bytes(damage(library.read_bytes()))
-        again = run_python(probe, env)
-        assert again.returncode == 0, again.stderr[-2000:]  # was SIGBUS, in every later process
-        assert "does not match the checksum" in again.stderr
-        assert f"ok {library.name}" in again.stdout  # rebuilt, same content, same name
+    # a zeroed tail (same size) is the harder case: a size check alone would miss it
+    library.write_bytes(library.read_bytes()[:4096] + bytes(len(library.read_bytes()) - 4096))
+    again = run_python(probe, env)
+    assert again.returncode == 0, again.stderr[-2000:]  # was SIGBUS, in every later process
+    assert "does not match the checksum" in again.stderr
+    assert f"ok {library.name}" in again.stdout  # rebuilt, same content, same name
     clean = run_python(probe, env)
     assert "checksum" not in clean.stderr and clean.returncode == 0
 
