@@ -25,10 +25,13 @@ __all__ = [
     "case_id",
     "check_labels",
     "class_names",
+    "fold_cases",
     "image_files",
+    "labelled_cases",
     "msd_datalist",
     "pair_mismatch",
     "resolve_dataset_dir",
+    "voxel_grid",
     "write_synthetic_dataset",
 ]
 
@@ -109,6 +112,13 @@ def _as_ras(img) -> tuple[str, tuple[np.ndarray, tuple[int, ...]]]:
         ras_shape[int(target)] = shape[axis]
     ras_affine = affine @ nib.orientations.inv_ornt_aff(ornt, shape)
     return "".join(nib.orientations.aff2axcodes(affine)), (ras_affine, tuple(ras_shape))
+
+
+def voxel_grid(path: str) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Voxel size (mm) and size of the image at ``path`` per axis as the bundle sees it (reoriented to RAS),
+    from its header alone."""
+    affine, shape = _as_ras(_check_header(path))[1]
+    return np.linalg.norm(affine[:3, :3], axis=0), shape
 
 
 def pair_mismatch(image, label) -> str | None:
@@ -207,23 +217,8 @@ def _pairs_from_folders(dataset_dir: str) -> list[dict]:
     return [{"image": p, "label": labels[case_id(p)]} for p in images]
 
 
-def msd_datalist(
-    dataset_dir: str,
-    split: str = "training",
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    check_files: bool = True,
-) -> list[dict]:
-    """``[{"image": path, "label": path}, ...]`` for ``split`` in ``"training"``/``"validation"``.
-
-    Cases come from ``dataset.json``'s ``training`` list when present, else from pairing
-    ``imagesTr`` with ``labelsTr`` by file name. A ``validation`` list in ``dataset.json`` fixes the
-    split; otherwise a seeded shuffle holds out ``val_fraction`` of the cases (at least one).
-    ``check_files`` reads every header: 3-D, readable, and each label on its image's voxel grid
-    (:func:`pair_mismatch`).
-    """
-    if split not in ("training", "validation"):
-        raise DatasetError(f"split={split!r}; use 'training' or 'validation'.")
+def _labelled_cases(dataset_dir: str) -> tuple[list[dict], list[dict] | None]:
+    """Every labelled case of the dataset, and the validation list ``dataset.json`` fixes (None if none)."""
     if not dataset_dir or not os.path.isdir(dataset_dir):
         raise DatasetError(
             f"dataset_dir={dataset_dir!r} does not exist; pass --dataset_dir DIR holding imagesTr/ and labelsTr/ "
@@ -233,9 +228,50 @@ def msd_datalist(
     if meta and meta.get("training"):
         cases = _pairs_from_json(dataset_dir, meta["training"], "training")
         fixed_val = _pairs_from_json(dataset_dir, meta["validation"], "validation") if meta.get("validation") else None
-    else:
-        cases, fixed_val = _pairs_from_folders(dataset_dir), None
-    if fixed_val is not None:
+        return cases, fixed_val
+    return _pairs_from_folders(dataset_dir), None
+
+
+def labelled_cases(dataset_dir: str) -> list[dict]:
+    """Every labelled case (``dataset.json``'s training and validation lists, or the folders' pairs)."""
+    cases, fixed_val = _labelled_cases(dataset_dir)
+    known = {c["image"] for c in cases}
+    return cases + [c for c in fixed_val or [] if c["image"] not in known]
+
+
+def msd_datalist(
+    dataset_dir: str,
+    split: str = "training",
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    check_files: bool = True,
+    *,
+    fold: int = 0,
+    num_folds: int = 0,
+) -> list[dict]:
+    """``[{"image": path, "label": path}, ...]`` for ``split`` in ``"training"``/``"validation"``.
+
+    Cases come from ``dataset.json``'s ``training`` list when present, else from pairing
+    ``imagesTr`` with ``labelsTr`` by file name. A ``validation`` list in ``dataset.json`` fixes the
+    split; otherwise a seeded shuffle holds out ``val_fraction`` of the cases (at least one).
+    With ``num_folds`` >= 2 the split is fold ``fold`` of a ``num_folds``-fold cross-validation instead
+    (:func:`fold_cases`; ``val_fraction`` is not used). ``check_files`` reads every header: 3-D,
+    readable, and each label on its image's voxel grid (:func:`pair_mismatch`).
+    """
+    if split not in ("training", "validation"):
+        raise DatasetError(f"split={split!r}; use 'training' or 'validation'.")
+    cases, fixed_val = _labelled_cases(dataset_dir)
+    if fold and not num_folds:
+        raise DatasetError(f"--fold {fold} without --num_folds; pass --num_folds 5 (or the number of folds) too.")
+    if num_folds:
+        if fixed_val is not None:
+            raise DatasetError(
+                f"--num_folds {num_folds} splits the cases into folds, but {dataset_dir}/dataset.json fixes a "
+                "validation list; drop --num_folds to use that list, or remove it from dataset.json."
+            )
+        val_set = {c["image"] for c in fold_cases(cases, fold, num_folds, seed)}
+        chosen = [c for c in cases if (c["image"] in val_set) == (split == "validation")]
+    elif fixed_val is not None:
         val_set = {p["image"] for p in fixed_val}
         chosen = fixed_val if split == "validation" else [p for p in cases if p["image"] not in val_set]
     else:
@@ -252,6 +288,26 @@ def msd_datalist(
         for case in chosen:
             _check_pair(case["image"], case["label"])
     return chosen
+
+
+def fold_cases(cases: Sequence[dict], fold: int, num_folds: int, seed: int = 0) -> list[dict]:
+    """The validation cases of fold ``fold`` of ``num_folds``: the cases, ordered by name and shuffled with
+    ``seed``, cut into ``num_folds`` contiguous parts whose sizes differ by at most one (the first ones
+    larger, as scikit-learn's ``KFold``); the folds' validation sets are disjoint and cover every case."""
+    for name, value, low in (("num_folds", num_folds, 2), ("fold", fold, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise DatasetError(f"--{name} {value!r}; give a whole number >= {low}.")
+    if fold >= num_folds:
+        raise DatasetError(f"--fold {fold} with --num_folds {num_folds}; folds are numbered 0 to {num_folds - 1}.")
+    if len(cases) < num_folds:
+        raise DatasetError(
+            f"--num_folds {num_folds} but the dataset has {len(cases)} labelled case(s); use at most {len(cases)}."
+        )
+    order = sorted(cases, key=lambda c: case_id(c["image"]))
+    random.Random(seed).shuffle(order)
+    size, extra = divmod(len(order), num_folds)
+    start = fold * size + min(fold, extra)
+    return order[start : start + size + (fold < extra)]
 
 
 def _read_volume(path: str, problems: list[str]):

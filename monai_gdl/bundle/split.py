@@ -28,7 +28,17 @@ class SplitError(DatasetError):
 
 
 def _describe(split: dict) -> str:
-    return f"seed {split['seed']}, val_fraction {split['val_fraction']}, {len(split['validation'])} validation cases"
+    how = f"val_fraction {split['val_fraction']}"
+    if split.get("num_folds"):
+        how = f"fold {split['fold']} of {split['num_folds']}"
+    return f"seed {split['seed']}, {how}, {len(split['validation'])} validation cases"
+
+
+def _arguments(split: dict) -> str:
+    """The command-line arguments that ask for ``split``."""
+    if split.get("num_folds"):
+        return f"--seed {split['seed']} --fold {split['fold']} --num_folds {split['num_folds']}"
+    return f"--seed {split['seed']} --val_fraction {split['val_fraction']}"
 
 
 def recorded_split(output_dir: str) -> dict | None:
@@ -41,10 +51,11 @@ def recorded_split(output_dir: str) -> dict | None:
 
 
 def _given_on_the_command_line() -> set[str]:
-    """Which of ``seed``/``val_fraction`` the running ``monai.bundle`` command sets (none from Python)."""
+    """Which of ``seed``/``val_fraction``/``fold``/``num_folds`` the running ``monai.bundle`` command sets
+    (none from Python)."""
     from monai_gdl.bundle.console import command_line_keys
 
-    return {k for k in command_line_keys() if k in ("seed", "val_fraction")}
+    return {k for k in command_line_keys() if k in ("seed", "val_fraction", "fold", "num_folds")}
 
 
 def record_split(
@@ -54,13 +65,17 @@ def record_split(
     val_fraction: float,
     training: Sequence[dict],
     validation: Sequence[dict],
+    fold: int = 0,
+    num_folds: int = 0,
 ) -> dict:
     """Write ``output_dir/split.json`` (rank 0) and return it; a folder that already records another split (a
-    resumed run with another ``--seed``) is refused, naming both."""
+    resumed run with another ``--seed`` or ``--fold``) is refused, naming both."""
     split = {
         "dataset_dir": os.path.abspath(dataset_dir),
         "seed": int(seed),
         "val_fraction": float(val_fraction),
+        "fold": int(fold) if num_folds else 0,
+        "num_folds": int(num_folds),
         "training": sorted(case_id(c["image"]) for c in training),
         "validation": sorted(case_id(c["image"]) for c in validation),
     }
@@ -70,8 +85,7 @@ def record_split(
         raise SplitError(
             f"{os.path.join(output_dir, SPLIT_FILE)} records the split this folder's run trained on "
             f"({_describe(recorded)}), but this run asks for another ({_describe(split)}): resuming would train on "
-            f"former validation cases. Pass --seed {recorded['seed']} --val_fraction {recorded['val_fraction']}, or "
-            "another --output_dir."
+            f"former validation cases. Pass {_arguments(recorded)}, or another --output_dir."
         )
     if rank() == 0 and recorded != split:
         os.makedirs(output_dir, exist_ok=True)
@@ -79,26 +93,30 @@ def record_split(
     return split
 
 
-def evaluation_datalist(output_dir: str, dataset_dir: str, val_fraction: float, seed: int) -> list[dict]:
+def evaluation_datalist(
+    output_dir: str, dataset_dir: str, val_fraction: float, seed: int, fold: int = 0, num_folds: int = 0
+) -> list[dict]:
     """The validation cases of the run in ``output_dir``: the recorded split when there is one (an explicit
-    ``--seed``/``--val_fraction`` that disagrees with it is refused), else the split from the arguments."""
-    asked = msd_datalist(dataset_dir, "validation", val_fraction, seed)
+    ``--seed``/``--val_fraction``/``--fold``/``--num_folds`` that disagrees with it is refused), else the split
+    from the arguments."""
+    asked = msd_datalist(dataset_dir, "validation", val_fraction, seed, fold=fold, num_folds=num_folds)
     recorded = recorded_split(output_dir)
     if recorded is None:
         return asked
     if sorted(case_id(c["image"]) for c in asked) == recorded["validation"]:
         return asked
-    asked_for = {"seed": seed, "val_fraction": val_fraction}
-    conflicting = sorted(k for k in _given_on_the_command_line() if float(asked_for[k]) != float(recorded[k]))
+    asked_for = {"seed": seed, "val_fraction": val_fraction, "fold": fold, "num_folds": num_folds}
+    conflicting = sorted(k for k in _given_on_the_command_line() if float(asked_for[k]) != float(recorded.get(k, 0)))
     if conflicting:
+        described = _describe({**asked_for, "validation": asked})
         raise SplitError(
-            f"--{' --'.join(conflicting)} asks to evaluate on another split (seed {seed}, val_fraction "
-            f"{val_fraction}) than the model in {output_dir} was trained with ({_describe(recorded)}, recorded in "
+            f"--{' --'.join(conflicting)} asks to evaluate on another split ({described}) than the model in "
+            f"{output_dir} was trained with ({_describe(recorded)}, recorded in "
             f"{os.path.join(output_dir, SPLIT_FILE)}): some evaluated cases would be training cases. Drop "
             f"{'that argument' if len(conflicting) == 1 else 'those arguments'} to evaluate on the recorded "
             "validation cases."
         )
-    every = msd_datalist(dataset_dir, "training", val_fraction, seed, check_files=False) + asked
+    every = msd_datalist(dataset_dir, "training", val_fraction, seed, False, fold=fold, num_folds=num_folds) + asked
     by_id = {case_id(c["image"]): c for c in every}
     missing = [c for c in recorded["validation"] if c not in by_id]
     if missing:

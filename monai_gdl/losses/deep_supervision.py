@@ -118,7 +118,10 @@ class DeepSupervisionWrapper(nn.Module):
             if weight == 0:
                 continue
             extra = {} if masks is None else {"mask": masks[i]}
-            term = weight * self.loss(levels[i], targets[i], **extra)
+            # A level of DynUNet's stacked B x L x C x ... output is a strided view (for B > 1): one copy makes it
+            # dense for the fused kernels, which would otherwise take their slower strided path.
+            output = levels[i].contiguous() if isinstance(outputs, torch.Tensor) else levels[i]
+            term = weight * self.loss(output, targets[i], **extra)
             total = term if total is None else total + term
         assert total is not None, "level_weights keeps at least one level"
         return total

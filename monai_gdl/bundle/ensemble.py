@@ -1,0 +1,78 @@
+"""Inference with several trained folds at once, as nnU-Net's ``predict`` with ``-f 0 1 2 3 4``: one network per
+fold (``FOLD_DIR/models/model.pt``), each one's softmax computed and the softmaxes averaged (MONAI's
+``EnsembleEvaluator`` and ``MeanEnsembled`` do the running and the averaging; ``configs/ensemble.json`` wires them).
+What MONAI has no helper for is here: a loaded copy of the network per fold, and the folds' shared plan.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from monai_gdl.bundle.checkpoints import BEST_CHECKPOINT, CheckpointError, network_mismatch, read_checkpoint
+from monai_gdl.bundle.checks import ArgumentError
+from monai_gdl.bundle.planning import PLAN_FILE, PlanError, recorded_plan
+from monai_gdl.bundle.ranks import unwrap
+
+__all__ = ["fold_checkpoints", "fold_networks", "fold_plan"]
+
+
+def fold_checkpoints(fold_dirs: Sequence[str]) -> list[str]:
+    """``FOLD_DIR/models/model.pt`` of each fold folder, after checking the list: at least one folder, no folder
+    twice, each holding a trained model."""
+    if isinstance(fold_dirs, str) or not isinstance(fold_dirs, (list, tuple)) or not fold_dirs:
+        raise ArgumentError(
+            f"fold_dirs={fold_dirs!r}; give the trained folds' output folders as a list, e.g. "
+            "--fold_dirs \"['runs/fold0','runs/fold1']\"."
+        )
+    seen = [os.path.realpath(str(d)) for d in fold_dirs]
+    twice = sorted({d for d in fold_dirs if seen.count(os.path.realpath(str(d))) > 1})
+    if twice:
+        raise ArgumentError(f"fold_dirs names {twice} more than once; list each trained fold once.")
+    paths = [os.path.join(str(d), "models", BEST_CHECKPOINT) for d in fold_dirs]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise CheckpointError(
+            f"no trained model at {', '.join(missing)}; train each fold first (configs/train.json with "
+            "--fold k --num_folds N --output_dir FOLD_DIR), then pass those folders as --fold_dirs."
+        )
+    return paths
+
+
+def fold_networks(network: torch.nn.Module, fold_dirs: Sequence[str]) -> list[torch.nn.Module]:
+    """One copy of ``network`` per fold folder, each with that fold's ``models/model.pt`` loaded and in eval
+    mode; a checkpoint from another network is refused, naming it."""
+    networks = []
+    for path in fold_checkpoints(fold_dirs):
+        state = read_checkpoint(path)
+        state = state.get("model", state.get("network", state))
+        network_mismatch(state, network, path)
+        copy_ = copy.deepcopy(unwrap(network))
+        copy_.load_state_dict(state)
+        networks.append(copy_.eval())
+    return networks
+
+
+def fold_plan(fold_dirs: Sequence[str]) -> dict[str, Any]:
+    """The plan the folds were trained with (``FOLD_DIR/plan.json``, the nnU-Net-like recipe); folds planned
+    differently cannot be averaged voxel by voxel and are refused."""
+    fold_checkpoints(fold_dirs)
+    plans = {str(d): recorded_plan(str(d)) for d in fold_dirs}
+    missing = [d for d, p in plans.items() if p is None]
+    if missing:
+        raise PlanError(
+            f"no {PLAN_FILE} in {', '.join(missing)}: the nnU-Net-like recipe records its plan when it trains; "
+            "pass the folds it trained, or leave configs/recipe_nnunet_like.json out for the default recipe's folds."
+        )
+    first, *others = fold_dirs
+    for other in others:
+        if plans[str(other)] != plans[str(first)]:
+            raise PlanError(
+                f"{other} and {first} were trained with different plans ({PLAN_FILE} differs): their predictions "
+                "do not share a grid and network; ensemble folds of one training setup."
+            )
+    return plans[str(first)]

@@ -1,0 +1,208 @@
+"""The nnU-Net-like recipe (configs/recipe_nnunet_like*.json), cross-validation folds, test-time mirroring and the
+fold ensemble: folds against their definition, mirroring against the 2^k flipped passes computed here, the
+ensemble's segmentations against the folds' softmax averaged here, and the recipe's training resumed and repeated
+bit for bit."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.inferers import SimpleInferer, SlidingWindowInferer
+
+from monai_gdl.bundle.checks import ArgumentError
+from monai_gdl.bundle.datasets import DatasetError, case_id, fold_cases, msd_datalist, write_synthetic_dataset
+from monai_gdl.bundle.mirroring import MirroredInferer
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+RECIPE = ["train.json", "recipe_nnunet_like.json", "recipe_nnunet_like_training.json"]
+
+
+def test_folds_are_disjoint_cover_every_case_and_differ_in_size_by_at_most_one():
+    cases = [{"image": f"/d/imagesTr/case_{i:03d}.nii.gz", "label": "x"} for i in range(23)]
+    folds = [fold_cases(cases, k, 5, seed=3) for k in range(5)]
+    names = [sorted(case_id(c["image"]) for c in fold) for fold in folds]
+    assert sorted(itertools.chain(*names)) == sorted(case_id(c["image"]) for c in cases)
+    assert [len(f) for f in folds] == [5, 5, 5, 4, 4]
+    assert folds[0] == fold_cases(list(reversed(cases)), 0, 5, seed=3)  # by name, not by listing order
+    assert folds[0] != fold_cases(cases, 0, 5, seed=4)
+
+
+def test_fold_knobs_split_the_dataset_and_bad_ones_are_refused(tmp_path):
+    data = write_synthetic_dataset(str(tmp_path / "ds"), num_cases=7, shape=(8, 8, 8))
+    for k in range(3):
+        train = msd_datalist(data, "training", fold=k, num_folds=3, check_files=False)
+        val = msd_datalist(data, "validation", fold=k, num_folds=3, check_files=False)
+        assert len(train) + len(val) == 7 and not {c["image"] for c in train} & {c["image"] for c in val}
+    for kwargs, message in [
+        ({"fold": 2}, r"--fold 2 without --num_folds; pass --num_folds 5"),
+        ({"fold": 3, "num_folds": 3}, r"--fold 3 with --num_folds 3; folds are numbered 0 to 2"),
+        ({"num_folds": 1}, r"--num_folds 1; give a whole number >= 2"),
+        ({"num_folds": 8}, r"--num_folds 8 but the dataset has 7 labelled case\(s\); use at most 7"),
+        ({"fold": -1, "num_folds": 3}, r"--fold -1; give a whole number >= 0"),
+    ]:
+        with pytest.raises(DatasetError, match=message):
+            msd_datalist(data, "validation", **kwargs)
+    meta = json.load(open(os.path.join(data, "dataset.json")))
+    meta["validation"] = meta["training"][:2]
+    json.dump(meta, open(os.path.join(data, "dataset.json"), "w"))
+    with pytest.raises(DatasetError, match=r"--num_folds 3 splits the cases into folds, but .*fixes a validation"):
+        msd_datalist(data, "validation", num_folds=3)
+
+
+def test_mirroring_averages_the_flipped_passes():
+    torch.manual_seed(0)
+    network = torch.nn.Conv3d(1, 3, (3, 2, 1), padding="same").eval()  # not symmetric along any axis
+    x = torch.randn(2, 1, 6, 5, 4)
+    with torch.no_grad():
+        expected = torch.zeros(2, 3, 6, 5, 4)
+        for flips in itertools.product([False, True], repeat=3):
+            dims = [a + 2 for a in range(3) if flips[a]]
+            expected += torch.flip(network(torch.flip(x, dims)), dims) / 8
+        mirrored = MirroredInferer(SimpleInferer(), [0, 1, 2])(x, network)
+        plain = MirroredInferer(SimpleInferer(), [])(x, network)
+        only_first = MirroredInferer(SimpleInferer(), [0])(x, network)
+    torch.testing.assert_close(mirrored, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(plain, network(x), rtol=0, atol=0)
+    torch.testing.assert_close(only_first, (network(x) + torch.flip(network(torch.flip(x, [2])), [2])) / 2)
+    assert not torch.allclose(mirrored, plain)
+    for bad in ([3], [0, 0], "012", [True]):
+        with pytest.raises(ArgumentError, match=r"mirror_axes=.*give distinct spatial axes from 0, 1, 2"):
+            MirroredInferer(SimpleInferer(), bad)
+
+
+def test_the_recipe_builds_nnunets_pieces_from_the_plan(tmp_path):
+    from monai.networks.nets import DynUNet
+
+    from monai_gdl import DeepSupervisionWrapper
+
+    data = write_synthetic_dataset(str(tmp_path / "ds"), num_cases=4, shape=(40, 40, 24))
+    parser = ConfigParser()
+    parser.read_config([os.path.join(CONFIGS, f) for f in RECIPE])
+    parser.update({"dataset_dir": data, "output_dir": str(tmp_path / "out")})
+    plan = parser.get_parsed_content("plan")
+    network = parser.get_parsed_content("network")
+    assert isinstance(network, DynUNet) and network.deep_supervision
+    assert [list(s) if isinstance(s, (list, tuple)) else s for s in network.strides] == plan["strides"]
+    assert parser.get_parsed_content("patch_size") == plan["patch_size"]
+    assert parser.get_parsed_content("batch_size") == plan["batch_size"]
+    loss = parser.get_parsed_content("loss")
+    assert isinstance(loss, DeepSupervisionWrapper) and loss.weight_mode == "nnunet"
+    assert loss.loss.include_background is False
+    optimizer = parser.get_parsed_content("optimizer")
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["nesterov"]
+    assert optimizer.defaults["momentum"] == 0.99
+    assert isinstance(parser.get_parsed_content("lr_scheduler"), torch.optim.lr_scheduler.PolynomialLR)
+    network.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = network(torch.randn(2, 1, *plan["patch_size"]))
+    levels = out.shape[1]
+    assert levels == plan["deep_supr_num"] + 1
+    value = loss(out.float(), torch.randint(0, 3, (2, 1, *plan["patch_size"])))
+    value.backward()
+    assert torch.isfinite(value)
+
+
+def _bundle(files, *args, cwd):
+    config = "[" + ",".join(f"'{os.path.join(CONFIGS, f)}'" for f in files) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--progress", "false", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def _history(out):
+    with open(os.path.join(out, "logs", "history.csv")) as f:
+        return [(r["epoch"], r["val_mean_dice"], r["loss"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_folds_train_resume_evaluate_with_mirroring_and_ensemble_from_the_command_line(tmp_path):
+    data = write_synthetic_dataset(str(tmp_path / "ds"), num_cases=6, shape=(24, 24, 16), seed=5)
+    os.makedirs(os.path.join(data, "imagesTs"))
+    test_image = os.path.join(data, "imagesTs", "new_000.nii.gz")
+    nib.save(nib.load(os.path.join(data, "imagesTr", "synth_000.nii.gz")), test_image)
+    tiny = ["--plan_options#base_filters", "4", "--dataset_dir", data, "--num_folds", "3"]
+    folds = [str(tmp_path / f"fold{k}") for k in range(3)]
+    runs = {}
+    for name, out, fold, epochs in [("a", folds[0], 0, 1), ("a", folds[0], 0, 2), ("b", folds[1], 1, 1)]:
+        runs[name] = _bundle(
+            RECIPE, *tiny, "--output_dir", out, "--fold", str(fold), "--epochs", str(epochs), cwd=str(tmp_path)
+        )
+        assert runs[name].returncode == 0, runs[name].stderr[-3000:]
+    split = json.load(open(os.path.join(folds[0], "split.json")))
+    assert (split["fold"], split["num_folds"]) == (0, 3) and len(split["validation"]) == 2
+    assert json.load(open(os.path.join(folds[1], "split.json")))["validation"] != split["validation"]
+    # resumed from epoch 1 to 2 == 2 epochs straight: same history, same weights
+    straight = str(tmp_path / "straight")
+    run = _bundle(RECIPE, *tiny, "--output_dir", straight, "--fold", "0", "--epochs", "2", cwd=str(tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert _history(straight) == _history(folds[0]) and len(_history(straight)) == 2
+    last = [os.path.join(d, "models", "last.pt") for d in (straight, folds[0])]
+    weights = [torch.load(path, weights_only=True)["network"] for path in last]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+    evaluate = ["train.json", "recipe_nnunet_like.json", "evaluate.json"]
+    run = _bundle(evaluate, *tiny, "--output_dir", folds[0], cwd=str(tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "evaluated 2 cases" in run.stdout + run.stderr
+    run = _bundle(evaluate, *tiny, "--output_dir", folds[0], "--fold", "1", cwd=str(tmp_path))
+    assert run.returncode == 1
+    assert "--fold asks to evaluate on another split (seed 0, fold 1 of 3" in run.stderr.strip().splitlines()[-1]
+
+    ensemble = ["inference.json", "recipe_nnunet_like.json", "ensemble.json"]
+    fold_dirs = "[" + ",".join(f"'{d}'" for d in folds[:2]) + "]"
+    out = str(tmp_path / "ensemble")
+    run = _bundle(
+        ensemble,
+        "--dataset_dir",
+        data,
+        "--output_dir",
+        out,
+        "--fold_dirs",
+        fold_dirs,
+        "--mirror_axes",
+        "[]",
+        cwd=str(tmp_path),
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    written = nib.load(os.path.join(out, "predictions", "new_000_seg.nii.gz"))
+    # independent: each fold's network from its plan and weights, softmax averaged, on the image reoriented to RAS
+    # (the plan's spacing is the data's, so no resampling)
+    from monai.networks.nets import DynUNet
+
+    plan = json.load(open(os.path.join(folds[0], "plan.json")))
+    image = nib.as_closest_canonical(nib.load(test_image))
+    x = torch.as_tensor(np.ascontiguousarray(image.dataobj, dtype=np.float32))
+    nonzero = x != 0
+    x = torch.where(nonzero, (x - x[nonzero].mean()) / x[nonzero].std(unbiased=False), x)[None, None]
+    probabilities = torch.zeros(1, 3, *x.shape[2:])
+    for fold in folds[:2]:
+        net = DynUNet(
+            3,
+            1,
+            3,
+            plan["kernel_size"],
+            plan["strides"],
+            plan["strides"][1:],
+            filters=plan["filters"],
+            norm_name=("instance", {"affine": True}),
+            act_name=("leakyrelu", {"negative_slope": 0.01}),
+            deep_supervision=True,
+            deep_supr_num=plan["deep_supr_num"],
+            res_block=False,
+        )
+        net.load_state_dict(torch.load(os.path.join(fold, "models", "model.pt"), weights_only=True))
+        with torch.no_grad():
+            logits = SlidingWindowInferer(plan["patch_size"], sw_batch_size=4, overlap=0.5)(x, net.eval())
+        probabilities += torch.softmax(logits, 1) / 2
+    expected = probabilities.argmax(1)[0].numpy()
+    got = np.asarray(nib.as_closest_canonical(written).dataobj)
+    assert got.shape == expected.shape and (got == expected).mean() > 0.999, (got == expected).mean()
