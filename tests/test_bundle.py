@@ -179,10 +179,15 @@ def test_network_and_transforms_are_json_and_override_from_the_command_line(tmp_
 
 
 def test_multi_gpu_config_makes_the_loss_a_global_batch_dice():
-    """Merged after train.json, the parsed loss object pools over the batch (and so all-reduces under DDP)."""
-    single = _parser("train.json").get_parsed_content("loss")
-    multi = _parser("train.json", "multi_gpu_train.json").get_parsed_content("loss")
+    """Merged after train.json (and after the nnU-Net-like recipe, whose loss is wrapped for deep supervision),
+    the trainer's loss pools over the batch (and so all-reduces under DDP)."""
+    single = _parser("train.json").get_parsed_content("train#trainer#loss_function")
+    multi = _parser("train.json", "multi_gpu_train.json").get_parsed_content("train#trainer#loss_function")
     assert type(multi) is type(single) and single.batch is False and multi.batch is True and multi.distributed
+    recipe = ["recipe_nnunet_like.json", "recipe_nnunet_like_training.json"]
+    for files in (["train.json", "multi_gpu_train.json", *recipe], ["train.json", *recipe, "multi_gpu_train.json"]):
+        wrapped = _parser(*files).get_parsed_content("train#trainer#loss_function")
+        assert type(wrapped).__name__ == "DeepSupervisionWrapper" and wrapped.loss.batch is True
     initialize = _parser("train.json", "multi_gpu_train.json").get("initialize")
     assert initialize[: len(_parser("train.json").get("initialize"))] == _parser("train.json").get("initialize")
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -116,3 +118,12 @@ def test_the_plan_is_recorded_and_a_run_asking_for_another_is_refused(tmp_path):
         plan_for_run("", str(tmp_path / "elsewhere"))
     with pytest.raises(PlanError, match=r"--plan_options#base_filters 0; give a whole number >= 1"):
         plan_dataset(data, base_filters=0)
+
+
+def test_the_plan_command_prints_the_plan_and_names_a_missing_folder(tmp_path):
+    data = _write_dataset(str(tmp_path / "ds"), [(40, 48, 30)] * 2, (1.0, 1.0, 1.0))
+    run = subprocess.run([sys.executable, "-m", "monai_gdl.bundle", "plan", data], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["patch_size"] == plan_dataset(data)["patch_size"] == [40, 48, 32]
+    run = subprocess.run([sys.executable, "-m", "monai_gdl.bundle", "plan", str(tmp_path / "no")], capture_output=True)
+    assert run.returncode == 1 and b"does not exist" in run.stderr.strip().splitlines()[-1]

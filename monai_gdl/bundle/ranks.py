@@ -6,7 +6,7 @@ import os
 
 import torch
 
-__all__ = ["rank", "unwrap"]
+__all__ = ["global_batch", "rank", "unwrap"]
 
 
 def rank() -> int:
@@ -22,3 +22,17 @@ def rank() -> int:
 def unwrap(network: torch.nn.Module) -> torch.nn.Module:
     """The network inside a ``DistributedDataParallel`` wrapper (its state dict has no ``module.`` prefix)."""
     return network.module if isinstance(network, torch.nn.parallel.DistributedDataParallel) else network
+
+
+def global_batch(loss: torch.nn.Module) -> torch.nn.Module:
+    """``loss`` made a global-batch loss (``batch = True``; on the loss inside a deep-supervision wrapper): under
+    ``DistributedDataParallel`` the fused losses all-reduce their sums, so the "batch" Dice is the whole batch's
+    across ranks, not each GPU's. ``configs/multi_gpu_train.json`` applies it to whichever loss the recipe built."""
+    inner = getattr(loss, "loss", loss)
+    if not hasattr(inner, "batch"):
+        raise TypeError(
+            f"configs/multi_gpu_train.json makes the loss a global-batch loss, but {type(inner).__name__} has no "
+            "batch option; use one of monai_gdl's losses, or leave multi_gpu_train.json's loss_function entry out."
+        )
+    inner.batch = True
+    return loss
