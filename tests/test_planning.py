@@ -118,6 +118,13 @@ def test_the_plan_is_recorded_and_a_run_asking_for_another_is_refused(tmp_path):
         plan_for_run("", str(tmp_path / "elsewhere"))
     with pytest.raises(PlanError, match=r"--plan_options#base_filters 0; give a whole number >= 1"):
         plan_dataset(data, base_filters=0)
+    import monai_gdl.bundle as bundle
+    from monai_gdl.bundle.checks import OutputDirError
+
+    package = os.path.dirname(bundle.__file__)
+    with pytest.raises(OutputDirError, match=r"inside the installed monai_gdl package"):
+        plan_for_run(data, package)
+    assert not os.path.exists(os.path.join(package, "plan.json"))
 
 
 def test_the_plan_command_prints_the_plan_and_names_a_missing_folder(tmp_path):

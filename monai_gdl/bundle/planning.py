@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from monai_gdl.bundle.atomic import atomic_write
+from monai_gdl.bundle.checks import check_output_dir
 from monai_gdl.bundle.datasets import DatasetError, labelled_cases, voxel_grid
 from monai_gdl.bundle.ranks import rank
 
@@ -195,6 +196,6 @@ def plan_for_run(dataset_dir: str, output_dir: str, **options: Any) -> dict[str,
         )
     plan = plan_dataset(dataset_dir, **options)
     if rank() == 0:
-        os.makedirs(output_dir, exist_ok=True)
+        check_output_dir(output_dir)  # the plan is the run's first file: never into the package, named if unwritable
         atomic_write(os.path.join(output_dir, PLAN_FILE), lambda f: f.write(json.dumps(plan, indent=2).encode()))
     return plan
