@@ -99,8 +99,13 @@ def test_the_recipe_builds_nnunets_pieces_from_the_plan(tmp_path):
     assert isinstance(loss, DeepSupervisionWrapper) and loss.weight_mode == "nnunet"
     assert loss.loss.include_background is False
     optimizer = parser.get_parsed_content("optimizer")
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == 0.002
+    sgd = ConfigParser()  # nnU-Net's own optimizer, one more file
+    sgd.read_config([os.path.join(CONFIGS, f) for f in [*RECIPE, "recipe_nnunet_like_sgd.json"]])
+    sgd.update({"dataset_dir": data, "output_dir": str(tmp_path / "out")})
+    optimizer = sgd.get_parsed_content("optimizer")
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["nesterov"]
-    assert optimizer.defaults["momentum"] == 0.99
+    assert optimizer.defaults["momentum"] == 0.99 and optimizer.defaults["lr"] == 0.01
     assert isinstance(parser.get_parsed_content("lr_scheduler"), torch.optim.lr_scheduler.PolynomialLR)
     network.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
