@@ -25,6 +25,7 @@ __all__ = [
     "TrainingCheckpoints",
     "read_checkpoint",
     "network_mismatch",
+    "network_state",
 ]
 
 logger = logging.getLogger("monai_gdl.bundle")
@@ -41,6 +42,12 @@ def read_checkpoint(path: str) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}).") from err
+
+
+def network_state(checkpoint: dict) -> dict:
+    """The network's weights in a checkpoint: ``model.pt`` (the weights themselves, or under ``model``) or
+    ``last.pt`` (under ``network``)."""
+    return checkpoint.get("model", checkpoint.get("network", checkpoint))
 
 
 def network_mismatch(state: dict, network: torch.nn.Module, path: str) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from monai_gdl.bundle.atomic import remove_leftovers
-from monai_gdl.bundle.checkpoints import CheckpointError, network_mismatch, read_checkpoint
+from monai_gdl.bundle.checkpoints import CheckpointError, network_mismatch, network_state, read_checkpoint
 from monai_gdl.bundle.ranks import rank
 
 __all__ = [
@@ -177,7 +177,7 @@ def check_checkpoint(path: str, network: torch.nn.Module, loaded: bool = True) -
             "or pass --ckpt_dir with the folder that holds model.pt."
         )
     checkpoint = read_checkpoint(path)
-    network_mismatch(checkpoint.get("model", checkpoint.get("network", checkpoint)), network, path)
+    network_mismatch(network_state(checkpoint), network, path)
 
 
 def flag_value(value: object) -> bool:

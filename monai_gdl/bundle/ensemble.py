@@ -13,7 +13,13 @@ from typing import Any
 
 import torch
 
-from monai_gdl.bundle.checkpoints import BEST_CHECKPOINT, CheckpointError, network_mismatch, read_checkpoint
+from monai_gdl.bundle.checkpoints import (
+    BEST_CHECKPOINT,
+    CheckpointError,
+    network_mismatch,
+    network_state,
+    read_checkpoint,
+)
 from monai_gdl.bundle.checks import ArgumentError
 from monai_gdl.bundle.planning import PLAN_FILE, PlanError, recorded_plan
 from monai_gdl.bundle.ranks import unwrap
@@ -48,8 +54,7 @@ def fold_networks(network: torch.nn.Module, fold_dirs: Sequence[str]) -> list[to
     mode; a checkpoint from another network is refused, naming it."""
     networks = []
     for path in fold_checkpoints(fold_dirs):
-        state = read_checkpoint(path)
-        state = state.get("model", state.get("network", state))
+        state = network_state(read_checkpoint(path))
         network_mismatch(state, network, path)
         copy_ = copy.deepcopy(unwrap(network))
         copy_.load_state_dict(state)
