@@ -6,7 +6,10 @@ the call ``nnUNetv2_train`` makes once the trainer is not in nnU-Net's own packa
 first walks nnU-Net's package, whose Primus trainers import ``timm`` (hence torchvision), which does not
 load beside this machine's CPU torch; ``test_nnunet_e2e.py`` runs the real command where it does.
 
-usage: python tests/nnunet_train.py DATASET_ID TRAINER_NAME OUT_JSON [--no-final-validation]
+Before training it also records the trainer's loss on one fixed, seeded deep-supervision input (logits and
+label maps at every level of the plan's patch), so that two trainers' losses can be compared exactly.
+
+usage: python tests/nnunet_train.py DATASET_ID TRAINER_NAME OUT_JSON [--no-final-validation] [--probe-loss]
 """
 
 from __future__ import annotations
@@ -33,6 +36,21 @@ def find_trainer(name: str) -> type:
     raise SystemExit(f"trainer {name} not found in nnUNet_extTrainer={os.environ['nnUNet_extTrainer']}")
 
 
+def loss_on_fixed_input(trainer) -> float:
+    """The trainer's loss (deep supervision included) on seeded logits and label maps shaped like its batches."""
+    generator = torch.Generator().manual_seed(0)
+    patch = trainer.configuration_manager.patch_size
+    scales = trainer._get_deep_supervision_scales() or [[1.0] * len(patch)]
+    classes = trainer.label_manager.num_segmentation_heads
+    logits, targets = [], []
+    for scale in scales:
+        shape = [2] + [max(1, round(p * s)) for p, s in zip(patch, scale)]
+        logits.append(3 * torch.randn([shape[0], classes, *shape[1:]], generator=generator))
+        targets.append(torch.randint(0, classes, [shape[0], 1, *shape[1:]], generator=generator).float())
+    with torch.no_grad():
+        return float(trainer.loss(logits, targets))
+
+
 def main() -> None:
     dataset_id, trainer_name, out = sys.argv[1:4]
     validate = "--no-final-validation" not in sys.argv[4:]
@@ -41,6 +59,8 @@ def main() -> None:
     plans["continue_training"] = False
     dataset_json = load_json(join(nnUNet_preprocessed, dataset, "dataset.json"))
     trainer = find_trainer(trainer_name)(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
+    trainer.initialize()
+    fixed_input_loss = loss_on_fixed_input(trainer) if "--probe-loss" in sys.argv[4:] else None
     trainer.run_training()
     if validate:
         trainer.perform_actual_validation(False)
@@ -53,6 +73,7 @@ def main() -> None:
         "loss_class": type(trainer.loss.loss if hasattr(trainer.loss, "loss") else trainer.loss).__name__,
         "train_losses": [float(v) for v in log["train_losses"]],
         "val_losses": [float(v) for v in log["val_losses"]],
+        "fixed_input_loss": fixed_input_loss,
         "seconds_per_iteration": [s / trainer.num_iterations_per_epoch for s in epoch_s],
         "output_folder": trainer.output_folder,
         "validation_dice": summary["foreground_mean"]["Dice"] if summary else None,

@@ -113,12 +113,13 @@ def nnunet_env(tmp_path_factory):
     return root, env
 
 
-def _train(nnunet_env, trainer: str, validate: bool = True) -> dict:
+def _train(nnunet_env, trainer: str, validate: bool = True, probe_loss: bool = False) -> dict:
     root, env = nnunet_env
     env = dict(env, nnUNet_n_proc_DA="0")  # augmentation in the training process: 2 cores
     out = root / f"{trainer}.json"
     command = [sys.executable, str(HERE / "nnunet_train.py"), "901", trainer, str(out)]
     command += [] if validate else ["--no-final-validation"]
+    command += ["--probe-loss"] if probe_loss else []
     run = subprocess.run(command, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return json.loads(out.read_text())
@@ -126,16 +127,18 @@ def _train(nnunet_env, trainer: str, validate: bool = True) -> dict:
 
 def test_fused_trainers_train_validate_and_predict_like_nnunets_own(nnunet_env):
     """One test, so that the planned dataset is made once even when pytest-xdist spreads tests over workers."""
-    ours = _train(nnunet_env, "nnUNetTrainerFusedDiceCE_tiny")
-    theirs = _train(nnunet_env, "nnUNetTrainer_tiny")
+    ours = _train(nnunet_env, "nnUNetTrainerFusedDiceCE_tiny", probe_loss=True)
+    theirs = _train(nnunet_env, "nnUNetTrainer_tiny", probe_loss=True)
     assert ours["loss_class"] == "NNUNetDiceCELoss" and theirs["loss_class"] == "DC_and_CE_loss"
     for result in (ours, theirs):
         losses = result["train_losses"]
         assert len(losses) == 2 and losses[-1] < losses[0], losses  # finite (checked by the driver) and falling
         predictions = sorted((pathlib.Path(result["output_folder"]) / "validation").glob("*.nii.gz"))
         assert predictions, "nnU-Net's final validation wrote no segmentation"
-    # Same logging convention (-Dice + CE): the first epoch's losses are on the same scale, not 1 apart.
-    assert abs(ours["train_losses"][0] - theirs["train_losses"][0]) < 0.5, (ours, theirs)
+    # The trainers' losses (deep supervision, -Dice + CE as nnU-Net logs it) are one number on the same input;
+    # their training curves are not compared: nnU-Net's augmentation is not seeded.
+    assert isinstance(theirs["fixed_input_loss"], float) and theirs["fixed_input_loss"] > 0, theirs
+    assert ours["fixed_input_loss"] == pytest.approx(theirs["fixed_input_loss"], rel=1e-5), (ours, theirs)
     # Skeleton Recall: the skeleton is made in nnU-Net's augmentation pipeline and rides its deep-supervision
     # target lists (its final validation is the plain trainer's, run above)
     skeleton = _train(nnunet_env, "nnUNetTrainerFusedSkeletonRecall_tiny", validate=False)
