@@ -38,6 +38,7 @@ KNOBS = [
     "num_classes",
     "device",
     "amp",
+    "compile",
     "val_interval",
     "seed",
     "cache_rate",
@@ -66,6 +67,15 @@ def test_every_config_file_is_valid_json():
         if name.endswith(".json"):
             with open(os.path.join(CONFIGS, name)) as f:
                 json.load(f)
+
+
+@pytest.mark.parametrize("config", ["train.json", "inference.json"])
+def test_the_compile_knob_compiles_the_network_in_place(config):
+    """``--compile True`` reaches the network (compiled at its first call) in training and inference; off by
+    default."""
+    assert _parser(config).get_parsed_content("network")._compiled_call_impl is None
+    network = _parser(config, compile=True).get_parsed_content("network")
+    assert network._compiled_call_impl is not None and "_orig_mod" not in "".join(network.state_dict())
 
 
 def test_train_config_has_every_knob_at_top_level():

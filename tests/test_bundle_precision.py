@@ -103,3 +103,31 @@ def test_a_bfloat16_training_step_tracks_float32(native_bf16):
     assert dtype32 == torch.float32 and dtype16 == torch.bfloat16
     assert abs(loss16 - loss32) < 1e-2 * abs(loss32), (loss16, loss32)
     assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.99
+
+
+@pytest.mark.slow
+def test_a_compiled_network_trains_and_saves_like_the_plain_one():
+    """``--compile True``: the forward pass goes through torch.compile (Dynamo counts the frames it compiles),
+    outputs and gradients match the plain network's, and the state dict keeps the plain keys, so checkpoints load
+    into an uncompiled network (evaluation, inference, export)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    x = torch.randn(2, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    nets = []
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        nets.append(precision.prepare_network(UNet(3, 1, 3, (4, 8), (2,), num_res_units=1), "cpu", False, compile_))
+    plain, compiled = nets
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    out_plain, out_compiled = plain(x), compiled(x)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > before  # it did compile
+    torch.testing.assert_close(out_compiled, out_plain, rtol=1e-4, atol=1e-5)
+    out_plain.square().mean().backward()
+    out_compiled.square().mean().backward()
+    for p, q in zip(plain.parameters(), compiled.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-6)
+    assert list(compiled.state_dict()) == list(plain.state_dict())
+    UNet(3, 1, 3, (4, 8), (2,), num_res_units=1).load_state_dict(compiled.state_dict())
+    with pytest.raises(ArgumentError, match="compile='sometimes'"):
+        precision.prepare_network(UNet(3, 1, 3, (4, 8), (2,)), "cpu", False, "sometimes")
