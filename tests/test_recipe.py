@@ -153,6 +153,14 @@ def test_folds_train_resume_evaluate_with_mirroring_and_ensemble_from_the_comman
     last = [os.path.join(d, "models", "last.pt") for d in (straight, folds[0])]
     weights = [torch.load(path, weights_only=True)["network"] for path in last]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # the cross-validation table of the two trained folds (its arithmetic: tests/test_crossval.py)
+    report = subprocess.run(
+        [sys.executable, "-m", "monai_gdl.report", *folds[:2]], capture_output=True, text=True, timeout=300
+    )
+    assert report.returncode == 0, report.stderr
+    fold_rows = [line for line in report.stdout.splitlines() if line[:4] in ("| 0 ", "| 1 ")]
+    assert [row.split("|")[3].strip() for row in fold_rows] == ["2", "1"]  # epochs: fold 0 resumed to 2
+    assert "fold 2 of 3 not given: the mean covers the 4 cases" in report.stdout
 
     evaluate = ["train.json", "recipe_nnunet_like.json", "evaluate.json"]
     run = _bundle(evaluate, *tiny, "--output_dir", folds[0], cwd=str(tmp_path))
