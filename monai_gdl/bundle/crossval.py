@@ -45,7 +45,7 @@ class FoldResult:
     seconds: float
 
 
-def _float(text: str) -> float:
+def _float(text: str | None) -> float:
     return float(text) if text not in (None, "") else math.nan
 
 
