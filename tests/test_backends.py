@@ -198,3 +198,11 @@ def test_gpu_check_runs_its_table_under_the_interpreter(tmp_path):
     )
     if not torch.cuda.is_available():
         assert missing.returncode == 2 and "no CUDA device here" in missing.stdout
+
+
+def test_a_machine_with_a_compiler_runs_the_native_kernel():
+    """Not skipped like the native tests: where a C compiler exists, a failed build or a failed self-check
+    (the built kernel against the reference math) fails the suite instead of silently skipping them."""
+    if native_build._compiler() is None:
+        pytest.skip("no C compiler: the other backends run")
+    assert native.available(), native.unavailable_reason()

@@ -77,7 +77,10 @@ def test_label_dtypes_and_labels_outside_the_classes(label_dtype):
         ("softmax", "softmax", 1.5, False),
         ("sigmoid", "sigmoid", 0.0, True),
         ("sigmoid", "sigmoid", 2.0, False),
-        ("softmax", "sigmoid", 2.0, True),
+        ("softmax", "sigmoid", 0.0, True),  # the sigmoid term from the softmax's exps (exp(x) = e^(x - max) e^max)
+        ("softmax", "sigmoid", 0.0, False),
+        ("softmax", "sigmoid", 2.0, True),  # gamma 2 as one product
+        ("softmax", "sigmoid", 3.0, True),
         ("softmax", "sigmoid", 1.5, True),  # not whole: exp(gamma log s)
         ("sigmoid", "sigmoid", 3.0, True),
         ("none", "sigmoid", 0.5, False),
@@ -101,6 +104,25 @@ def test_voxel_terms_every_dtype_and_layout(dtype, channels_last, activation, vo
         torch.testing.assert_close(a.double(), b, rtol=2e-5, atol=1e-3)
     rounding = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
     torch.testing.assert_close(got_grad.double(), want_grad.to(dtype).double(), rtol=rounding, atol=1e-5)
+
+
+@pytest.mark.parametrize(("gamma", "label_map"), [(0.0, True), (0.0, False), (2.0, True), (3.0, True), (1.5, True)])
+def test_sigmoid_term_beside_softmax_at_extreme_logits(gamma, label_map):
+    """Beside a softmax Dice the sigmoid term takes exp(x) from the softmax's exp(x - max) where a tile's
+    largest logit is at most 40, and its own exp elsewhere: logits from -150 to 180, tiles of both kinds
+    and tiles whose max sits at the bound, against the float64 chunk math."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.empty(2, 7, 3000).uniform_(-150.0, 40.0, generator=g)
+    x[:, :, 2000:] = 60 * torch.randn(2, 7, 1000, generator=g)
+    x[0, 3, 100] = 40.0
+    target = torch.randint(0, 7, (2, 1, 3000), generator=g) if label_map else torch.rand(2, 7, 3000, generator=g)
+    grads = tuple(torch.randn(2, 7, generator=g) for _ in range(4))
+    got, got_grad, want, want_grad = _native_and_reference(
+        x, target, None, "softmax", label_map, False, grads, voxel_term="sigmoid", gamma=gamma
+    )
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, rtol=2e-5, atol=1e-3)
+    torch.testing.assert_close(got_grad.double(), want_grad, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -268,6 +268,8 @@ static int tile_length(int64_t C) {
 
 typedef struct {
     float *e, *xs, *gs, *d, *scale, *mx, *mk, *dot, *lse;
+    float *expmx; /* exp(max) per voxel where has_u: u = e * expmx is exp(x) (softmax beside a sigmoid term) */
+    int has_u;
     int32_t *lab, *wlab; /* target labels and map labels of the tile */
     const float *w;      /* dense map rows of the tile: w[c * N + v] */
     const float *g;  /* dense target rows of the tile: g[c * g_row + v] */
@@ -277,11 +279,11 @@ typedef struct {
 } Scratch;
 
 /* e: probabilities; xs, gs, d: staging of logits, target and gradient (C x T each); per voxel:
- * softmax scale and max, mask, softmax dot product, log-sum-exp. */
+ * softmax scale and max, mask, softmax dot product, log-sum-exp, exp of the max. */
 static int scratch_alloc(Scratch *s, int64_t C) {
     s->T = tile_length(C);
     const size_t tile = (size_t)C * s->T;
-    s->e = malloc(sizeof(float) * (4 * tile + 5 * (size_t)s->T) + 2 * sizeof(int32_t) * s->T);
+    s->e = malloc(sizeof(float) * (4 * tile + 6 * (size_t)s->T) + 2 * sizeof(int32_t) * s->T);
     if (s->e == NULL) return -1;
     s->xs = s->e + tile;
     s->gs = s->xs + tile;
@@ -291,10 +293,26 @@ static int scratch_alloc(Scratch *s, int64_t C) {
     s->mk = s->mx + s->T;
     s->dot = s->mk + s->T;
     s->lse = s->dot + s->T;
-    s->lab = (int32_t *)(s->lse + s->T);
+    s->expmx = s->lse + s->T;
+    s->lab = (int32_t *)(s->expmx + s->T);
     s->wlab = s->lab + s->T;
     s->w = NULL;
     return 0;
+}
+
+/* A sigmoid term beside a softmax Dice needs exp(x) per element; the softmax already has
+ * exp(x - max), so exp(x) = exp(x - max) exp(max) costs one exp per voxel instead of one per element.
+ * Only where every max of the tile is at most U_MAX_LOGIT: there exp(max) stays finite, and where
+ * exp(x - max) is clamped (x - max < -87) the product errs by at most exp(U_MAX_LOGIT - 87) < 1e-20
+ * absolutely; a tile with a larger logit keeps the per-element exp. A NaN max gives a NaN u. */
+#define U_MAX_LOGIT 40.0f
+
+static void sigmoid_from_softmax(Scratch *s, int len) {
+    float top = -INFINITY;
+    for (int v = 0; v < len; ++v) top = s->mx[v] > top ? s->mx[v] : top;
+    if (!(top <= U_MAX_LOGIT)) return;
+    for (int v = 0; v < len; ++v) s->expmx[v] = exp_f32(s->mx[v]);
+    s->has_u = 1;
 }
 
 /* No structure map (wtype); otherwise wtype is T_DENSE_F32 or a label code. */
@@ -338,6 +356,8 @@ static void load_tile(Scratch *s, const void *x, int xtype, const void *t, int t
     }
     if (term == OPT_TERM_SOFTMAX) /* log sum_j exp(x_j) = max + log(1 / scale) */
         for (int v = 0; v < len; ++v) s->lse[v] = s->mx[v] - log_f32(s->scale[v]);
+    s->has_u = 0;
+    if (term == OPT_TERM_SIGMOID && act == ACT_SOFTMAX) sigmoid_from_softmax(s, len);
     mask_tile(mask == NULL ? NULL : mask + b * N, v0, len, s->mk);
     if (!IS_DENSE(ttype)) {
         labels_tile(t, ttype, b * t_bstride + v0, len, C, s->lab);
@@ -437,6 +457,31 @@ static inline float sigmoid_focal_int_element(float x, float g, WholePower power
 #define SIGMOID_FOCAL_HARD_INT_ELEMENT(G) sigmoid_focal_hard_int_element(xc[v], (G), power)
 #define SIGMOID_FOCAL_INT_ELEMENT(G) sigmoid_focal_int_element(xc[v], (G), power)
 
+/* The sigmoid term from u = exp(x) (see sigmoid_from_softmax): softplus(x) = log(1 + u), sigmoid(x) = u r and
+ * sigmoid(-x) = r with r = 1 / (1 + u): one log and one division per element, no exp. Hard targets for the
+ * focal forms (s = 1 - p_t is r where g = 1, u r where g = 0); BCE takes any target. */
+#define U_ (ec[v] * expmx[v])
+static inline float sigmoid_focal_hard_u_element(float u, float x, float g, float gamma) {
+    float sp = log_f32(1.0f + u);
+    return exp_f32(-gamma * (sp - x * (1.0f - g))) * (sp - x * g);
+}
+
+static inline float sigmoid_focal_hard_int_u_element(float u, float x, float g, WholePower power) {
+    float r = 1.0f / (1.0f + u), sp = log_f32(1.0f + u);
+    return ipow_f32(g > 0.5f ? r : u * r, power) * (sp - x * g);
+}
+
+/* gamma = 2, the default, as one product: ipow_f32's arithmetic bit selection costs six operations more. */
+static inline float sigmoid_focal_hard_square_u_element(float u, float x, float g) {
+    float r = 1.0f / (1.0f + u), sp = log_f32(1.0f + u), s = g > 0.5f ? r : u * r;
+    return s * s * (sp - x * g);
+}
+
+#define SIGMOID_U_ELEMENT(G) (log_f32(1.0f + U_) - xc[v] * (G))
+#define SIGMOID_FOCAL_HARD_U_ELEMENT(G) sigmoid_focal_hard_u_element(U_, xc[v], (G), gamma)
+#define SIGMOID_FOCAL_HARD_INT_U_ELEMENT(G) sigmoid_focal_hard_int_u_element(U_, xc[v], (G), power)
+#define SIGMOID_FOCAL_HARD_SQUARE_U_ELEMENT(G) sigmoid_focal_hard_square_u_element(U_, xc[v], (G))
+
 #define TERM_SUMS_LOOP(G, ELEMENT)                                                                 \
     _Pragma("omp simd reduction(+ : sf, sq)")                                                     \
     for (int v = 0; v < len; ++v) {                                                                \
@@ -453,6 +498,12 @@ static inline float sigmoid_focal_int_element(float x, float g, WholePower power
     else if (gamma_int) TERM_SUMS_LOOP(G, SIGMOID_FOCAL_INT)                                       \
     else TERM_SUMS_LOOP(G, SIGMOID_FOCAL)
 
+#define TERM_SUMS_U(G)                                                                             \
+    if (gamma == 0.0f) TERM_SUMS_LOOP(G, SIGMOID_U_ELEMENT)                                        \
+    else if (gamma_int == 2) TERM_SUMS_LOOP(G, SIGMOID_FOCAL_HARD_SQUARE_U_ELEMENT)                \
+    else if (gamma_int) TERM_SUMS_LOOP(G, SIGMOID_FOCAL_HARD_INT_U_ELEMENT)                        \
+    else TERM_SUMS_LOOP(G, SIGMOID_FOCAL_HARD_U_ELEMENT)
+
 /* stats (8 x B x C, double, accumulated into): I = sum m p g (soft: sum m min(p, g)), P = sum m p^k,
  * G = sum m g^k, V = sum m g, with k = 2 when squared else 1; with a voxel term F = sum m g l and
  * Q = sum m (1 - g) l; with a map W = sum m a p and S = sum m a. */
@@ -464,7 +515,7 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
     const WholePower power = whole_power(gamma_int);
     Scratch s;
     if (scratch_alloc(&s, C) != 0) return -1;
-    const float *restrict scale = s.scale, *restrict mk = s.mk, *restrict lse = s.lse;
+    const float *restrict scale = s.scale, *restrict mk = s.mk, *restrict lse = s.lse, *restrict expmx = s.expmx;
     const int32_t *restrict lab = s.lab;
     /* p^k = p * kp + k1: arithmetic instead of a branch, so both variants vectorize alike */
     const float kp = squared ? 1.0f : 0.0f, k1 = 1.0f - kp;
@@ -533,7 +584,9 @@ int mgdl_forward(const void *x, int xtype, const void *t, int ttype, const uint8
                 V[c] += sv;
                 if (term && !(gc == NULL && term == OPT_TERM_SOFTMAX && gamma == 0.0f)) {
                     const float *restrict xc = s.lx + c * s.lx_row;
-                    if (gc == NULL) TERM_SUMS(LABEL_G, SIGMOID_FOCAL_HARD_ELEMENT, SIGMOID_FOCAL_HARD_INT_ELEMENT)
+                    if (s.has_u && gc == NULL) TERM_SUMS_U(LABEL_G)
+                    else if (s.has_u && gamma == 0.0f) TERM_SUMS_LOOP(DENSE_G, SIGMOID_U_ELEMENT)
+                    else if (gc == NULL) TERM_SUMS(LABEL_G, SIGMOID_FOCAL_HARD_ELEMENT, SIGMOID_FOCAL_HARD_INT_ELEMENT)
                     else TERM_SUMS(DENSE_G, SIGMOID_FOCAL_ELEMENT, SIGMOID_FOCAL_INT_ELEMENT)
                 }
                 Fs[c] += sf;
@@ -624,6 +677,30 @@ static inline float sigmoid_focal_hard_int_share(float x, float g, int n, WholeP
     return ipow_f32(s, power) * ((sig - g) - (float)n * sign * one_minus_s * (sp - x * g));
 }
 
+/* The hard shares above from u = exp(x) (see sigmoid_from_softmax): no exp for a whole gamma. */
+static inline float sigmoid_focal_hard_u_share(float u, float x, float g, float gamma) {
+    float r = 1.0f / (1.0f + u), sp = log_f32(1.0f + u), sig = u * r, s = g > 0.5f ? r : sig;
+    float s_gamma = exp_f32(-gamma * (sp - x * (1.0f - g)));
+    return s_gamma * ((sig - g) - gamma * (2.0f * g - 1.0f) * (1.0f - s) * (sp - x * g));
+}
+
+static inline float sigmoid_focal_hard_int_u_share(float u, float x, float g, int n, WholePower power) {
+    float r = 1.0f / (1.0f + u), sp = log_f32(1.0f + u), sig = u * r;
+    float s = g > 0.5f ? r : sig, one_minus_s = g > 0.5f ? sig : r;
+    return ipow_f32(s, power) * ((sig - g) - (float)n * (2.0f * g - 1.0f) * one_minus_s * (sp - x * g));
+}
+
+#define SIGMOID_U_TERM_D(G) (TERM_W(G) * (U_ / (1.0f + U_) - (G)))
+#define SIGMOID_FOCAL_HARD_U_TERM_D(G) (TERM_W(G) * sigmoid_focal_hard_u_share(U_, xc[v], (G), gamma))
+static inline float sigmoid_focal_hard_square_u_share(float u, float x, float g) {
+    float r = 1.0f / (1.0f + u), sp = log_f32(1.0f + u), sig = u * r;
+    float s = g > 0.5f ? r : sig, one_minus_s = g > 0.5f ? sig : r;
+    return s * s * ((sig - g) - 2.0f * (2.0f * g - 1.0f) * one_minus_s * (sp - x * g));
+}
+
+#define SIGMOID_FOCAL_HARD_SQUARE_U_TERM_D(G) (TERM_W(G) * sigmoid_focal_hard_square_u_share(U_, xc[v], (G)))
+#define SIGMOID_FOCAL_HARD_INT_U_TERM_D(G) (TERM_W(G) * sigmoid_focal_hard_int_u_share(U_, xc[v], (G), gamma_int, power))
+
 /* Row d = e (softmax: p dL/dp plus the softmax term's share, summed into dot) or dL/dx (sigmoid,
  * none), one class; EXTRA is the map term's share of dL/dp, m dL/dW a (0 without a map). */
 #define ROW_LOOP(DI, G, TERM_E, EXTRA)                                                             \
@@ -681,7 +758,7 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
     const float *ga = grad, *gb = grad + B * C, *gf = gb + B * C, *gq = gf + B * C, *gw = gq + B * C;
     Scratch s;
     if (scratch_alloc(&s, C) != 0) return -1;
-    const float *restrict scale = s.scale, *restrict mk = s.mk, *restrict lse = s.lse;
+    const float *restrict scale = s.scale, *restrict mk = s.mk, *restrict lse = s.lse, *restrict expmx = s.expmx;
     const int32_t *restrict lab = s.lab;
     float *restrict dot = s.dot;
     const float kp2 = squared ? 2.0f : 0.0f, k1 = squared ? 0.0f : 1.0f;
@@ -713,7 +790,13 @@ int mgdl_backward(const void *x, int xtype, const void *t, int ttype, const uint
                     float *restrict dc = s.d + c * s.T;
                     const int32_t cls = (int32_t)c;
                     const float f = gf[b * C + c], q = gq[b * C + c];
-                    if (gc == NULL && gamma == 0.0f) SIGMOID_TERM_LOOP(LABEL_G, SIGMOID_TERM_D)
+                    const float *restrict ec = s.e + c * s.T;
+                    if (s.has_u && gc == NULL && gamma == 0.0f) SIGMOID_TERM_LOOP(LABEL_G, SIGMOID_U_TERM_D)
+                    else if (s.has_u && gc == NULL && gamma_int == 2) SIGMOID_TERM_LOOP(LABEL_G, SIGMOID_FOCAL_HARD_SQUARE_U_TERM_D)
+                    else if (s.has_u && gc == NULL && gamma_int) SIGMOID_TERM_LOOP(LABEL_G, SIGMOID_FOCAL_HARD_INT_U_TERM_D)
+                    else if (s.has_u && gc == NULL) SIGMOID_TERM_LOOP(LABEL_G, SIGMOID_FOCAL_HARD_U_TERM_D)
+                    else if (s.has_u && gamma == 0.0f) SIGMOID_TERM_LOOP(DENSE_G, SIGMOID_U_TERM_D)
+                    else if (gc == NULL && gamma == 0.0f) SIGMOID_TERM_LOOP(LABEL_G, SIGMOID_TERM_D)
                     else if (gc == NULL && gamma_int) SIGMOID_TERM_LOOP(LABEL_G, SIGMOID_FOCAL_HARD_INT_TERM_D)
                     else if (gc == NULL) SIGMOID_TERM_LOOP(LABEL_G, SIGMOID_FOCAL_HARD_TERM_D)
                     else if (gamma == 0.0f) SIGMOID_TERM_LOOP(DENSE_G, SIGMOID_TERM_D)

@@ -114,6 +114,7 @@ def _self_check(lib: ctypes.CDLL) -> None:
         ("sigmoid", labels, True, False, False, "none", 0.0, distance, False),
         ("softmax", soft, False, False, True, "softmax", 0.0, skeleton, True),
         ("softmax", labels, True, False, False, "softmax", 2.0, None, False),
+        ("softmax", labels, True, False, False, "sigmoid", 2.0, None, False),
         ("softmax", soft, False, False, True, "sigmoid", 0.0, None, False),
         ("softmax", labels, True, False, False, "softmax", 0.0, skeleton, True),
     ]
