@@ -137,7 +137,7 @@ def test_validation_reads_in_chunks(monkeypatch):
         VNetDiceLoss(softmax=True, to_onehot_y=True)(torch.randn(2, 3, 20, 20, 20), labels)
 
 
-@pytest.mark.parametrize("dtype", [torch.int64, torch.float32, torch.int32, torch.uint8])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float32, torch.int32, torch.int16, torch.int8, torch.uint8])
 @pytest.mark.parametrize("ignore_index", [None, 9])
 @pytest.mark.parametrize("where", [(0, 0, 0, 0, 0), (1, 0, 2, 3, 4), (-1, 0, -1, -1, -1)])
 def test_label_scan_finds_a_bad_value_in_any_piece(monkeypatch, dtype, ignore_index, where):
