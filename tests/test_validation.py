@@ -161,6 +161,57 @@ def test_label_scan_finds_a_bad_value_in_any_piece(monkeypatch, dtype, ignore_in
             loss(x, labels)
 
 
+def _in_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """``t`` (``B x C x spatial``) stored contiguous, as every other sample of a bigger batch, or channels-last."""
+    if layout == "batch_slice":
+        return (
+            torch.cat([t, torch.zeros_like(t)], 0).reshape(2, *t.shape).transpose(0, 1).reshape(-1, *t.shape[1:])[::2]
+        )
+    if layout == "channels_last":
+        return t.movedim(1, -1).contiguous().movedim(-1, 1)
+    return t.contiguous()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "batch_slice", "channels_last"])
+@pytest.mark.parametrize("where", [(0, 0, 0, 0, 0), (1, 2, 3, 1, 4), (-1, -1, -1, -1, -1)])
+def test_value_scans_find_a_bad_value_anywhere_in_any_layout(monkeypatch, layout, where):
+    """Probabilities (no activation) with a NaN, an inf or a logit, and a one-hot target with a multi-hot voxel, at
+    the first, a middle or the last voxel, in each layout the scans read without copying."""
+    monkeypatch.setattr(validation, "CHECK_CHUNK_ELEMENTS", 7)
+    probabilities = torch.softmax(torch.randn(2, 3, 5, 6, 7), 1)
+    onehot = torch.nn.functional.one_hot(torch.randint(0, 3, (2, 5, 6, 7)), 3).movedim(-1, 1).float()
+    VNetDiceLoss()(_in_layout(probabilities, layout), _in_layout(onehot, layout))  # fine as they are
+    for value, match in [
+        (float("nan"), "contains NaN or inf"),
+        (float("inf"), "contains NaN or inf"),
+        (1.5, r"input values span \[.*, 1.5\]"),
+    ]:
+        bad = probabilities.clone()
+        bad[where] = value
+        with pytest.raises(LossInputError, match=match):
+            VNetDiceLoss()(_in_layout(bad, layout), _in_layout(onehot, layout))
+    multi_hot = onehot.clone()
+    multi_hot[(where[0], slice(None), *where[2:])] = 1.0
+    with pytest.raises(LossInputError, match=r"channels sum to 3"):
+        VNetDiceLoss(softmax=True)(torch.randn(2, 3, 5, 6, 7), _in_layout(multi_hot, layout))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "batch_slice", "channels_last"])
+def test_value_scans_read_every_layout_in_place(layout):
+    """A full reduction over a view that is not one dense block makes PyTorch copy it: the scans must not, so their
+    largest allocation stays far below the tensors (measured with PyTorch's profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = _in_layout(torch.softmax(torch.randn(2, 4, 32, 32, 32), 1), layout)
+    labels = _in_layout(torch.randint(0, 4, (2, 1, 32, 32, 32)), layout)
+    onehot = _in_layout(torch.nn.functional.one_hot(labels[:, 0], 4).movedim(-1, 1).float(), layout)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        validation.check_loss_values(x, labels, True, False, False)
+        validation.check_loss_values(x, onehot, False, True, True)
+    largest = max(event.cpu_memory_usage for event in prof.key_averages())
+    assert largest <= 4 * validation.CHECK_CHUNK_ELEMENTS + 1024, (largest, labels.nbytes, x.nbytes)
+
+
 def test_multi_hot_bool_target_rejected_with_softmax():
     target = torch.zeros(1, 3, 4, 4, dtype=torch.bool)
     target[:, 0] = True

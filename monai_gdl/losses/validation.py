@@ -1,10 +1,11 @@
 """Input checks for the Dice-family losses: the one place where bad tensors are caught (options are
 checked once, when built: :mod:`~monai_gdl.losses.options`).
 
-Every check streams over the flattened volume in pieces of ``CHECK_CHUNK_ELEMENTS`` values, each a
-contiguous view of one sample (a reduction over a strided view would copy it first), so validating a
-``B x C x 128^3`` input allocates only piece-sized temporaries, and the label-map scan, which runs on
-every call, reuses its two buffers. Each error names the argument, what was seen and how to fix it.
+A range (which also finds NaN and inf) is two whole-tensor reductions that read any layout in place; what
+needs a temporary (rounding float labels, the ignore mask, a one-hot target's per-voxel channel sum) goes in
+pieces of ``CHECK_CHUNK_ELEMENTS`` values into one reused buffer, each piece a view of one sample (contiguous
+where the rows are). So validating a ``B x C x 128^3`` input allocates only piece-sized temporaries and pays
+few parallel regions. Each error names the argument, what was seen and how to fix it.
 """
 
 from __future__ import annotations
@@ -37,13 +38,18 @@ class LossInputError(ValueError):
     """A loss argument (tensor or option) that would give a silently wrong loss."""
 
 
-def _chunks(flat: torch.Tensor) -> Iterator[torch.Tensor]:
-    """Views ``K x n`` of one sample of ``flat`` (``B x K x N``) along the last axis, about
-    CHECK_CHUNK_ELEMENTS values each: for the checks across channels."""
-    step = max(1, CHECK_CHUNK_ELEMENTS // max(1, flat.shape[1]))
-    for sample in flat:
-        for start in range(0, flat.shape[-1], step):
-            yield sample[:, start : start + step]
+def _value_range(t: torch.Tensor) -> tuple[float, float]:
+    """Smallest and largest value of ``t`` (not bool; NaN for both where a value is NaN, ``(inf, -inf)`` when empty).
+
+    One ``aminmax`` over a contiguous tensor, else ``amin`` and ``amax``, which read any layout in place (a batch
+    slice, channels-last) where ``aminmax`` copies first. Whole-tensor reductions, not one per piece: each is a
+    parallel region, and beside another busy process each costs milliseconds (16 pieces of a 2 x 128^3 label
+    took 100 ms, one ``aminmax`` 8 ms)."""
+    if not t.numel():
+        return math.inf, -math.inf
+    t = t.detach()
+    lo, hi = (float(v) for v in torch.aminmax(t)) if t.is_contiguous() else (float(t.amin()), float(t.amax()))
+    return (math.nan, math.nan) if math.isnan(lo) or math.isnan(hi) else (lo, hi)
 
 
 def _row_pieces(flat: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -57,18 +63,13 @@ def _row_pieces(flat: torch.Tensor) -> Iterator[torch.Tensor]:
 
 def _label_range(labels: torch.Tensor, ignore_index: int | None = None) -> tuple[float, float] | None:
     """Smallest and largest value of a label map (``ignore_index`` left out; ``(inf, -inf)`` when nothing is
-    left), or None when a value is not an integer (NaN included). Integer labels without ``ignore_index`` take
-    one reduction; otherwise float pieces are rounded into one reused buffer and the ignore mask into another,
-    so the scan allocates nothing volume-sized, nor per piece."""
+    left), or None when a value is not an integer (NaN included). Integer labels without ``ignore_index`` are
+    one reduction (:func:`_value_range`); otherwise float pieces are rounded into one reused buffer and the
+    ignore mask into another, so the scan allocates nothing volume-sized, nor per piece."""
+    if not labels.is_floating_point() and ignore_index is None:
+        return _value_range(labels)
     lo, hi = float("inf"), float("-inf")
     flat = _flat(labels.detach())
-    if not flat.is_floating_point() and ignore_index is None:
-        # one reduction, nothing allocated: pieces would pay a parallel region each (at 2 x 128^3 on 2 threads
-        # beside another busy process, 16 pieces took 100 ms against 8 ms for one call)
-        if flat.numel() == 0:
-            return lo, hi
-        found = torch.aminmax(flat)
-        return float(found.min), float(found.max)
     size = min(CHECK_CHUNK_ELEMENTS, flat.shape[-1])
     rounded = torch.empty(size, dtype=flat.dtype, device=flat.device) if flat.is_floating_point() else None
     keep = torch.empty(size, dtype=torch.bool, device=flat.device) if ignore_index is not None else None
@@ -130,12 +131,9 @@ def _check_input(input: torch.Tensor, *, softmax: bool) -> None:
 
 def _check_probability_values(input: torch.Tensor) -> None:
     """Without an activation the input is used as probabilities: NaN/inf or values outside [0, 1] are refused."""
-    lo, hi = float("inf"), float("-inf")
-    for chunk in _row_pieces(_flat(input.detach())):
-        if not bool(torch.isfinite(chunk).all()):
-            raise LossInputError(_NON_FINITE.format(shape=_shape_str(input)))
-        c_lo, c_hi = torch.aminmax(chunk)
-        lo, hi = min(lo, float(c_lo)), max(hi, float(c_hi))
+    lo, hi = _value_range(input)
+    if input.numel() and not (math.isfinite(lo) and math.isfinite(hi)):
+        raise LossInputError(_NON_FINITE.format(shape=_shape_str(input)))
     if lo < 0.0 or hi > 1.0:
         raise LossInputError(
             f"input values span [{lo:.4g}, {hi:.4g}] but softmax=False and sigmoid=False, so they are used as "
@@ -229,7 +227,7 @@ def _check_dense_target_shape(input: torch.Tensor, target: torch.Tensor) -> None
 
 def _check_dense_target_values(target: torch.Tensor, *, softmax: bool) -> None:
     if target.dtype != torch.bool and target.numel():
-        lo, hi = (float(v) for v in torch.aminmax(target.detach()))  # NaN fails both comparisons below
+        lo, hi = _value_range(target)  # NaN fails both comparisons below
         if not (lo >= 0.0 and hi <= 1.0):
             raise LossInputError(
                 f"target values span [{lo:g}, {hi:g}]; a one-hot or soft-label target must lie in [0, 1]. "
@@ -237,10 +235,13 @@ def _check_dense_target_values(target: torch.Tensor, *, softmax: bool) -> None:
             )
     if not softmax or target.shape[1] == 1:
         return
-    for chunk in _chunks(_flat(target.detach())):
-        if not chunk.numel():
-            continue
-        t_lo, t_hi = (float(v) for v in torch.aminmax(chunk.sum(dim=0, dtype=torch.float32)))
+    flat = _flat(target.detach())
+    step = max(1, min(CHECK_CHUNK_ELEMENTS, flat.shape[-1]))
+    sums = torch.empty(step, dtype=torch.float32, device=flat.device)  # each piece's per-voxel channel sums
+    for start, sample in ((start, sample) for sample in flat for start in range(0, flat.shape[-1], step)):
+        piece = sums[: min(step, flat.shape[-1] - start)]
+        torch.sum(sample[:, start : start + step], dim=0, dtype=torch.float32, out=piece)
+        t_lo, t_hi = (float(v) for v in torch.aminmax(piece))
         if t_lo < 1 - 1e-3 or t_hi > 1 + 1e-3:
             bad = t_hi if t_hi > 1 + 1e-3 else t_lo
             raise LossInputError(
