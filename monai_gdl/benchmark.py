@@ -36,6 +36,10 @@ the same tensors in the same process. The case heading names the backend our fus
 the signed distance maps): per case on the MSD hippocampus labels (``--hippocampus DIR``) and on 128^3
 synthetic labels (a large ellipsoid and branching tubes), median over the cases after one warm-up case.
 
+``--busy N`` times every method beside ``N`` processes that keep a core busy each, as data-loading workers
+do during training: a pass split into many small parallel regions waits for descheduled threads there, so a
+loss that is fast alone can be slow beside them. Memory is measured without them.
+
 ``--huge-pages`` runs every method with ``THP_MEM_ALLOC_ENABLE=1``, so PyTorch's allocator puts
 all large tensors on transparent huge pages, as our native backend does for its gradient buffer:
 a like-for-like allocator comparison (page faults dominate MONAI's time on some machines).
@@ -277,11 +281,21 @@ def _run_worker(spec: dict, env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _run_case(spec: dict, huge_pages: bool) -> dict:
+#: What a ``--busy`` process runs: a spin loop, as a data-loading worker keeps a core busy (the tag names it).
+BUSY_LOOP = "# monai_gdl.benchmark --busy\nwhile True:\n    pass\n"
+
+
+def _run_case(spec: dict, huge_pages: bool, busy: int = 0) -> dict:
     env = dict(os.environ)
     if huge_pages:  # PyTorch's CPU allocator advises every allocation >= 2 MiB onto huge pages
         env["THP_MEM_ALLOC_ENABLE"] = "1"
-    timing = _run_worker(dict(spec, measure="time"), env)
+    spinners = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
+    try:
+        timing = _run_worker(dict(spec, measure="time"), env)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
     memory = _run_worker(
         dict(spec, measure="memory"), dict(env, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     )
@@ -371,6 +385,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run every method with THP_MEM_ALLOC_ENABLE=1 (PyTorch's allocator on transparent huge pages, Linux)",
     )
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="time every method beside this many busy processes (spin loops), as beside data-loading workers "
+        "(default 0; memory is measured without them)",
+    )
     parser.add_argument("--json", help="also write all results to this JSON file")
     parser.add_argument(
         "--structure-maps", action="store_true", help="time the skeleton and distance map transforms instead"
@@ -383,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=20, help="cases per dataset for --structure-maps (default 20)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.busy < 0:
+        parser.error(f"--busy is a number of processes, 0 or more; got {args.busy}")
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
         return 0
@@ -391,7 +414,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"# monai_gdl benchmark: fwd+bwd, {args.device} {args.dtype}, B={args.batch}, median of {args.reps} "
-        f"after {args.warmup} warm-up steps" + (", THP_MEM_ALLOC_ENABLE=1 for all" if args.huge_pages else "")
+        f"after {args.warmup} warm-up steps"
+        + (", THP_MEM_ALLOC_ENABLE=1 for all" if args.huge_pages else "")
+        + (f", timed beside {args.busy} busy processes" if args.busy else "")
     )
     print(f"# machine: {_machine(args.device)}")
     results = []
@@ -410,8 +435,8 @@ def main(argv: list[str] | None = None) -> int:
                     reps=args.reps,
                     warmup=args.warmup,
                 )
-                rows = {m: _run_case(dict(case, method=m), args.huge_pages) for m in args.methods}
-                results.append(dict(case, huge_pages=args.huge_pages, results=rows))
+                rows = {m: _run_case(dict(case, method=m), args.huge_pages, args.busy) for m in args.methods}
+                results.append(dict(case, huge_pages=args.huge_pages, busy=args.busy, results=rows))
                 backends = sorted({r["backend"] for r in rows.values() if r.get("backend")})
                 print(
                     f"\n## target={target} ({target_dtype}) C={classes} {size}^3"

@@ -84,3 +84,33 @@ def test_memory_figure_is_flat_in_the_label_dtype_and_catches_a_planted_copy():
         assert extra[dtype] < 2 * 2**20, (dtype, extra)  # the scan's two reused 256 Ki-value buffers at most
         assert extra[dtype] < voxels * size / 4 or dtype == "uint8", (dtype, extra)
     assert extra["planted_int64"] > 0.9 * voxels * 8, extra
+
+
+def _busy_loops_running() -> list[str]:
+    from monai_gdl.benchmark import BUSY_LOOP
+
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if BUSY_LOOP.encode() in f.read():
+                    found.append(entry)
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="lists processes through /proc")
+def test_busy_times_beside_spinning_processes_and_stops_them():
+    """``--busy N`` runs the timing beside N spin loops (as beside data-loading workers) and leaves none behind;
+    a negative count is refused naming the value."""
+    cmd = [sys.executable, "-m", "monai_gdl.benchmark", "--classes", "3", "--sizes", "16", "--targets", "onehot"]
+    cmd += ["--methods", "vnet_fused", "--reps", "1", "--warmup", "1", "--busy", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "timed beside 2 busy processes" in out.stdout
+    assert "V-Net Dice, fused (ours)" in out.stdout and "error" not in out.stdout
+    assert not _busy_loops_running()
+    bad = subprocess.run([*cmd[:-1], "-1"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--busy is a number of processes, 0 or more; got -1" in bad.stderr
