@@ -65,7 +65,8 @@ class MirroredInferer(Inferer):
                 f"{trained or 'none'}): the network may label a mirrored image's classes the other way round "
                 "(anterior / posterior), and the average would score near 0. Pass --mirror_axes "
                 f"{str(trained).replace(' ', '')} (or [] for no mirroring), or train with RandFlipd along those axes "
-                "(the nnU-Net-like recipe flips along all three)."
+                "(the nnU-Net-like recipe flips along all three); where the weights were trained flipping along them, "
+                "say so with --trained_mirror_axes."
             )
         self.inferer = inferer
         self.spatial_axes = tuple(axes)
