@@ -238,17 +238,18 @@ def _check_dense_target_values(target: torch.Tensor, *, softmax: bool) -> None:
     flat = _flat(target.detach())
     step = max(1, min(CHECK_CHUNK_ELEMENTS, flat.shape[-1]))
     sums = torch.empty(step, dtype=torch.float32, device=flat.device)  # each piece's per-voxel channel sums
-    for start, sample in ((start, sample) for sample in flat for start in range(0, flat.shape[-1], step)):
-        piece = sums[: min(step, flat.shape[-1] - start)]
-        torch.sum(sample[:, start : start + step], dim=0, dtype=torch.float32, out=piece)
-        t_lo, t_hi = (float(v) for v in torch.aminmax(piece))
-        if t_lo < 1 - 1e-3 or t_hi > 1 + 1e-3:
-            bad = t_hi if t_hi > 1 + 1e-3 else t_lo
-            raise LossInputError(
-                f"softmax=True but the target's channels sum to {bad:g} at some voxel (multi-hot or empty "
-                "target): softmax assumes exactly one class per voxel. Use sigmoid=True for multi-label "
-                "targets, or fix the one-hot encoding."
-            )
+    for sample in flat:
+        for start in range(0, flat.shape[-1], step):
+            piece = sums[: min(step, flat.shape[-1] - start)]
+            torch.sum(sample[:, start : start + step], dim=0, dtype=torch.float32, out=piece)
+            t_lo, t_hi = (float(v) for v in torch.aminmax(piece))
+            if t_lo < 1 - 1e-3 or t_hi > 1 + 1e-3:
+                bad = t_hi if t_hi > 1 + 1e-3 else t_lo
+                raise LossInputError(
+                    f"softmax=True but the target's channels sum to {bad:g} at some voxel (multi-hot or empty "
+                    "target): softmax assumes exactly one class per voxel. Use sigmoid=True for multi-label "
+                    "targets, or fix the one-hot encoding."
+                )
 
 
 def check_loss_inputs(
