@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from monai.inferers import Inferer
+from monai.transforms import RandAxisFlip, RandAxisFlipd, RandFlip, RandFlipd
 
 from monai_gdl.bundle.checks import ArgumentError
 
@@ -25,12 +26,10 @@ def flipped_axes(transforms: Sequence[Any]) -> list[int]:
     test-time mirroring shows the network nothing it was not trained on."""
     found: set[int] = set()
     for transform in transforms:
-        flipper = getattr(transform, "flipper", None)
-        name = type(transform).__name__
-        if name in ("RandAxisFlip", "RandAxisFlipd"):
+        if isinstance(transform, (RandAxisFlip, RandAxisFlipd)):
             found.update(_ALL_AXES)
-        elif name in ("RandFlip", "RandFlipd") and flipper is not None:
-            axis = flipper.spatial_axis
+        elif isinstance(transform, (RandFlip, RandFlipd)):
+            axis = transform.flipper.spatial_axis
             found.update(_ALL_AXES if axis is None else [axis] if isinstance(axis, int) else axis)
         elif isinstance(getattr(transform, "transforms", None), (list, tuple)):
             found.update(flipped_axes(transform.transforms))
