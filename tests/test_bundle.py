@@ -41,6 +41,7 @@ KNOBS = [
     "compile",
     "val_interval",
     "seed",
+    "split_seed",
     "cache_rate",
     "num_workers",
     "learning_rate",
@@ -711,9 +712,9 @@ def test_evaluation_scores_the_cases_training_held_out(tmp_path):
     other = _bundle(["train.json", "evaluate.json"], *common, "--seed", "0", *TINY, cwd=str(tmp_path))
     assert other.returncode == 1
     last = other.stderr.strip().splitlines()[-1]
-    assert "--seed asks to evaluate on another split (seed 0" in last and "(seed 2," in last
+    assert "--seed asks to evaluate on another split (split seed 0" in last and "(split seed 2," in last
     resumed = _bundle(["train.json"], *common, "--seed", "0", "--epochs", "2", *TINY, cwd=str(tmp_path))
-    assert resumed.returncode == 1 and "Pass --seed 2" in resumed.stderr.strip().splitlines()[-1]
+    assert resumed.returncode == 1 and "Pass --split_seed 2" in resumed.stderr.strip().splitlines()[-1]
 
 
 def test_the_shipped_weights_are_the_ones_large_files_yml_names():

@@ -69,7 +69,7 @@ def test_missing_folds_are_named_with_what_the_mean_covers(folds):
     "change, message",
     [
         ({"num_folds": 5}, "--num_folds 3 against 5"),
-        ({"seed": 1}, "--seed 0 against 1"),
+        ({"seed": 1}, "--split_seed 0 against 1"),
         ({"dataset": "/other"}, "dataset '/data/set' against '/other'"),
         ({"num_folds": 0}, "--val_fraction 0.2 split, not on a cross-validation fold"),
     ],

@@ -226,7 +226,7 @@ def test_folds_train_resume_evaluate_with_mirroring_and_ensemble_from_the_comman
     assert "evaluated 2 cases" in run.stdout + run.stderr
     run = _bundle(evaluate, *tiny, "--output_dir", folds[0], "--fold", "1", cwd=str(tmp_path))
     assert run.returncode == 1
-    assert "--fold asks to evaluate on another split (seed 0, fold 1 of 3" in run.stderr.strip().splitlines()[-1]
+    assert "--fold asks to evaluate on another split (split seed 0, fold 1 of 3" in run.stderr.strip().splitlines()[-1]
 
     ensemble = ["inference.json", "recipe_nnunet_like.json", "ensemble.json"]
     fold_dirs = "[" + ",".join(f"'{d}'" for d in folds[:2]) + "]"
@@ -277,3 +277,116 @@ def test_folds_train_resume_evaluate_with_mirroring_and_ensemble_from_the_comman
     expected = probabilities.argmax(1)[0].numpy()
     got = np.asarray(nib.as_closest_canonical(written).dataobj)
     assert got.shape == expected.shape and (got == expected).mean() > 0.999, (got == expected).mean()
+
+
+@pytest.mark.slow
+def test_an_ensemble_of_seeds_is_scored_on_the_cases_all_of_them_held_out(tmp_path):
+    """Models trained on one split with other seeds (``--seed k --split_seed 0``) scored together by
+    ``evaluate_ensemble.json``: an ensemble of one scores as ``evaluate.json`` does; an ensemble of two scores
+    each case with the Dice of the segmentation that ``ensemble.json``'s inference writes (its averaging is checked
+    against a hand-made average above), computed here with numpy on the label files; folders holding out other
+    cases (cross-validation folds, another split seed) are refused, naming both."""
+    from conftest import TINY
+
+    data = write_synthetic_dataset(str(tmp_path / "ds"), num_cases=6, shape=(24, 24, 16), seed=6)
+    common = ["--dataset_dir", data, "--val_fraction", "0.34", *TINY]
+    models = [str(tmp_path / f"seed{s}") for s in (1, 2)]
+    for seed, out in zip((1, 2), models):
+        run = _bundle(
+            ["train.json"],
+            *common,
+            "--output_dir",
+            out,
+            "--seed",
+            str(seed),
+            "--split_seed",
+            "0",
+            "--epochs",
+            "8",
+            "--learning_rate",
+            "0.01",
+            cwd=str(tmp_path),
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+    splits = [json.load(open(os.path.join(out, "split.json"))) for out in models]
+    assert splits[0]["validation"] == splits[1]["validation"] and splits[0]["seed"] == 0
+    weights = [torch.load(os.path.join(out, "models", "model.pt"), weights_only=True) for out in models]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # two different models
+
+    def scores(out):
+        with open(os.path.join(out, "eval", "val_mean_dice_raw.csv")) as f:
+            rows = list(csv.DictReader(f))
+        return {(case_id(r["filename"]), c): float(r[f"class{c - 1}"]) for r in rows for c in (1, 2)}
+
+    ensemble = ["train.json", "evaluate.json", "evaluate_ensemble.json"]
+    scoring = [*common, "--amp", "False", "--validate#inferer#inferer#inferer#overlap", "0.5"]  # as inference.json
+    one = _bundle(
+        ensemble, *scoring, "--output_dir", str(tmp_path / "one"), "--fold_dirs", f"['{models[0]}']", cwd=str(tmp_path)
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    alone = _bundle(["train.json", "evaluate.json"], *scoring, "--output_dir", models[0], cwd=str(tmp_path))
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert scores(str(tmp_path / "one")) == pytest.approx(scores(models[0]))
+    assert sorted({case for case, _ in scores(models[0])}) == splits[0]["validation"]
+
+    two = str(tmp_path / "two")
+    fold_dirs = "[" + ",".join(f"'{d}'" for d in models) + "]"
+    run = _bundle(ensemble, *scoring, "--output_dir", two, "--fold_dirs", fold_dirs, cwd=str(tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    images = tmp_path / "held_out"
+    images.mkdir()
+    for case in splits[0]["validation"]:
+        os.symlink(os.path.join(data, "imagesTr", f"{case}.nii.gz"), images / f"{case}.nii.gz")
+    infer = _bundle(
+        ["inference.json", "ensemble.json"],
+        *TINY,
+        "--input_dir",
+        str(images),
+        "--output_dir",
+        str(tmp_path / "inf"),
+        "--fold_dirs",
+        fold_dirs,
+        cwd=str(tmp_path),
+    )
+    assert infer.returncode == 0, infer.stderr[-3000:]
+    expected = {}
+    for case in splits[0]["validation"]:
+        seg = np.asarray(nib.load(str(tmp_path / "inf" / "predictions" / f"{case}_seg.nii.gz")).dataobj)
+        label = np.asarray(nib.load(os.path.join(data, "labelsTr", f"{case}.nii.gz")).dataobj)
+        for c in (1, 2):
+            expected[case, c] = 2 * np.sum((seg == c) & (label == c)) / (np.sum(seg == c) + np.sum(label == c))
+    assert scores(two) == pytest.approx(expected, abs=1e-5)
+    assert min(v for (_, c), v in expected.items() if c == 1) > 0.5, expected  # a segmentation, not noise
+    # an inference ensemble of one model writes what inference.json writes with that model (MONAI's MeanEnsembled
+    # reads a single key as models already stacked: it averaged over the classes and wrote a 2D image)
+    for files, args in (
+        (["inference.json", "ensemble.json"], ["--fold_dirs", f"['{models[0]}']"]),
+        (["inference.json"], ["--ckpt_dir", os.path.join(models[0], "models")]),
+    ):
+        out = str(tmp_path / f"inf{len(files)}")
+        run = _bundle(files, *TINY, "--input_dir", str(images), "--output_dir", out, *args, cwd=str(tmp_path))
+        assert run.returncode == 0, run.stderr[-3000:]
+    for case in splits[0]["validation"]:
+        one, alone = (nib.load(str(tmp_path / f"inf{n}" / "predictions" / f"{case}_seg.nii.gz")) for n in (2, 1))
+        assert one.shape == alone.shape == nib.load(os.path.join(data, "labelsTr", f"{case}.nii.gz")).shape
+        assert np.array_equal(np.asarray(one.dataobj), np.asarray(alone.dataobj))
+
+    other_split = str(tmp_path / "other_split")
+    run = _bundle(
+        ["train.json"], *common, "--output_dir", other_split, "--split_seed", "3", "--epochs", "1", cwd=str(tmp_path)
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    refused = _bundle(
+        ensemble,
+        *scoring,
+        "--output_dir",
+        str(tmp_path / "mixed"),
+        "--fold_dirs",
+        f"['{models[0]}','{other_split}']",
+        cwd=str(tmp_path),
+    )
+    assert refused.returncode == 1
+    last = refused.stderr.strip().splitlines()[-1]
+    assert (
+        f"{other_split} held out other cases than {models[0]}" in last and "cases some of its models trained on" in last
+    )

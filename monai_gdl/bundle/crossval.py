@@ -100,7 +100,7 @@ def _same(results: Sequence[FoldResult], attribute: str, what: str) -> None:
             raise CrossValidationError(
                 f"{first.output_dir} and {other.output_dir} are not folds of one cross-validation: {what} "
                 f"{getattr(first, attribute)!r} against {getattr(other, attribute)!r}. Pass the folds of one "
-                "--num_folds / --seed / --dataset_dir."
+                "--num_folds / --split_seed / --dataset_dir."
             )
 
 
@@ -112,7 +112,7 @@ def summarise_folds(output_dirs: Sequence[str]) -> list[FoldResult]:
     results = sorted((read_fold(d) for d in output_dirs), key=lambda r: r.fold)
     _same(results, "dataset_dir", "dataset")
     _same(results, "num_folds", "--num_folds")
-    _same(results, "seed", "--seed")
+    _same(results, "seed", "--split_seed")
     for a, b in zip(results, results[1:]):
         if a.fold == b.fold:
             raise CrossValidationError(

@@ -1,7 +1,10 @@
 """Inference with several trained folds at once, as nnU-Net's ``predict`` with ``-f 0 1 2 3 4``: one network per
 fold (``FOLD_DIR/models/model.pt``), each one's softmax computed and the softmaxes averaged (MONAI's
 ``EnsembleEvaluator`` and ``MeanEnsembled`` do the running and the averaging; ``configs/ensemble.json`` wires them).
-What MONAI has no helper for is here: a loaded copy of the network per fold, and the folds' shared plan.
+``configs/evaluate_ensemble.json`` scores such an average on held-out cases: only on cases every model was held out
+from (models trained on one split with other ``--seed``s), never on cross-validation folds' own validation cases,
+which the other folds trained on. What MONAI has no helper for is here: a loaded copy of the network per fold, the
+folds' shared plan, and the cases all of them held out.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from monai_gdl.bundle.checkpoints import (
 from monai_gdl.bundle.checks import ArgumentError
 from monai_gdl.bundle.planning import PLAN_FILE, PlanError, recorded_plan
 from monai_gdl.bundle.ranks import unwrap
+from monai_gdl.bundle.split import SPLIT_FILE, SplitError, evaluation_datalist, recorded_split
 
-__all__ = ["fold_checkpoints", "fold_networks", "fold_plan"]
+__all__ = ["fold_checkpoints", "fold_networks", "fold_plan", "held_out_by_all"]
 
 
 def fold_checkpoints(fold_dirs: Sequence[str]) -> list[str]:
@@ -81,3 +85,38 @@ def fold_plan(fold_dirs: Sequence[str]) -> dict[str, Any]:
                 "do not share a grid and network; ensemble folds of one training setup."
             )
     return plans[str(first)]
+
+
+def held_out_by_all(
+    fold_dirs: Sequence[str], dataset_dir: str, val_fraction: float, seed: int, fold: int = 0, num_folds: int = 0
+) -> list[dict]:
+    """The validation cases an ensemble of ``fold_dirs`` is scored on: the split every folder records (each
+    model trained on the same cases, e.g. ``--seed 1 --split_seed 0`` and ``--seed 2 --split_seed 0``). Folders
+    holding out different cases (cross-validation folds: each fold's validation cases are the others' training
+    cases) or recording no split are refused, naming them; the arguments are checked against the first folder's
+    split as :func:`evaluation_datalist` does."""
+    fold_checkpoints(fold_dirs)
+    splits = {str(d): recorded_split(str(d)) for d in fold_dirs}
+    missing = [d for d, s in splits.items() if s is None]
+    if missing:
+        raise SplitError(
+            f"no {SPLIT_FILE} in {', '.join(missing)}: without the cases a model trained on, its held-out cases "
+            "are unknown; score folders this bundle's train.json trained."
+        )
+    first, *others = (str(d) for d in fold_dirs)
+    for other in others:
+        a, b = splits[first], splits[other]
+        if a["dataset_dir"] != b["dataset_dir"]:
+            raise SplitError(
+                f"{other} was trained on {b['dataset_dir']}, {first} on {a['dataset_dir']}: ensemble models "
+                "trained on one dataset."
+            )
+        if a["validation"] != b["validation"]:
+            raise SplitError(
+                f"{other} held out other cases than {first} ({len(set(b['validation']) - set(a['validation']))} "
+                f"of its {len(b['validation'])} validation cases are training cases of {first}): the ensemble "
+                "would be scored on cases some of its models trained on. Score an ensemble of models trained on "
+                "one split (another --seed, the same --split_seed and --val_fraction or --fold); a "
+                "cross-validation's folds are scored by python -m monai_gdl.report, each on its own cases."
+            )
+    return evaluation_datalist(first, dataset_dir, val_fraction, seed, fold, num_folds)

@@ -1,6 +1,8 @@
 """The train/validation split a run used, recorded, so evaluation scores the cases training held out.
 
-An MSD folder without a ``validation`` list is split by a seeded shuffle (``--seed``, ``--val_fraction``);
+An MSD folder without a ``validation`` list is split by a seeded shuffle (``--split_seed``, which defaults to
+``--seed``, and ``--val_fraction``; a run with another ``--seed`` and the same ``--split_seed`` trains another model
+on the same cases, e.g. for an ensemble scored on the same held-out cases);
 evaluation derived it again from its own arguments, so ``--seed 2`` at training and the default at
 evaluation scored training cases and inflated the Dice. Training now writes ``OUTPUT_DIR/split.json``
 (the dataset folder, the seed and fraction, and every case by name; also in ``models/last.pt``), and
@@ -31,14 +33,14 @@ def _describe(split: dict) -> str:
     how = f"val_fraction {split['val_fraction']}"
     if split.get("num_folds"):
         how = f"fold {split['fold']} of {split['num_folds']}"
-    return f"seed {split['seed']}, {how}, {len(split['validation'])} validation cases"
+    return f"split seed {split['seed']}, {how}, {len(split['validation'])} validation cases"
 
 
 def _arguments(split: dict) -> str:
     """The command-line arguments that ask for ``split``."""
     if split.get("num_folds"):
-        return f"--seed {split['seed']} --fold {split['fold']} --num_folds {split['num_folds']}"
-    return f"--seed {split['seed']} --val_fraction {split['val_fraction']}"
+        return f"--split_seed {split['seed']} --fold {split['fold']} --num_folds {split['num_folds']}"
+    return f"--split_seed {split['seed']} --val_fraction {split['val_fraction']}"
 
 
 def recorded_split(output_dir: str) -> dict | None:
@@ -50,12 +52,17 @@ def recorded_split(output_dir: str) -> dict | None:
         return json.load(f)
 
 
-def _given_on_the_command_line() -> set[str]:
-    """Which of ``seed``/``val_fraction``/``fold``/``num_folds`` the running ``monai.bundle`` command sets
-    (none from Python)."""
+def _given_on_the_command_line() -> dict[str, str]:
+    """The split's arguments the running ``monai.bundle`` command sets (none from Python), by their key in
+    ``split.json``, each with the argument as written: ``seed`` is the split's seed, set by ``--split_seed`` or,
+    where that is not given, by ``--seed`` (its default)."""
     from monai_gdl.bundle.console import command_line_keys
 
-    return {k for k in command_line_keys() if k in ("seed", "val_fraction", "fold", "num_folds")}
+    keys = set(command_line_keys())
+    given = {k: k for k in keys if k in ("val_fraction", "fold", "num_folds")}
+    if "split_seed" in keys or "seed" in keys:
+        given["seed"] = "split_seed" if "split_seed" in keys else "seed"
+    return given
 
 
 def record_split(
@@ -68,8 +75,9 @@ def record_split(
     fold: int = 0,
     num_folds: int = 0,
 ) -> dict:
-    """Write ``output_dir/split.json`` (rank 0) and return it; a folder that already records another split (a
-    resumed run with another ``--seed`` or ``--fold``) is refused, naming both."""
+    """Write ``output_dir/split.json`` (rank 0; ``seed`` is the split's seed) and return it; a folder that
+    already records another split (a resumed run with another ``--split_seed`` or ``--fold``) is refused, naming
+    both."""
     split = {
         "dataset_dir": os.path.abspath(dataset_dir),
         "seed": int(seed),
@@ -97,8 +105,8 @@ def evaluation_datalist(
     output_dir: str, dataset_dir: str, val_fraction: float, seed: int, fold: int = 0, num_folds: int = 0
 ) -> list[dict]:
     """The validation cases of the run in ``output_dir``: the recorded split when there is one (an explicit
-    ``--seed``/``--val_fraction``/``--fold``/``--num_folds`` that disagrees with it is refused), else the split
-    from the arguments."""
+    ``--split_seed`` or ``--seed``, ``--val_fraction``, ``--fold`` or ``--num_folds`` that disagrees with it is
+    refused), else the split from the arguments."""
     asked = msd_datalist(dataset_dir, "validation", val_fraction, seed, fold=fold, num_folds=num_folds)
     recorded = recorded_split(output_dir)
     if recorded is None:
@@ -106,7 +114,11 @@ def evaluation_datalist(
     if sorted(case_id(c["image"]) for c in asked) == recorded["validation"]:
         return asked
     asked_for = {"seed": seed, "val_fraction": val_fraction, "fold": fold, "num_folds": num_folds}
-    conflicting = sorted(k for k in _given_on_the_command_line() if float(asked_for[k]) != float(recorded.get(k, 0)))
+    conflicting = sorted(
+        spelled
+        for key, spelled in _given_on_the_command_line().items()
+        if float(asked_for[key]) != float(recorded.get(key, 0))
+    )
     if conflicting:
         described = _describe({**asked_for, "validation": asked})
         raise SplitError(
