@@ -390,3 +390,39 @@ def test_an_ensemble_of_seeds_is_scored_on_the_cases_all_of_them_held_out(tmp_pa
     assert (
         f"{other_split} held out other cases than {models[0]}" in last and "cases some of its models trained on" in last
     )
+
+
+def test_ensemble_checkpoints_best_or_last_and_the_splits_they_must_share(tmp_path):
+    """``fold_checkpoint`` picks each folder's ``model.pt`` (best validated epoch) or ``last.pt`` (last epoch, as
+    nnU-Net ensembles); anything else, a folder without ``split.json`` or with another dataset is refused, naming
+    it."""
+    from monai_gdl.bundle.checkpoints import CheckpointError
+    from monai_gdl.bundle.ensemble import fold_networks, held_out_by_all
+    from monai_gdl.bundle.split import SplitError
+
+    network = torch.nn.Linear(2, 1)
+    dirs = [str(tmp_path / f"seed{s}") for s in (1, 2)]
+    for i, d in enumerate(dirs):
+        os.makedirs(os.path.join(d, "models"))
+        torch.save(
+            {"weight": torch.full((1, 2), i + 1.0), "bias": torch.zeros(1)}, os.path.join(d, "models", "model.pt")
+        )
+        last = {"weight": torch.full((1, 2), -(i + 1.0)), "bias": torch.zeros(1)}
+        torch.save({"network": last, "epoch": 3}, os.path.join(d, "models", "last.pt"))
+    best = [n.weight[0, 0].item() for n in fold_networks(network, dirs)]
+    last = [n.weight[0, 0].item() for n in fold_networks(network, dirs, "last.pt")]
+    assert best == [1.0, 2.0] and last == [-1.0, -2.0]
+    with pytest.raises(ArgumentError, match=r"fold_checkpoint='best.pt'; use 'model.pt'"):
+        fold_networks(network, dirs, "best.pt")
+    os.remove(os.path.join(dirs[1], "models", "last.pt"))
+    with pytest.raises(CheckpointError, match="no trained model at .*seed2/models/last.pt"):
+        fold_networks(network, dirs, "last.pt")
+
+    with pytest.raises(SplitError, match=f"no split.json in {dirs[0]}, {dirs[1]}"):
+        held_out_by_all(dirs, "/data", 0.2, 0)
+    for d, dataset in zip(dirs, ("/data/a", "/data/b")):
+        split = {"dataset_dir": dataset, "seed": 0, "val_fraction": 0.2, "fold": 0, "num_folds": 0}
+        with open(os.path.join(d, "split.json"), "w") as f:
+            json.dump({**split, "training": ["c1"], "validation": ["c2"]}, f)
+    with pytest.raises(SplitError, match=f"{dirs[1]} was trained on /data/b, {dirs[0]} on /data/a"):
+        held_out_by_all(dirs, "/data/a", 0.2, 0)

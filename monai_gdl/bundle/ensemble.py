@@ -18,6 +18,7 @@ import torch
 
 from monai_gdl.bundle.checkpoints import (
     BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
     CheckpointError,
     network_mismatch,
     network_state,
@@ -31,9 +32,15 @@ from monai_gdl.bundle.split import SPLIT_FILE, SplitError, evaluation_datalist, 
 __all__ = ["fold_checkpoints", "fold_networks", "fold_plan", "held_out_by_all"]
 
 
-def fold_checkpoints(fold_dirs: Sequence[str]) -> list[str]:
-    """``FOLD_DIR/models/model.pt`` of each fold folder, after checking the list: at least one folder, no folder
-    twice, each holding a trained model."""
+def fold_checkpoints(fold_dirs: Sequence[str], checkpoint: str = BEST_CHECKPOINT) -> list[str]:
+    """``FOLD_DIR/models/CHECKPOINT`` of each fold folder, after checking the list: at least one folder, no folder
+    twice, each holding a trained model. ``checkpoint``: ``model.pt`` (each training's best validated epoch, the
+    default) or ``last.pt`` (its last epoch, which nnU-Net ensembles: chosen without looking at validation cases)."""
+    if checkpoint not in (BEST_CHECKPOINT, LAST_CHECKPOINT):
+        raise ArgumentError(
+            f"fold_checkpoint={checkpoint!r}; use {BEST_CHECKPOINT!r} (each training's best validated epoch) or "
+            f"{LAST_CHECKPOINT!r} (its last epoch)."
+        )
     if isinstance(fold_dirs, str) or not isinstance(fold_dirs, (list, tuple)) or not fold_dirs:
         raise ArgumentError(
             f"fold_dirs={fold_dirs!r}; give the trained folds' output folders as a list, e.g. "
@@ -43,7 +50,7 @@ def fold_checkpoints(fold_dirs: Sequence[str]) -> list[str]:
     twice = sorted({d for d in fold_dirs if seen.count(os.path.realpath(str(d))) > 1})
     if twice:
         raise ArgumentError(f"fold_dirs names {twice} more than once; list each trained fold once.")
-    paths = [os.path.join(str(d), "models", BEST_CHECKPOINT) for d in fold_dirs]
+    paths = [os.path.join(str(d), "models", checkpoint) for d in fold_dirs]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise CheckpointError(
@@ -53,11 +60,13 @@ def fold_checkpoints(fold_dirs: Sequence[str]) -> list[str]:
     return paths
 
 
-def fold_networks(network: torch.nn.Module, fold_dirs: Sequence[str]) -> list[torch.nn.Module]:
-    """One copy of ``network`` per fold folder, each with that fold's ``models/model.pt`` loaded and in eval
+def fold_networks(
+    network: torch.nn.Module, fold_dirs: Sequence[str], checkpoint: str = BEST_CHECKPOINT
+) -> list[torch.nn.Module]:
+    """One copy of ``network`` per fold folder, each with that fold's ``models/CHECKPOINT`` loaded and in eval
     mode; a checkpoint from another network is refused, naming it."""
     networks = []
-    for path in fold_checkpoints(fold_dirs):
+    for path in fold_checkpoints(fold_dirs, checkpoint):
         state = network_state(read_checkpoint(path))
         network_mismatch(state, network, path)
         copy_ = copy.deepcopy(unwrap(network))
