@@ -397,7 +397,8 @@ def test_ensemble_checkpoints_best_or_last_and_the_splits_they_must_share(tmp_pa
     nnU-Net ensembles); anything else, a folder without ``split.json`` or with another dataset is refused, naming
     it."""
     from monai_gdl.bundle.checkpoints import CheckpointError
-    from monai_gdl.bundle.ensemble import fold_networks, held_out_by_all
+    from monai_gdl.bundle.ensemble import fold_networks, fold_plan, held_out_by_all
+    from monai_gdl.bundle.planning import PlanError
     from monai_gdl.bundle.split import SplitError
 
     network = torch.nn.Linear(2, 1)
@@ -418,8 +419,10 @@ def test_ensemble_checkpoints_best_or_last_and_the_splits_they_must_share(tmp_pa
     with pytest.raises(CheckpointError, match="no trained model at .*seed2/models/last.pt"):
         fold_networks(network, dirs, "last.pt")
 
-    with pytest.raises(SplitError, match=f"no split.json in {dirs[0]}, {dirs[1]}"):
+    with pytest.raises(SplitError, match=f"no split.json in {dirs[0]}, {dirs[1]}: without the cases"):
         held_out_by_all(dirs, "/data", 0.2, 0)
+    with pytest.raises(PlanError, match=f"no plan.json in {dirs[0]}, {dirs[1]}: the nnU-Net-like recipe"):
+        fold_plan(dirs)
     for d, dataset in zip(dirs, ("/data/a", "/data/b")):
         split = {"dataset_dir": dataset, "seed": 0, "val_fraction": 0.2, "fold": 0, "num_folds": 0}
         with open(os.path.join(d, "split.json"), "w") as f:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -75,17 +75,29 @@ def fold_networks(
     return networks
 
 
+def _recorded(
+    fold_dirs: Sequence[str], read: Callable[[str], Any], error: type[Exception], missing_message: str
+) -> dict[str, Any]:
+    """``read(folder)`` for each trained folder, by folder; folders where it finds nothing are refused with
+    ``missing_message`` (``{}``: the folders)."""
+    fold_checkpoints(fold_dirs)
+    found = {str(d): read(str(d)) for d in fold_dirs}
+    missing = [d for d, value in found.items() if value is None]
+    if missing:
+        raise error(missing_message.format(", ".join(missing)))
+    return found
+
+
 def fold_plan(fold_dirs: Sequence[str]) -> dict[str, Any]:
     """The plan the folds were trained with (``FOLD_DIR/plan.json``, the nnU-Net-like recipe); folds planned
     differently cannot be averaged voxel by voxel and are refused."""
-    fold_checkpoints(fold_dirs)
-    plans = {str(d): recorded_plan(str(d)) for d in fold_dirs}
-    missing = [d for d, p in plans.items() if p is None]
-    if missing:
-        raise PlanError(
-            f"no {PLAN_FILE} in {', '.join(missing)}: the nnU-Net-like recipe records its plan when it trains; "
-            "pass the folds it trained, or leave configs/recipe_nnunet_like.json out for the default recipe's folds."
-        )
+    plans = _recorded(
+        fold_dirs,
+        recorded_plan,
+        PlanError,
+        f"no {PLAN_FILE} in {{}}: the nnU-Net-like recipe records its plan when it trains; pass the folds it "
+        "trained, or leave configs/recipe_nnunet_like.json out for the default recipe's folds.",
+    )
     first, *others = fold_dirs
     for other in others:
         if plans[str(other)] != plans[str(first)]:
@@ -104,14 +116,13 @@ def held_out_by_all(
     holding out different cases (cross-validation folds: each fold's validation cases are the others' training
     cases) or recording no split are refused, naming them; the arguments are checked against the first folder's
     split as :func:`evaluation_datalist` does."""
-    fold_checkpoints(fold_dirs)
-    splits = {str(d): recorded_split(str(d)) for d in fold_dirs}
-    missing = [d for d, s in splits.items() if s is None]
-    if missing:
-        raise SplitError(
-            f"no {SPLIT_FILE} in {', '.join(missing)}: without the cases a model trained on, its held-out cases "
-            "are unknown; score folders this bundle's train.json trained."
-        )
+    splits = _recorded(
+        fold_dirs,
+        recorded_split,
+        SplitError,
+        f"no {SPLIT_FILE} in {{}}: without the cases a model trained on, its held-out cases are unknown; score "
+        "folders this bundle's train.json trained.",
+    )
     first, *others = (str(d) for d in fold_dirs)
     for other in others:
         a, b = splits[first], splits[other]
