@@ -418,14 +418,16 @@ def test_ensemble_checkpoints_best_or_last_and_the_splits_they_must_share(tmp_pa
     os.remove(os.path.join(dirs[1], "models", "last.pt"))
     with pytest.raises(CheckpointError, match="no trained model at .*seed2/models/last.pt"):
         fold_networks(network, dirs, "last.pt")
-
+    os.remove(os.path.join(dirs[0], "models", "model.pt"))  # stopped before its first validation: last.pt only
+    torch.save({"network": {}}, os.path.join(dirs[1], "models", "last.pt"))
+    # refused for the missing record, not for the model.pt that --fold_checkpoint last.pt does not read
     with pytest.raises(SplitError, match=f"no split.json in {dirs[0]}, {dirs[1]}: without the cases"):
-        held_out_by_all(dirs, "/data", 0.2, 0)
+        held_out_by_all(dirs, "/data", 0.2, 0, checkpoint="last.pt")
     with pytest.raises(PlanError, match=f"no plan.json in {dirs[0]}, {dirs[1]}: the nnU-Net-like recipe"):
-        fold_plan(dirs)
+        fold_plan(dirs, "last.pt")
     for d, dataset in zip(dirs, ("/data/a", "/data/b")):
         split = {"dataset_dir": dataset, "seed": 0, "val_fraction": 0.2, "fold": 0, "num_folds": 0}
         with open(os.path.join(d, "split.json"), "w") as f:
             json.dump({**split, "training": ["c1"], "validation": ["c2"]}, f)
     with pytest.raises(SplitError, match=f"{dirs[1]} was trained on /data/b, {dirs[0]} on /data/a"):
-        held_out_by_all(dirs, "/data/a", 0.2, 0)
+        held_out_by_all(dirs, "/data/a", 0.2, 0, checkpoint="last.pt")

@@ -76,11 +76,15 @@ def fold_networks(
 
 
 def _recorded(
-    fold_dirs: Sequence[str], read: Callable[[str], Any], error: type[Exception], missing_message: str
+    fold_dirs: Sequence[str],
+    read: Callable[[str], Any],
+    error: type[Exception],
+    missing_message: str,
+    checkpoint: str = BEST_CHECKPOINT,
 ) -> dict[str, Any]:
     """``read(folder)`` for each trained folder, by folder; folders where it finds nothing are refused with
     ``missing_message`` (``{}``: the folders)."""
-    fold_checkpoints(fold_dirs)
+    fold_checkpoints(fold_dirs, checkpoint)
     found = {str(d): read(str(d)) for d in fold_dirs}
     missing = [d for d, value in found.items() if value is None]
     if missing:
@@ -88,7 +92,7 @@ def _recorded(
     return found
 
 
-def fold_plan(fold_dirs: Sequence[str]) -> dict[str, Any]:
+def fold_plan(fold_dirs: Sequence[str], checkpoint: str = BEST_CHECKPOINT) -> dict[str, Any]:
     """The plan the folds were trained with (``FOLD_DIR/plan.json``, the nnU-Net-like recipe); folds planned
     differently cannot be averaged voxel by voxel and are refused."""
     plans = _recorded(
@@ -97,6 +101,7 @@ def fold_plan(fold_dirs: Sequence[str]) -> dict[str, Any]:
         PlanError,
         f"no {PLAN_FILE} in {{}}: the nnU-Net-like recipe records its plan when it trains; pass the folds it "
         "trained, or leave configs/recipe_nnunet_like.json out for the default recipe's folds.",
+        checkpoint,
     )
     first, *others = fold_dirs
     for other in others:
@@ -109,7 +114,13 @@ def fold_plan(fold_dirs: Sequence[str]) -> dict[str, Any]:
 
 
 def held_out_by_all(
-    fold_dirs: Sequence[str], dataset_dir: str, val_fraction: float, seed: int, fold: int = 0, num_folds: int = 0
+    fold_dirs: Sequence[str],
+    dataset_dir: str,
+    val_fraction: float,
+    seed: int,
+    fold: int = 0,
+    num_folds: int = 0,
+    checkpoint: str = BEST_CHECKPOINT,
 ) -> list[dict]:
     """The validation cases an ensemble of ``fold_dirs`` is scored on: the split every folder records (each
     model trained on the same cases, e.g. ``--seed 1 --split_seed 0`` and ``--seed 2 --split_seed 0``). Folders
@@ -122,6 +133,7 @@ def held_out_by_all(
         SplitError,
         f"no {SPLIT_FILE} in {{}}: without the cases a model trained on, its held-out cases are unknown; score "
         "folders this bundle's train.json trained.",
+        checkpoint,
     )
     first, *others = (str(d) for d in fold_dirs)
     for other in others:
