@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from monai.bundle import ConfigParser
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 
@@ -286,8 +287,6 @@ def test_an_ensemble_of_seeds_is_scored_on_the_cases_all_of_them_held_out(tmp_pa
     each case with the Dice of the segmentation that ``ensemble.json``'s inference writes (its averaging is checked
     against a hand-made average above), computed here with numpy on the label files; folders holding out other
     cases (cross-validation folds, another split seed) are refused, naming both."""
-    from conftest import TINY
-
     data = write_synthetic_dataset(str(tmp_path / "ds"), num_cases=6, shape=(24, 24, 16), seed=6)
     common = ["--dataset_dir", data, "--val_fraction", "0.34", *TINY]
     models = [str(tmp_path / f"seed{s}") for s in (1, 2)]
