@@ -42,6 +42,17 @@ def test_the_readme_is_a_quick_start():
     assert "python -m pytest -n 2 -q" in text
 
 
+def test_wheel_install_commands_name_the_wheel_this_version_builds():
+    """A copied `pip install monai_gdl-X.whl` must name the file `pip wheel .` writes for this checkout."""
+    version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), flags=re.M).group(1)
+    stale = []
+    for page in [*_markdown_files(), REPO / "docs" / "README.md"]:
+        for name in re.findall(r"monai_gdl-([0-9][^-\s]*)-py3-none-any\.whl", page.read_text()):
+            if name != version:
+                stale.append(f"{page.relative_to(REPO)}: monai_gdl-{name} (pyproject.toml: {version})")
+    assert not stale, stale
+
+
 @pytest.mark.slow
 def test_sphinx_builds_with_warnings_as_errors(tmp_path):
     out = tmp_path / "html"
