@@ -76,7 +76,7 @@ KILL_DURING_EPOCH_3 = """
 
 @pytest.mark.slow
 def test_a_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path, dataset):
-    common = ["--dataset_dir", dataset, "--epochs", "4"]
+    common = ["--dataset_dir", dataset, "--epochs", "4", "--val_interval", "2"]  # killed after a validated epoch
     whole = _train(*common, "--output_dir", str(tmp_path / "whole"), cwd=str(tmp_path))
     assert whole.returncode == 0, whole.stderr[-3000:]
     killed_out = str(tmp_path / "killed")
@@ -85,6 +85,7 @@ def test_a_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path, dataset
         "dataset_dir": dataset,
         "output_dir": killed_out,
         "epochs": 4,
+        "val_interval": 2,
         "patch_size": [16, 16, 16],
         "network_def#channels": [4, 8, 16, 32],
         "spacing": [2.0, 2.0, 2.0],
@@ -111,7 +112,9 @@ def test_a_run_killed_and_resumed_equals_the_uninterrupted_run(tmp_path, dataset
     assert [r["epoch"] for r in got] == ["1", "2", "3", "4"]
     for a, b in zip(want, got):
         for key in set(a) - {"epoch_s"}:  # all but the wall time
-            assert math.isclose(float(a[key]), float(b[key]), rel_tol=1e-4, abs_tol=1e-4), (a["epoch"], key, a, b)
+            assert (a[key] == "") == (b[key] == ""), (a["epoch"], key, a, b)  # validated at the same epochs
+            same = a[key] == "" or math.isclose(float(a[key]), float(b[key]), rel_tol=1e-4, abs_tol=1e-4)
+            assert same, (a["epoch"], key, a, b)
     assert not [f for _, _, files in os.walk(killed_out) for f in files if ".tmp-" in f]
 
 
@@ -426,3 +429,30 @@ def test_training_curves_name_the_run_and_loss_and_mark_the_best_epoch(tmp_path)
     assert seen["title"] == "my_run: VNetDiceCELoss"
     assert "best 0.700 (model.pt)" in seen["labels"]
     assert seen["best"] == [[[2.0, 0.7]]]  # the first epoch reaching the best, as the checkpoint keeps it
+
+
+@pytest.mark.parametrize(
+    ("interval", "max_epochs", "validated"),
+    [(5, 12, [5, 10, 12]), (5, 10, [5, 10]), (1, 3, [1, 2, 3]), (4, 2, [2])],
+)
+def test_validation_runs_every_interval_and_after_the_last_epoch(interval, max_epochs, validated):
+    from ignite.engine import Engine
+
+    from monai_gdl.bundle.validation import IntervalAndLastValidation
+
+    class Recorder:
+        def __init__(self):
+            self.epochs = []
+
+        def run(self, epoch):
+            self.epochs.append(epoch)
+
+    handler = IntervalAndLastValidation(interval=interval)
+    handler.validator = Recorder()  # MONAI's handler asks for an Evaluator; only run(epoch) is called
+    trainer = Engine(lambda engine, batch: None)
+    handler.attach(trainer)
+    trainer.run([0], max_epochs=max_epochs)
+    assert handler.validator.epochs == validated
+    if max_epochs == 12:  # resumed with more epochs: the new last epoch is validated, the old one as any other
+        trainer.run([0], max_epochs=14)
+        assert handler.validator.epochs == [*validated, 14]

@@ -204,11 +204,14 @@ def test_folds_train_resume_evaluate_with_mirroring_and_ensemble_from_the_comman
     split = json.load(open(os.path.join(folds[0], "split.json")))
     assert (split["fold"], split["num_folds"]) == (0, 3) and len(split["validation"]) == 2
     assert json.load(open(os.path.join(folds[1], "split.json")))["validation"] != split["validation"]
-    # resumed from epoch 1 to 2 == 2 epochs straight: same history, same weights
+    # resumed from epoch 1 to 2 == 2 epochs straight: same losses, same last epoch's Dice, same weights (epoch 1
+    # was validated only in the 1-epoch run, where it was the last)
     straight = str(tmp_path / "straight")
     run = _bundle(RECIPE, *tiny, "--output_dir", straight, "--fold", "0", "--epochs", "2", cwd=str(tmp_path))
     assert run.returncode == 0, run.stderr[-3000:]
-    assert _history(straight) == _history(folds[0]) and len(_history(straight)) == 2
+    (first, second), (resumed_first, resumed_second) = _history(straight), _history(folds[0])
+    assert second == resumed_second and first[2] == resumed_first[2]
+    assert first[1] == "" and resumed_first[1] != ""
     last = [os.path.join(d, "models", "last.pt") for d in (straight, folds[0])]
     weights = [torch.load(path, weights_only=True)["network"] for path in last]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
