@@ -8,7 +8,13 @@ validated epoch), so the bundle validates every 5 epochs by default, and the las
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from monai.handlers import ValidationHandler
+
+if TYPE_CHECKING:  # ignite is the [bundle] extra's: imported when a trainer attaches this
+    from ignite.engine import Engine
+    from monai.engines import Evaluator
 
 __all__ = ["IntervalAndLastValidation"]
 
@@ -20,13 +26,13 @@ class IntervalAndLastValidation(ValidationHandler):
     trainer's state at each epoch, so a run resumed with a larger ``--epochs`` validates its new last epoch.
     """
 
-    def __init__(self, interval: int, validator=None) -> None:
+    def __init__(self, interval: int, validator: Evaluator | None = None) -> None:
         super().__init__(interval=interval, validator=validator, epoch_level=True)
 
-    def attach(self, engine) -> None:
+    def attach(self, engine: Engine) -> None:
         from ignite.engine import Events
 
         engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._due), self)
 
-    def _due(self, engine, epoch: int) -> bool:
+    def _due(self, engine: Engine, epoch: int) -> bool:
         return epoch % self.interval == 0 or epoch == engine.state.max_epochs
