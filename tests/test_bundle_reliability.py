@@ -438,7 +438,7 @@ def test_training_curves_name_the_run_and_loss_and_mark_the_best_epoch(tmp_path)
 def test_validation_runs_every_interval_and_after_the_last_epoch(interval, max_epochs, validated):
     from ignite.engine import Engine
 
-    from monai_gdl.bundle.validation import IntervalAndLastValidation
+    from monai_gdl.bundle.validation_schedule import IntervalAndLastValidation
 
     class Recorder:
         def __init__(self):

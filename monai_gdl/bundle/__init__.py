@@ -5,7 +5,7 @@ path|init``), :mod:`.console` (the first ``initialize`` step: readable errors, t
 level), :mod:`.checks` (arguments, boolean knobs, output folder and checkpoint, checked before data
 loading), :mod:`.datasets` (MSD-layout datasets: find, split, check, synthesise), :mod:`.transforms`
 (loading that names the bad file), :mod:`.checkpoints` (kill-safe checkpoints and resume),
-:mod:`.seeding` (every epoch seeded), :mod:`.validation` (which epochs are validated),
+:mod:`.seeding` (every epoch seeded), :mod:`.validation_schedule` (which epochs are validated),
 :mod:`.split` (the train/validation split, recorded for evaluation; folds),
 :mod:`.planning` (the nnU-Net-like recipe's plan from the dataset), :mod:`.mirroring` (test-time mirroring),
 :mod:`.ensemble` (inference averaging several folds), :mod:`.crossval` (the folds' table),
@@ -40,7 +40,7 @@ from monai_gdl.bundle import (
     seeding,
     split,
     transforms,
-    validation,
+    validation_schedule,
 )
 
 __all__ = [
@@ -65,5 +65,5 @@ __all__ = [
     "seeding",
     "split",
     "transforms",
-    "validation",
+    "validation_schedule",
 ]
