@@ -5,6 +5,7 @@ CUDA, and the losses trained in bfloat16 close to float32."""
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
 import torch
@@ -47,6 +48,25 @@ def test_amp_on_cpu_runs_the_network_in_bfloat16(native_bf16):
     assert out.dtype == torch.bfloat16  # autocast ran the convolution in bfloat16
     plain = precision.MixedPrecisionInferer(SimpleInferer(), "cpu", amp=False)(torch.randn(2, 1, 4, 4, 4), net)
     assert plain.dtype == torch.float32
+
+
+def test_inference_config_is_float32_unless_told_and_training_autocasts(native_bf16):
+    """inference.json keeps float32 (its label maps equal the float32 TorchScript export's); --amp True autocasts it;
+    train.json (training, validation, evaluation) autocasts by default. The docs say so."""
+    from monai.bundle import ConfigParser
+
+    configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+    def inferer_dtype(files, key, **overrides):
+        parser = ConfigParser()
+        parser.read_config([os.path.join(configs, f) for f in files])
+        parser.update({"device": "$torch.device('cpu')", **overrides})
+        return parser.get_parsed_content(key).dtype
+
+    assert inferer_dtype(["inference.json"], "inferer") is None
+    assert inferer_dtype(["inference.json"], "inferer", amp=True) == torch.bfloat16
+    assert inferer_dtype(["train.json"], "train#inferer") == torch.bfloat16
+    assert inferer_dtype(["train.json", "evaluate.json"], "validate#inferer") == torch.bfloat16
 
 
 def test_a_cpu_without_native_bfloat16_stays_in_float32_and_says_so_once(monkeypatch, caplog):
