@@ -5,7 +5,8 @@ path|init``), :mod:`.console` (the first ``initialize`` step: readable errors, t
 level), :mod:`.checks` (arguments, boolean knobs, output folder and checkpoint, checked before data
 loading), :mod:`.datasets` (MSD-layout datasets: find, split, check, synthesise), :mod:`.transforms`
 (loading that names the bad file), :mod:`.checkpoints` (kill-safe checkpoints and resume),
-:mod:`.seeding` (every epoch seeded), :mod:`.validation_schedule` (which epochs are validated),
+:mod:`.seeding` (every epoch seeded), :mod:`.track_meta` (training patches drawn without metadata),
+:mod:`.validation_schedule` (which epochs are validated),
 :mod:`.split` (the train/validation split, recorded for evaluation; folds),
 :mod:`.planning` (the nnU-Net-like recipe's plan from the dataset), :mod:`.mirroring` (test-time mirroring),
 :mod:`.ensemble` (inference averaging several folds), :mod:`.crossval` (the folds' table),
@@ -39,6 +40,7 @@ from monai_gdl.bundle import (
     schedules,
     seeding,
     split,
+    track_meta,
     transforms,
     validation_schedule,
 )
@@ -64,6 +66,7 @@ __all__ = [
     "schedules",
     "seeding",
     "split",
+    "track_meta",
     "transforms",
     "validation_schedule",
 ]

@@ -236,6 +236,9 @@ def _accepts_argument(component: dict, name: str) -> bool:
 def start(verbose=False) -> None:
     """Set the console up for this run (see the module docstring)."""
     verbose = flag("verbose", verbose)
+    from monai.data import set_track_meta
+
+    set_track_meta(True)  # the bundle's transforms invert with metadata; a draw that raised in track_meta.untracked
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     for name in ("ignite", "monai"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
