@@ -16,8 +16,10 @@ from monai.transforms import (
     Orientationd,
     RandCropByPosNegLabeld,
     RandFlipd,
+    RandomizableTrait,
     RandScaleIntensityd,
     SpatialPadd,
+    Transform,
 )
 
 from monai_gdl.bundle import console
@@ -90,8 +92,6 @@ def test_tracking_kept_on_request_and_the_markers_split_the_cache():
     bracketed = untracked(transforms)
     assert isinstance(bracketed[0], MetaTrackingOff) and bracketed[1:-1] == transforms
     pipeline = Compose([EnsureChannelFirstd(["image", "label"], channel_dim="no_channel"), *bracketed])
-    from monai.transforms import RandomizableTrait, Transform
-
     first = pipeline.get_index_of_first(lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
     assert first == 1  # CacheDataset caches up to the off marker and no further
 

@@ -235,10 +235,12 @@ def _accepts_argument(component: dict, name: str) -> bool:
 
 def start(verbose=False) -> None:
     """Set the console up for this run (see the module docstring)."""
-    verbose = flag("verbose", verbose)
     from monai.data import set_track_meta
 
-    set_track_meta(True)  # the bundle's transforms invert with metadata; a draw that raised in track_meta.untracked
+    verbose = flag("verbose", verbose)
+    # the bundle inverts transforms with their metadata; a training draw that raised between the markers of
+    # track_meta.untracked would have left tracking off in this process
+    set_track_meta(True)
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
     for name in ("ignite", "monai"):
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
