@@ -120,6 +120,29 @@ def test_training_transforms_keep_label_maps(tmp_path):
     assert label.shape == (1, 16, 16, 16) and set(torch.unique(label).tolist()) <= {0.0, 1.0, 2.0}
 
 
+def test_spatial_augmentation_config_adds_rotation_zoom_and_gamma_after_the_default_transforms(tmp_path):
+    """`augment_spatial.json` appends nnU-Net's rotation, scaling and gamma to the default recipe's random
+    transforms (the default adds none); the label is resampled by nearest neighbour, so it stays class indices,
+    and no flip is added, so test-time mirroring still allows axis 0 alone."""
+    ds = write_synthetic_dataset(str(tmp_path / "ds"), num_cases=3, shape=(24, 24, 16))
+    common = {"dataset_dir": ds, "output_dir": str(tmp_path / "out"), **TINY_OVERRIDES}
+    default = _parser("train.json", **common)
+    assert default.get_parsed_content("train#extra_random_transforms") == []
+    always = {f"train#extra_random_transforms#{i}#prob": 1.0 for i in range(3)}
+    parser = _parser("train.json", "augment_spatial.json", **common, **always)
+    names = [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+    base = [type(t).__name__ for t in default.get_parsed_content("train#preprocessing").transforms]
+    assert names[: len(base) - 1] == base[:-1]  # everything up to the marker that restores metadata tracking
+    assert names[len(base) - 1 : len(base) + 2] == ["RandRotated", "RandZoomd", "RandAdjustContrastd"]
+    assert parser.get_parsed_content("trained_mirror_axes") == default.get_parsed_content("trained_mirror_axes") == [0]
+    case = parser.get_parsed_content("train#datalist")[0]
+    plain = default.get_parsed_content("train#preprocessing")(case)[0]
+    augmented = parser.get_parsed_content("train#preprocessing")(case)[0]
+    label = augmented["label"]
+    assert label.shape == (1, 16, 16, 16) and set(torch.unique(label).tolist()) <= {0.0, 1.0, 2.0}
+    assert augmented["image"].shape == plain["image"].shape and not torch.equal(augmented["image"], plain["image"])
+
+
 @pytest.mark.parametrize(
     "config,channels,maker",
     [("loss_dice_ce_skeleton.json", 1, "TubedSkeletonMapd"), ("loss_dice_ce_boundary.json", 3, "SignedDistanceMapd")],
