@@ -43,7 +43,7 @@ from monai_gdl.losses import (
 )
 from monai_gdl.structure_maps import SignedDistanceMapd, TubedSkeletonMapd, signed_distance_map, tubed_skeleton
 
-__version__ = "0.9.6"
+__version__ = "0.9.7"
 
 __all__ = [
     "BACKENDS",
