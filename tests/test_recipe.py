@@ -394,6 +394,86 @@ def test_an_ensemble_of_seeds_is_scored_on_the_cases_all_of_them_held_out(tmp_pa
     )
 
 
+@pytest.mark.slow
+def test_an_ensemble_of_two_networks_scores_both_groups_on_the_cases_all_of_them_held_out(tmp_path):
+    """``ensemble_second_network.json`` adds models of another network (``second_network_def``, default: the
+    UNet twice as wide) to the ensemble: with the same network in both groups it scores exactly as
+    ``evaluate_ensemble.json`` with all the folders; with a wider second network it scores both; a folder of the
+    other width, an empty second list or a second folder holding out other cases is refused, naming it."""
+    data = write_synthetic_dataset(str(tmp_path / "ds"), num_cases=6, shape=(24, 24, 16), seed=6)
+    common = ["--dataset_dir", data, "--val_fraction", "0.34", *TINY]
+    wide = ["--network_def#channels", "[8,16,32,64]"]
+    trained = {"a": (1, []), "a2": (2, []), "wide": (3, wide)}
+    for name, (seed, width) in trained.items():
+        run = _bundle(
+            ["train.json"],
+            *common,
+            *width,
+            "--output_dir",
+            str(tmp_path / name),
+            "--seed",
+            str(seed),
+            "--split_seed",
+            "0",
+            "--epochs",
+            "2",
+            cwd=str(tmp_path),
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+
+    def evaluate(out, *args, files=("evaluate_ensemble.json", "ensemble_second_network.json")):
+        return _bundle(
+            ["train.json", "evaluate.json", *files],
+            *common,
+            "--amp",
+            "False",
+            "--output_dir",
+            str(tmp_path / out),
+            *args,
+            cwd=str(tmp_path),
+        )
+
+    def scores(out):
+        with open(tmp_path / out / "eval" / "val_mean_dice_raw.csv") as f:
+            return {case_id(r["filename"]): float(r["mean"]) for r in csv.DictReader(f)}
+
+    a, a2, other = (str(tmp_path / n) for n in ("a", "a2", "wide"))
+    tiny_second = ["--second_network_def#channels", "[4,8,16,32]"]
+    runs = {
+        "plain": evaluate("plain", "--fold_dirs", f"['{a}','{a2}']", files=("evaluate_ensemble.json",)),
+        "same": evaluate("same", "--fold_dirs", f"['{a}']", "--second_fold_dirs", f"['{a2}']", *tiny_second),
+        "mixed": evaluate(
+            "mixed",
+            "--fold_dirs",
+            f"['{a}','{a2}']",
+            "--second_fold_dirs",
+            f"['{other}']",
+            "--second_network_def#channels",
+            "[8,16,32,64]",
+        ),
+    }
+    for name, run in runs.items():
+        assert run.returncode == 0, (name, run.stderr[-3000:])
+    assert scores("same") == pytest.approx(scores("plain"), abs=1e-6)
+    assert sorted(scores("mixed")) == sorted(scores("plain")) == json.load(open(f"{a}/split.json"))["validation"]
+    assert scores("mixed") != pytest.approx(scores("plain"), abs=1e-6)  # the wide model took part
+
+    other_split = str(tmp_path / "other_split")
+    run = _bundle(
+        ["train.json"], *common, "--output_dir", other_split, "--split_seed", "3", "--epochs", "1", cwd=str(tmp_path)
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    refusals = {
+        "models/model.pt was saved from a different network": ("--second_fold_dirs", f"['{a2}']"),
+        "second_fold_dirs=[]; give the trained folds' output folders": ("--second_fold_dirs", "[]", *tiny_second),
+        f"{other_split} held out other cases than {a}": ("--second_fold_dirs", f"['{other_split}']", *tiny_second),
+    }
+    for i, (message, args) in enumerate(refusals.items()):
+        refused = evaluate(f"refused{i}", "--fold_dirs", f"['{a}']", *args)
+        assert refused.returncode == 1, refused.stderr[-3000:]
+        assert message in refused.stderr.strip().splitlines()[-1], refused.stderr[-3000:]
+
+
 def test_ensemble_checkpoints_best_or_last_and_the_splits_they_must_share(tmp_path):
     """``fold_checkpoint`` picks each folder's ``model.pt`` (best validated epoch) or ``last.pt`` (last epoch, as
     nnU-Net ensembles); anything else, a folder without ``split.json`` or with another dataset is refused, naming

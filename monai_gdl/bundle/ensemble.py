@@ -32,10 +32,13 @@ from monai_gdl.bundle.split import SPLIT_FILE, SplitError, evaluation_datalist, 
 __all__ = ["fold_checkpoints", "fold_networks", "fold_plan", "held_out_by_all"]
 
 
-def fold_checkpoints(fold_dirs: Sequence[str], checkpoint: str = BEST_CHECKPOINT) -> list[str]:
+def fold_checkpoints(
+    fold_dirs: Sequence[str], checkpoint: str = BEST_CHECKPOINT, argument: str = "fold_dirs"
+) -> list[str]:
     """``FOLD_DIR/models/CHECKPOINT`` of each fold folder, after checking the list: at least one folder, no folder
     twice, each holding a trained model. ``checkpoint``: ``model.pt`` (each training's best validated epoch, the
-    default) or ``last.pt`` (its last epoch, which nnU-Net ensembles: chosen without looking at validation cases)."""
+    default) or ``last.pt`` (its last epoch, which nnU-Net ensembles: chosen without looking at validation cases).
+    ``argument``: the knob that gave the list, named in errors."""
     if checkpoint not in (BEST_CHECKPOINT, LAST_CHECKPOINT):
         raise ArgumentError(
             f"fold_checkpoint={checkpoint!r}; use {BEST_CHECKPOINT!r} (each training's best validated epoch) or "
@@ -43,13 +46,13 @@ def fold_checkpoints(fold_dirs: Sequence[str], checkpoint: str = BEST_CHECKPOINT
         )
     if isinstance(fold_dirs, str) or not isinstance(fold_dirs, (list, tuple)) or not fold_dirs:
         raise ArgumentError(
-            f"fold_dirs={fold_dirs!r}; give the trained folds' output folders as a list, e.g. "
-            "--fold_dirs \"['runs/fold0','runs/fold1']\"."
+            f"{argument}={fold_dirs!r}; give the trained folds' output folders as a list, e.g. "
+            f"--{argument} \"['runs/fold0','runs/fold1']\"."
         )
     seen = [os.path.realpath(str(d)) for d in fold_dirs]
     twice = sorted({d for d in fold_dirs if seen.count(os.path.realpath(str(d))) > 1})
     if twice:
-        raise ArgumentError(f"fold_dirs names {twice} more than once; list each trained fold once.")
+        raise ArgumentError(f"{argument} names {twice} more than once; list each trained fold once.")
     paths = [os.path.join(str(d), "models", checkpoint) for d in fold_dirs]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
@@ -61,12 +64,16 @@ def fold_checkpoints(fold_dirs: Sequence[str], checkpoint: str = BEST_CHECKPOINT
 
 
 def fold_networks(
-    network: torch.nn.Module, fold_dirs: Sequence[str], checkpoint: str = BEST_CHECKPOINT
+    network: torch.nn.Module,
+    fold_dirs: Sequence[str],
+    checkpoint: str = BEST_CHECKPOINT,
+    argument: str = "fold_dirs",
 ) -> list[torch.nn.Module]:
     """One copy of ``network`` per fold folder, each with that fold's ``models/CHECKPOINT`` loaded and in eval
-    mode; a checkpoint from another network is refused, naming it."""
+    mode; a checkpoint from another network is refused, naming it. ``argument``: the knob that gave the folders
+    (``second_fold_dirs`` for the second network of ``configs/ensemble_second_network.json``)."""
     networks = []
-    for path in fold_checkpoints(fold_dirs, checkpoint):
+    for path in fold_checkpoints(fold_dirs, checkpoint, argument):
         state = network_state(read_checkpoint(path))
         network_mismatch(state, network, path)
         copy_ = copy.deepcopy(unwrap(network))
