@@ -182,6 +182,24 @@ def _bundle(files, *args, cwd):
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+def _train_on_split_zero(out: str, seed: int, epochs: int, *args: str, cwd: str) -> None:
+    """Train a model with its own ``--seed`` on the cases of ``--split_seed 0``, as ensembles of seeds are made."""
+    run = _bundle(
+        ["train.json"],
+        *args,
+        "--output_dir",
+        out,
+        "--seed",
+        str(seed),
+        "--split_seed",
+        "0",
+        "--epochs",
+        str(epochs),
+        cwd=cwd,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
 def _history(out):
     with open(os.path.join(out, "logs", "history.csv")) as f:
         return [(r["epoch"], r["val_mean_dice"], r["loss"]) for r in csv.DictReader(f)]
@@ -294,22 +312,7 @@ def test_an_ensemble_of_seeds_is_scored_on_the_cases_all_of_them_held_out(tmp_pa
     common = ["--dataset_dir", data, "--val_fraction", "0.34", *TINY]
     models = [str(tmp_path / f"seed{s}") for s in (1, 2)]
     for seed, out in zip((1, 2), models):
-        run = _bundle(
-            ["train.json"],
-            *common,
-            "--output_dir",
-            out,
-            "--seed",
-            str(seed),
-            "--split_seed",
-            "0",
-            "--epochs",
-            "8",
-            "--learning_rate",
-            "0.01",
-            cwd=str(tmp_path),
-        )
-        assert run.returncode == 0, run.stderr[-3000:]
+        _train_on_split_zero(out, seed, 8, *common, "--learning_rate", "0.01", cwd=str(tmp_path))
     splits = [json.load(open(os.path.join(out, "split.json"))) for out in models]
     assert splits[0]["validation"] == splits[1]["validation"] and splits[0]["seed"] == 0
     weights = [torch.load(os.path.join(out, "models", "model.pt"), weights_only=True) for out in models]
@@ -405,21 +408,7 @@ def test_an_ensemble_of_two_networks_scores_both_groups_on_the_cases_all_of_them
     wide = ["--network_def#channels", "[8,16,32,64]"]
     trained = {"a": (1, []), "a2": (2, []), "wide": (3, wide)}
     for name, (seed, width) in trained.items():
-        run = _bundle(
-            ["train.json"],
-            *common,
-            *width,
-            "--output_dir",
-            str(tmp_path / name),
-            "--seed",
-            str(seed),
-            "--split_seed",
-            "0",
-            "--epochs",
-            "2",
-            cwd=str(tmp_path),
-        )
-        assert run.returncode == 0, run.stderr[-3000:]
+        _train_on_split_zero(str(tmp_path / name), seed, 2, *common, *width, cwd=str(tmp_path))
 
     def evaluate(out, *args, files=("evaluate_ensemble.json", "ensemble_second_network.json")):
         return _bundle(
