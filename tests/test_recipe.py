@@ -401,8 +401,9 @@ def test_an_ensemble_of_seeds_is_scored_on_the_cases_all_of_them_held_out(tmp_pa
 def test_an_ensemble_of_two_networks_scores_both_groups_on_the_cases_all_of_them_held_out(tmp_path):
     """``ensemble_second_network.json`` adds models of another network (``second_network_def``, default: the
     UNet twice as wide) to the ensemble: with the same network in both groups it scores exactly as
-    ``evaluate_ensemble.json`` with all the folders; with a wider second network it scores both; a folder of the
-    other width, an empty second list or a second folder holding out other cases is refused, naming it."""
+    ``evaluate_ensemble.json`` with all the folders, and inference after ``ensemble.json`` writes what it writes
+    with all the folders; with a wider second network both run; a folder of the other width, an empty second list
+    or a second folder holding out other cases is refused, naming it."""
     data = write_synthetic_dataset(str(tmp_path / "ds"), num_cases=6, shape=(24, 24, 16), seed=6)
     common = ["--dataset_dir", data, "--val_fraction", "0.34", *TINY]
     wide = ["--network_def#channels", "[8,16,32,64]"]
@@ -446,6 +447,41 @@ def test_an_ensemble_of_two_networks_scores_both_groups_on_the_cases_all_of_them
     assert scores("same") == pytest.approx(scores("plain"), abs=1e-6)
     assert sorted(scores("mixed")) == sorted(scores("plain")) == json.load(open(f"{a}/split.json"))["validation"]
     assert scores("mixed") != pytest.approx(scores("plain"), abs=1e-6)  # the wide model took part
+
+    images = tmp_path / "held_out"
+    images.mkdir()
+    for case in scores("plain"):
+        os.symlink(os.path.join(data, "imagesTr", f"{case}.nii.gz"), images / f"{case}.nii.gz")
+    inference = {
+        "plain": (["ensemble.json"], ["--fold_dirs", f"['{a}','{a2}']"]),
+        "same": (
+            ["ensemble.json", "ensemble_second_network.json"],
+            ["--fold_dirs", f"['{a}']", "--second_fold_dirs", f"['{a2}']", *tiny_second],
+        ),
+        "mixed": (
+            ["ensemble.json", "ensemble_second_network.json"],
+            [
+                "--fold_dirs",
+                f"['{a}']",
+                "--second_fold_dirs",
+                f"['{other}']",
+                "--second_network_def#channels",
+                "[8,16,32,64]",
+            ],
+        ),
+    }
+    for name, (files, args) in inference.items():
+        out = str(tmp_path / f"inf_{name}")
+        run = _bundle(
+            ["inference.json", *files], *TINY, "--input_dir", str(images), "--output_dir", out, *args, cwd=str(tmp_path)
+        )
+        assert run.returncode == 0, (name, run.stderr[-3000:])
+    for case in scores("plain"):
+        same, plain, mixed = (
+            np.asarray(nib.load(str(tmp_path / f"inf_{n}" / "predictions" / f"{case}_seg.nii.gz")).dataobj)
+            for n in ("same", "plain", "mixed")
+        )
+        assert np.array_equal(same, plain) and mixed.shape == plain.shape
 
     other_split = str(tmp_path / "other_split")
     run = _bundle(
