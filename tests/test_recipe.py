@@ -429,23 +429,21 @@ def test_an_ensemble_of_two_networks_scores_both_groups_on_the_cases_all_of_them
 
     a, a2, other = (str(tmp_path / n) for n in ("a", "a2", "wide"))
     tiny_second = ["--second_network_def#channels", "[4,8,16,32]"]
+    wide_second = ["--second_network_def#channels", "[8,16,32,64]"]
+    same = ["--fold_dirs", f"['{a}']", "--second_fold_dirs", f"['{a2}']", *tiny_second]
     runs = {
         "plain": evaluate("plain", "--fold_dirs", f"['{a}','{a2}']", files=("evaluate_ensemble.json",)),
-        "same": evaluate("same", "--fold_dirs", f"['{a}']", "--second_fold_dirs", f"['{a2}']", *tiny_second),
+        "same": evaluate("same", *same),
         "mixed": evaluate(
-            "mixed",
-            "--fold_dirs",
-            f"['{a}','{a2}']",
-            "--second_fold_dirs",
-            f"['{other}']",
-            "--second_network_def#channels",
-            "[8,16,32,64]",
+            "mixed", "--fold_dirs", f"['{a}','{a2}']", "--second_fold_dirs", f"['{other}']", *wide_second
         ),
     }
     for name, run in runs.items():
         assert run.returncode == 0, (name, run.stderr[-3000:])
     assert scores("same") == pytest.approx(scores("plain"), abs=1e-6)
-    assert sorted(scores("mixed")) == sorted(scores("plain")) == json.load(open(f"{a}/split.json"))["validation"]
+    with open(os.path.join(a, "split.json")) as f:
+        held_out = json.load(f)["validation"]
+    assert sorted(scores("mixed")) == sorted(scores("plain")) == held_out
     assert scores("mixed") != pytest.approx(scores("plain"), abs=1e-6)  # the wide model took part
 
     images = tmp_path / "held_out"
@@ -454,20 +452,10 @@ def test_an_ensemble_of_two_networks_scores_both_groups_on_the_cases_all_of_them
         os.symlink(os.path.join(data, "imagesTr", f"{case}.nii.gz"), images / f"{case}.nii.gz")
     inference = {
         "plain": (["ensemble.json"], ["--fold_dirs", f"['{a}','{a2}']"]),
-        "same": (
-            ["ensemble.json", "ensemble_second_network.json"],
-            ["--fold_dirs", f"['{a}']", "--second_fold_dirs", f"['{a2}']", *tiny_second],
-        ),
+        "same": (["ensemble.json", "ensemble_second_network.json"], same),
         "mixed": (
             ["ensemble.json", "ensemble_second_network.json"],
-            [
-                "--fold_dirs",
-                f"['{a}']",
-                "--second_fold_dirs",
-                f"['{other}']",
-                "--second_network_def#channels",
-                "[8,16,32,64]",
-            ],
+            ["--fold_dirs", f"['{a}']", "--second_fold_dirs", f"['{other}']", *wide_second],
         ),
     }
     for name, (files, args) in inference.items():
